@@ -1,0 +1,29 @@
+"""sandstone: Klein REST routes and a WAMP v2 router with route-like topics, in one Twisted reactor."""
+
+import txaio
+
+txaio.use_twisted()  # before any autobahn import binds txaio's helpers to "no framework"
+
+from ._app import Sandstone  # noqa: E402
+from ._dispatcher import DispatchResult, EventDispatcher, ListenerError, StopPropagation  # noqa: E402
+from ._errors import WampError  # noqa: E402
+from ._pattern import TopicPatternError  # noqa: E402
+from ._publication import Publication  # noqa: E402
+from ._session import Session  # noqa: E402
+from ._topic import Topic, on_event  # noqa: E402
+
+__all__ = [
+    "DispatchResult",
+    "EventDispatcher",
+    "ListenerError",
+    "Publication",
+    "Sandstone",
+    "Session",
+    "StopPropagation",
+    "Topic",
+    "TopicPatternError",
+    "WampError",
+    "on_event",
+]
+
+__version__ = "0.1.0"

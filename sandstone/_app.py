@@ -1,0 +1,188 @@
+"""The application object: a Klein app whose resource also serves a WAMP router, topics and events."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from klein import Klein
+from twisted.internet.defer import Deferred
+from twisted.web.resource import IResource
+
+from ._dispatcher import DispatchResult, EventDispatcher
+from ._pattern import Converter, TopicPattern
+from ._publication import Publication, session_ids
+from ._router import Router
+from ._topic import TopicHost
+from ._transport import WampServerFactory, websocket_resource
+
+if TYPE_CHECKING:
+    from klein.resource import KleinResource
+
+    from ._session import Session
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _Core:
+    """Everything a Sandstone app holds besides Klein's routes (shared by bound copies of the app)."""
+
+    def __init__(self, realm: str, ws_path: str, open_uris: bool, strict_uris: bool) -> None:
+        self.events = EventDispatcher()
+        self.topics = TopicHost(self.events)
+        self.router = Router(realm, topics=self.topics, open_uris=open_uris, strict_uris=strict_uris)
+        self.topics.router = self.router
+        self.ws_path = ws_path
+        self.mounted_at: str | None = None
+        self.factory: WampServerFactory | None = None
+
+
+class Sandstone(Klein):
+    """A Klein app for REST routes plus a WAMP router for real-time topics, served on one port.
+
+    ``realm`` is the WAMP realm clients join; ``ws_path`` the URL path of the WebSocket endpoint;
+    ``open_uris=True`` lets clients subscribe and publish on URIs no topic pattern declares
+    (plain pub/sub, as on a development Crossbar); ``strict_uris`` applies the spec's strict URI rule.
+    """
+
+    def __init__(
+        self,
+        *,
+        realm: str = "realm1",
+        ws_path: str = "/ws",
+        open_uris: bool = False,
+        strict_uris: bool = False,
+    ) -> None:
+        super().__init__()
+        self._core = _Core(realm, ws_path, open_uris, strict_uris)
+
+    def __get__(self, instance: Any, owner: object) -> Klein:
+        bound = super().__get__(instance, owner)
+        if bound is not self:
+            bound._core = self._core  # type: ignore[attr-defined]
+        return bound
+
+    # configuration
+
+    @property
+    def realm(self) -> str:
+        """The WAMP realm sessions join."""
+        return self._core.router.realm
+
+    @realm.setter
+    def realm(self, realm: str) -> None:
+        self._core.router.realm = realm
+
+    @property
+    def ws_path(self) -> str:
+        """URL path of the WebSocket (WAMP) endpoint; set it before calling ``resource()``."""
+        return self._core.ws_path
+
+    @ws_path.setter
+    def ws_path(self, path: str) -> None:
+        if self._core.mounted_at is not None and path != self._core.mounted_at:
+            raise RuntimeError(f"the WebSocket endpoint is already served at {self._core.mounted_at!r}")
+        self._core.ws_path = path
+
+    @property
+    def router(self) -> Router:
+        """The WAMP router of this app (sessions, broker, dealer)."""
+        return self._core.router
+
+    @property
+    def events(self) -> EventDispatcher:
+        """The event dispatcher behind ``dispatch`` and ``on_event``."""
+        return self._core.events
+
+    # topics
+
+    def topic(
+        self,
+        pattern: str,
+        *,
+        requirements: Mapping[str, str] | None = None,
+        converters: Mapping[str, str | Converter] | None = None,
+    ) -> Callable[[F], F]:
+        """Declare a topic for a URI pattern like ``chat/{channel}`` or ``sensors.{room:int}.temperature``.
+
+        Decorates a ``Topic`` subclass, or any factory ``f(uri, args) -> Topic``. Patterns are tried in
+        declaration order; the first that matches a URI serves it.
+        """
+        compiled = TopicPattern(pattern, requirements, converters)
+
+        def declare(factory: F) -> F:
+            self._core.topics.declare(compiled, factory)
+            return factory
+
+        return declare
+
+    def topic_instance(self, uri: str) -> Any:
+        """The live Topic instance for a concrete URI, or ``None`` when nobody is subscribed."""
+        return self._core.topics.get(uri)
+
+    def broadcast(
+        self,
+        uri: str,
+        payload: Any,
+        *,
+        exclude: Iterable[Session | int] = (),
+        eligible: Iterable[Session | int] | None = None,
+    ) -> int:
+        """Publish ``payload`` (as an EVENT's first argument) to the subscribers of ``uri``; returns its id."""
+        publication = Publication(
+            uri, [payload], exclude=session_ids(exclude) or None, eligible=session_ids(eligible)
+        )
+        self._core.router.publish(publication)
+        return publication.id
+
+    # events
+
+    def on_event(self, name: str, *, priority: int = 0) -> Callable[[F], F]:
+        """Register the decorated function as a listener of event ``name`` (higher priority runs first)."""
+
+        def register(listener: F) -> F:
+            self._core.events.add_listener(name, listener, priority)
+            return listener
+
+        return register
+
+    def dispatch(self, name: str, event: object = None) -> Deferred[DispatchResult]:
+        """Dispatch an event to its listeners, one after another by priority.
+
+        The Deferred fires once every listener has finished, with a ``DispatchResult``; it never
+        fails: a failing listener is logged and recorded in ``result.errors``, and the others still run.
+        """
+        return self._core.events.dispatch(name, event)
+
+    # procedures
+
+    def procedure(self, uri: str) -> Callable[[F], F]:
+        """Expose the decorated function (sync, async or Deferred-returning) as WAMP procedure ``uri``."""
+
+        def register(function: F) -> F:
+            self._core.router.dealer.register_function(uri, function)
+            return function
+
+        return register
+
+    # serving
+
+    def websocket_resource(self) -> IResource:
+        """The resource serving WAMP over WebSocket for this app (mounted at ``ws_path`` by ``resource``)."""
+        core = self._core
+        if core.factory is None:
+            core.factory = WampServerFactory(core.router)
+        return websocket_resource(core.factory)
+
+    def resource(self) -> KleinResource:
+        """The twisted.web resource serving the REST routes and, at ``ws_path``, the WAMP endpoint."""
+        core = self._core
+        if core.mounted_at is None:
+            ws = self.websocket_resource()
+            core.mounted_at = core.ws_path
+
+            def websocket(request: Any) -> IResource:
+                return ws
+
+            self.route(core.ws_path, endpoint="sandstone_websocket")(websocket)
+        return super().resource()

@@ -1,0 +1,66 @@
+"""Decoding WAMP frames into autobahn message objects, keeping what autobahn's parser drops."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autobahn.wamp import message
+from autobahn.wamp.interfaces import ISerializer
+from autobahn.wamp.serializer import Serializer
+
+
+class DecodeError(Exception):
+    """A frame is not a valid sequence of WAMP messages."""
+
+
+_MESSAGE_TYPES: dict[int, Any] = Serializer.MESSAGE_TYPE_MAP
+_DISCLOSING = (message.Publish.MESSAGE_TYPE, message.Call.MESSAGE_TYPE)
+
+
+def decode(serializer: ISerializer, payload: bytes, is_binary: bool) -> list[message.Message]:
+    """Turn one WebSocket message into WAMP messages, or raise ``DecodeError`` saying why."""
+    objects = serializer._serializer  # type: ignore[attr-defined]
+    if is_binary != objects.BINARY:
+        kind = "binary" if is_binary else "text"
+        raise DecodeError(f"{kind} frame on a {serializer.SERIALIZER_ID} connection")
+    try:
+        raws = objects.unserialize(payload)
+    except Exception as exc:
+        raise DecodeError(f"frame does not deserialize: {type(exc).__name__}: {exc}") from None
+    return [_parse(raw) for raw in raws]
+
+
+def _parse(raw: Any) -> message.Message:
+    if type(raw) is not list or not raw:
+        raise DecodeError(f"a WAMP message must be a non-empty list, got {_describe(raw)}")
+    kind = raw[0]
+    cls = _MESSAGE_TYPES.get(kind) if type(kind) is int else None
+    if cls is None:
+        raise DecodeError(f"unknown WAMP message type {kind!r}")
+    try:
+        msg = cls.parse(raw)
+    except Exception as exc:
+        raise DecodeError(f"invalid {cls.__name__.upper()}: {exc}") from None
+    if kind in _DISCLOSING:
+        msg._router_internal = {"disclose_me": _disclose_option(raw)}
+    return msg
+
+
+def _disclose_option(raw: list[Any]) -> bool:
+    options = raw[2] if len(raw) > 2 else None
+    if not isinstance(options, dict):
+        return False
+    value = options.get("disclose_me", False)
+    if type(value) is not bool:
+        raise DecodeError(f"invalid type {type(value).__name__} for option 'disclose_me'")
+    return value
+
+
+def disclosed(msg: message.Message) -> bool:
+    """Whether a PUBLISH or CALL asked the router to disclose the sender's identity."""
+    internal = msg._router_internal
+    return bool(internal and internal.get("disclose_me"))
+
+
+def _describe(raw: Any) -> str:
+    return "an empty list" if raw == [] else type(raw).__name__

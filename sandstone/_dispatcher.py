@@ -1,0 +1,227 @@
+"""
+In-process event dispatcher.
+
+Listeners are registered per event name with a priority and are called one
+after another when an event is dispatched.  A listener may be synchronous or
+return a L{Deferred} or a coroutine; asynchronous listeners are awaited before
+the next one is called, so the call order is deterministic and a listener can
+stop the propagation of the event to the later ones.
+"""
+
+from __future__ import annotations
+
+import inspect
+from bisect import insort
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from itertools import count
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+__all__ = [
+    "DispatchResult",
+    "EventDispatcher",
+    "ListenerError",
+    "StopPropagation",
+]
+
+_log = Logger()
+
+_Listener = Callable[[Any], Any]
+
+
+class StopPropagation(Exception):
+    """Raised by a listener (sync or async) to stop later listeners of this dispatch."""
+
+
+@dataclass(frozen=True)
+class ListenerError:
+    """A listener failure recorded during a dispatch."""
+
+    listener: str
+    failure: Failure
+
+
+@dataclass
+class DispatchResult:
+    """What happened during one dispatch; the value its Deferred fires with."""
+
+    name: str
+    event: object
+    called: int
+    stopped: bool
+    errors: list[ListenerError]
+
+    @property
+    def ok(self) -> bool:
+        """True when no listener failed."""
+        return not self.errors
+
+
+@dataclass(eq=False, slots=True)
+class _Entry:
+    """One registration; C{active} is cleared on removal so running dispatches skip it."""
+
+    listener: _Listener
+    priority: int
+    sequence: int
+    active: bool = field(default=True)
+
+
+def _call_order(entry: _Entry) -> tuple[int, int]:
+    """Sort key: higher priority first, then registration order."""
+    return (-entry.priority, entry.sequence)
+
+
+def _listener_name(listener: _Listener) -> str:
+    """Qualified name of a listener, for logs and L{ListenerError}."""
+    qualname = getattr(listener, "__qualname__", None)
+    if not isinstance(qualname, str):
+        return repr(listener)
+    module = getattr(listener, "__module__", None)
+    return f"{module}.{qualname}" if module else qualname
+
+
+async def _await(awaitable: Awaitable[object]) -> object:
+    """Turn any awaitable into a coroutine L{Deferred.fromCoroutine} accepts."""
+    return await awaitable
+
+
+def _as_deferred(returned: object) -> Deferred[object] | None:
+    """The Deferred to wait on for a listener's return value, or None if it is plain."""
+    if isinstance(returned, Deferred):
+        return returned
+    if inspect.iscoroutine(returned):
+        return Deferred.fromCoroutine(returned)
+    if inspect.isawaitable(returned):
+        return Deferred.fromCoroutine(_await(returned))
+    return None
+
+
+class _Dispatch:
+    """
+    One running dispatch: calls a snapshot of the listeners in a loop (not by
+    recursion, so thousands of listeners cannot exhaust the stack) and pauses
+    only while an asynchronous listener has not finished.
+    """
+
+    def __init__(self, name: str, event: object, entries: list[_Entry]) -> None:
+        self._pending = deque(entries)
+        self.result = DispatchResult(name, event, called=0, stopped=False, errors=[])
+        self.done: Deferred[DispatchResult] = Deferred()
+
+    def run(self) -> None:
+        """Call listeners until one must be awaited or none remain."""
+        while self._pending and not self.result.stopped and not self.done.called:
+            entry = self._pending.popleft()
+            if entry.active and self._call(entry):
+                return
+        if not self.done.called:
+            self.done.callback(self.result)
+
+    def _call(self, entry: _Entry) -> bool:
+        """Call one listener; return True if the dispatch must wait for it."""
+        self.result.called += 1
+        try:
+            returned = entry.listener(self.result.event)
+        except Exception:
+            self._record(entry, Failure())
+            return False
+        waiting = _as_deferred(returned)
+        if waiting is None:
+            return False
+        outcomes: list[object] = []
+        waiting.addBoth(outcomes.append)
+        if outcomes:
+            self._record(entry, outcomes[0])
+            return False
+        waiting.addCallback(self._resume, entry, outcomes)
+        return True
+
+    def _resume(self, _: object, entry: _Entry, outcomes: list[object]) -> None:
+        """Record an awaited listener's outcome, then carry on with the next ones."""
+        self._record(entry, outcomes[0])
+        self.run()
+
+    def _record(self, entry: _Entry, outcome: object) -> None:
+        """Note a StopPropagation or log and keep a failure; plain values are ignored."""
+        if not isinstance(outcome, Failure):
+            return
+        if outcome.check(StopPropagation):
+            self.result.stopped = True
+            return
+        name = _listener_name(entry.listener)
+        _log.failure(
+            "listener {listener} failed on event {event_name}",
+            outcome,
+            listener=name,
+            event_name=self.result.name,
+        )
+        self.result.errors.append(ListenerError(name, outcome))
+
+
+def _find(entries: list[_Entry], listener: _Listener) -> _Entry | None:
+    """The entry whose listener equals C{listener}, if any."""
+    for entry in entries:
+        if entry.listener == listener:
+            return entry
+    return None
+
+
+class EventDispatcher:
+    """Registry of event listeners by name, and dispatcher of events to them."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, list[_Entry]] = {}
+        self._sequence = count()
+
+    def add_listener(self, name: str, listener: _Listener, priority: int = 0) -> None:
+        """Register C{listener} for C{name}; registering an equal listener again is a no-op."""
+        entries = self._entries.setdefault(name, [])
+        if _find(entries, listener) is not None:
+            return
+        entry = _Entry(listener, priority, next(self._sequence))
+        insort(entries, entry, key=_call_order)
+
+    def remove_listener(self, name: str, listener: _Listener) -> bool:
+        """Unregister C{listener} from C{name}; return True if it was registered."""
+        entries = self._entries.get(name)
+        if entries is None:
+            return False
+        entry = _find(entries, listener)
+        if entry is None:
+            return False
+        entry.active = False
+        entries.remove(entry)
+        if not entries:
+            del self._entries[name]
+        return True
+
+    def listeners(self, name: str) -> list[_Listener]:
+        """The listeners of C{name}, in call order."""
+        return [entry.listener for entry in self._entries.get(name, ())]
+
+    def listener_count(self, name: str | None = None) -> int:
+        """Number of listeners of C{name}, or of all names when C{name} is None."""
+        if name is None:
+            return sum(len(entries) for entries in self._entries.values())
+        return len(self._entries.get(name, ()))
+
+    def has_listeners(self, name: str) -> bool:
+        """True when at least one listener is registered for C{name}."""
+        return name in self._entries
+
+    def dispatch(self, name: str, event: object = None) -> Deferred[DispatchResult]:
+        """
+        Call the listeners of C{name} with C{event}, one after another.
+
+        The returned Deferred never fails; it fires with a L{DispatchResult},
+        already before returning when every listener is synchronous.
+        """
+        running = _Dispatch(name, event, list(self._entries.get(name, ())))
+        running.run()
+        return running.done

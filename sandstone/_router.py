@@ -1,0 +1,126 @@
+"""The router: one realm's sessions, its broker and dealer, and the app's topics behind them."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from autobahn.util import generate_serial_number, rid
+from autobahn.wamp import message
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from ._broker import Broker
+from ._dealer import Dealer
+from ._errors import NO_SUCH_TOPIC, WampError
+from ._publication import Publication
+from ._session import Session, Transport
+from ._subscriptions import EXACT, Subscription
+
+if TYPE_CHECKING:
+    from ._topic import TopicHost
+
+log = Logger()
+
+
+class Router:
+    """Routes one realm: sessions join and leave here; every broadcast goes through ``publish``.
+
+    ``publish`` is the single door through which publications reach subscribers, whoever made
+    them (a client, a topic, the app), so that a cluster bus can be put in front of it.
+    """
+
+    def __init__(
+        self,
+        realm: str = "realm1",
+        *,
+        topics: TopicHost | None = None,
+        open_uris: bool = False,
+        strict_uris: bool = False,
+    ) -> None:
+        self.realm = realm
+        self.open_uris = open_uris
+        self.strict_uris = strict_uris
+        self.broker = Broker()
+        self.dealer = Dealer()
+        self.sessions: dict[int, Session] = {}
+        self._topics = topics
+
+    # sessions
+
+    def attach(self, transport: Transport) -> Session:
+        """A new connection: a session waiting for its HELLO."""
+        return Session(self, transport)
+
+    def join(self, session: Session) -> None:
+        """Give a welcomed session its id and make it reachable."""
+        session_id = rid()
+        while session_id in self.sessions:
+            session_id = rid()
+        session.id = session_id
+        self.sessions[session_id] = session
+        log.debug(
+            "session {session_id} joined realm {realm} as {authid}/{authrole}",
+            session_id=session_id,
+            realm=self.realm,
+            authid=session.authid,
+            authrole=session.authrole,
+        )
+
+    def leave(self, session: Session) -> None:
+        """Remove every trace of a session: subscriptions (firing topic hooks), registrations, calls."""
+        self.sessions.pop(session.id, None)
+        for subscription in self.broker.unsubscribe_all(session):
+            self._unsubscribed(session, subscription)
+        self.dealer.session_lost(session)
+        log.debug("session {session_id} left realm {realm}", session_id=session.id, realm=self.realm)
+
+    def anonymous_authid(self) -> str:
+        """A fresh authid for an anonymous session."""
+        return f"anonymous-{generate_serial_number()}"
+
+    # pub/sub
+
+    def subscribe(self, session: Session, msg: message.Subscribe) -> None:
+        """Subscribe a session (after checking a topic is declared for exact URIs) and answer SUBSCRIBED."""
+        match = msg.match or EXACT
+        if match == EXACT and not self._accepts(msg.topic):
+            raise WampError(NO_SUCH_TOPIC, f"no topic is declared for URI {msg.topic!r}")
+        subscription, added = self.broker.subscribe(session, msg.topic, match)
+        session._send(message.Subscribed(msg.request, subscription.id))
+        if added and match == EXACT and self._topics is not None:
+            self._topics.subscribed(session, msg.topic)
+
+    def unsubscribe(self, session: Session, msg: message.Unsubscribe) -> None:
+        """Unsubscribe a session from one subscription, answer UNSUBSCRIBED, then run topic hooks."""
+        subscription = self.broker.unsubscribe(session, msg.subscription)
+        session._send(message.Unsubscribed(msg.request))
+        self._unsubscribed(session, subscription)
+
+    def _unsubscribed(self, session: Session, subscription: Subscription) -> None:
+        if subscription.match == EXACT and self._topics is not None:
+            self._topics.unsubscribed(session, subscription.uri)
+
+    def _accepts(self, uri: str) -> bool:
+        return self.open_uris or (self._topics is not None and self._topics.has_route(uri))
+
+    def publish_from(self, session: Session, publication: Publication) -> Deferred[None] | None:
+        """A client's PUBLISH: handed to the topic declared for its URI, or delivered as is on open URIs.
+
+        Returns a Deferred when a topic's ``on_publish`` works asynchronously.
+        """
+        if self._topics is not None and self._topics.has_route(publication.topic):
+            return self._topics.published(session, publication)
+        if not self.open_uris:
+            raise WampError(NO_SUCH_TOPIC, f"no topic is declared for URI {publication.topic!r}")
+        self.publish(publication)
+        return None
+
+    def publish(self, publication: Publication) -> int:
+        """Deliver a publication to every subscriber it admits; returns how many EVENTs were sent."""
+        return self.broker.deliver(publication)
+
+    def send(
+        self, session: Session, topic: str, args: list[Any] | None, kwargs: dict[str, Any] | None
+    ) -> int:
+        """Send one EVENT on ``topic`` to a single subscribed session; returns the publication id."""
+        return self.broker.send_to(session, topic, args, kwargs)

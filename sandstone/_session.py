@@ -1,0 +1,350 @@
+"""A client's WAMP session on the router: the protocol state machine between a transport and the router.
+
+The session speaks the protocol (HELLO/WELCOME, request ids, replies); what a request means is the
+router's business (``_router.py``), and matching URIs is the broker's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from autobahn.wamp import message, role
+from autobahn.wamp.exception import InvalidUriError
+from autobahn.wamp.message import check_or_raise_uri
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from ._codec import disclosed
+from ._errors import (
+    GOODBYE_AND_OUT,
+    INVALID_URI,
+    NO_AUTH_METHOD,
+    NO_SUCH_REALM,
+    PROTOCOL_VIOLATION,
+    ErrorPayload,
+    WampError,
+    error_payload,
+)
+from ._publication import Publication, optional_set
+from ._subscriptions import EXACT, PREFIX
+
+if TYPE_CHECKING:
+    from ._dealer import Registration
+    from ._router import Router
+    from ._subscriptions import Subscription
+
+log = Logger()
+
+MAX_ID = 2**53
+
+_WAITING_HELLO = "waiting-hello"
+_ESTABLISHED = "established"
+_CLOSED = "closed"
+
+ROUTER_ROLES = {
+    "broker": role.RoleBrokerFeatures(
+        publisher_identification=True,
+        pattern_based_subscription=True,
+        subscriber_blackwhite_listing=True,
+        publisher_exclusion=True,
+    ),
+    "dealer": role.RoleDealerFeatures(
+        caller_identification=True,
+        progressive_call_results=True,
+    ),
+}
+
+
+class Transport(Protocol):
+    """What a session needs from the connection carrying it."""
+
+    def send_message(self, msg: message.Message) -> None: ...
+
+    def close_transport(self, reason: str) -> None: ...
+
+
+class _ProtocolViolation(Exception):
+    """The peer broke the WAMP protocol; the session answers with ABORT and closes."""
+
+
+class Session:
+    """A client's WAMP session, as the app sees it in topic hooks and procedures.
+
+    Public, read-only: ``id`` (unique on the router while the session lives), ``realm``, ``authid``,
+    ``authrole`` and ``authmethod``. Sessions are compared by identity.
+    """
+
+    def __init__(self, router: Router, transport: Transport) -> None:
+        self._router = router
+        self._transport = transport
+        self._state = _WAITING_HELLO
+        self.id: int = 0
+        self.realm: str | None = None
+        self.authid: str | None = None
+        self.authrole: str | None = None
+        self.authmethod: str | None = None
+        self._subscriptions: dict[int, Subscription] = {}
+        self._registrations: dict[int, Registration] = {}
+
+    def __repr__(self) -> str:
+        return f"<Session {self.id} authid={self.authid!r} authrole={self.authrole!r} {self._state}>"
+
+    @property
+    def is_open(self) -> bool:
+        """True between WELCOME and the end of the session."""
+        return self._state == _ESTABLISHED
+
+    @property
+    def has_left(self) -> bool:
+        """True once the session is over (GOODBYE, ABORT or transport lost)."""
+        return self._state == _CLOSED
+
+    # from the transport
+
+    def on_message(self, msg: message.Message) -> None:
+        """Handle one message from the client; a protocol violation aborts the session."""
+        if self._state == _CLOSED:
+            return
+        table = _ESTABLISHED_HANDLERS if self._state == _ESTABLISHED else _OPENING_HANDLERS
+        handler = table.get(type(msg))
+        try:
+            if handler is None:
+                raise _ProtocolViolation(
+                    f"unexpected {type(msg).__name__.upper()} message in state {self._state}"
+                )
+            handler(self, msg)
+        except _ProtocolViolation as exc:
+            self.abort(PROTOCOL_VIOLATION, str(exc))
+        except Exception:
+            log.failure(
+                "internal error handling {message} from session {session_id}",
+                message=type(msg).__name__,
+                session_id=self.id,
+            )
+
+    def on_transport_lost(self) -> None:
+        """The connection is gone: leave the router (subscriptions, registrations, calls in flight)."""
+        self._leave()
+
+    def protocol_violation(self, reason: str) -> None:
+        """The transport could not decode a frame: ABORT and close."""
+        self.abort(PROTOCOL_VIOLATION, reason)
+
+    # to the client
+
+    def _send(self, msg: message.Message) -> None:
+        if self._state != _CLOSED:
+            self._transport.send_message(msg)
+
+    def abort(self, reason: str, text: str) -> None:
+        """Send ABORT, leave the router and close the transport."""
+        if self._state == _CLOSED:
+            return
+        log.info(
+            "aborting session {session_id}: {reason} ({text})", session_id=self.id, reason=reason, text=text
+        )
+        self._transport.send_message(message.Abort(reason, text))
+        self._leave()
+        self._transport.close_transport(text)
+
+    def _send_error(self, request: message.Message, payload: ErrorPayload) -> None:
+        self._send(
+            message.Error(
+                request.MESSAGE_TYPE, request.request, payload.uri, args=payload.args, kwargs=payload.kwargs
+            )
+        )
+
+    def _send_result(self, request: int, result: Any) -> None:
+        from ._dealer import result_message
+
+        self._send(result_message(request, result))
+
+    def _leave(self) -> None:
+        if self._state == _CLOSED:
+            return
+        was_open = self._state == _ESTABLISHED
+        self._state = _CLOSED
+        if was_open:
+            self._router.leave(self)
+
+    # opening handshake
+
+    def _on_hello(self, hello: message.Hello) -> None:
+        if hello.realm != self._router.realm:
+            self.abort(NO_SUCH_REALM, f"no realm {hello.realm!r} on this router")
+            return
+        if hello.authmethods and "anonymous" not in hello.authmethods:
+            self.abort(NO_AUTH_METHOD, f"none of the auth methods {hello.authmethods} is offered here")
+            return
+        self.realm = hello.realm
+        self.authid = self._router.anonymous_authid()
+        self.authrole = "anonymous"
+        self.authmethod = "anonymous"
+        self._state = _ESTABLISHED
+        self._router.join(self)
+        self._send(
+            message.Welcome(
+                self.id,
+                ROUTER_ROLES,
+                realm=self.realm,
+                authid=self.authid,
+                authrole=self.authrole,
+                authmethod=self.authmethod,
+                authprovider="static",
+            )
+        )
+
+    def _on_abort(self, abort: message.Abort) -> None:
+        log.debug("session {session_id} aborted by peer: {reason}", session_id=self.id, reason=abort.reason)
+        self._leave()
+        self._transport.close_transport("peer aborted")
+
+    def _on_goodbye(self, goodbye: message.Goodbye) -> None:
+        self._send(message.Goodbye(GOODBYE_AND_OUT))
+        self._leave()
+
+    # requests
+
+    def _request(self, msg: Any, work: Callable[[], None]) -> None:
+        """Run a request's work, answering a ``WampError`` with ERROR for that request."""
+        _check_request_id(msg)
+        try:
+            work()
+        except WampError as exc:
+            self._send_error(msg, ErrorPayload(exc.uri, exc.args_list or None, exc.kwargs or None))
+
+    def _on_subscribe(self, msg: message.Subscribe) -> None:
+        def work() -> None:
+            self._check_uri(msg.topic, msg.match)
+            self._router.subscribe(self, msg)
+
+        self._request(msg, work)
+
+    def _on_unsubscribe(self, msg: message.Unsubscribe) -> None:
+        self._request(msg, lambda: self._router.unsubscribe(self, msg))
+
+    def _on_publish(self, msg: message.Publish) -> None:
+        def work() -> None:
+            self._check_uri(msg.topic, EXACT)
+            publication = self._publication(msg)
+            done = self._router.publish_from(self, publication)
+            if msg.acknowledge:
+                self._acknowledge(msg, publication, done)
+            elif done is not None:
+                done.addErrback(lambda f: None)  # already logged by the topic host
+
+        if msg.acknowledge:
+            self._request(msg, work)
+            return
+        _check_request_id(msg)
+        try:  # without acknowledge the spec wants no answer, not even an ERROR
+            work()
+        except WampError as exc:
+            log.debug(
+                "unacknowledged PUBLISH from session {session_id} dropped: {error}",
+                session_id=self.id,
+                error=exc,
+            )
+
+    def _acknowledge(
+        self, msg: message.Publish, publication: Publication, done: Deferred[None] | None
+    ) -> None:
+        if done is None:
+            self._send(message.Published(msg.request, publication.id))
+            return
+        done.addCallbacks(
+            lambda _: self._send(message.Published(msg.request, publication.id)),
+            lambda failure: self._send_error(msg, error_payload(failure)),
+        )
+
+    def _publication(self, msg: message.Publish) -> Publication:
+        return Publication(
+            topic=msg.topic,
+            args=msg.args,
+            kwargs=msg.kwargs,
+            publisher=self.id,
+            publisher_authid=self.authid,
+            publisher_authrole=self.authrole,
+            exclude_me=msg.exclude_me is not False,
+            disclose_me=disclosed(msg),
+            exclude=optional_set(msg.exclude),
+            exclude_authid=optional_set(msg.exclude_authid),
+            exclude_authrole=optional_set(msg.exclude_authrole),
+            eligible=optional_set(msg.eligible),
+            eligible_authid=optional_set(msg.eligible_authid),
+            eligible_authrole=optional_set(msg.eligible_authrole),
+        )
+
+    def _on_register(self, msg: message.Register) -> None:
+        def work() -> None:
+            if msg.match not in (None, EXACT):
+                raise WampError("wamp.error.invalid_argument", f"match policy {msg.match!r} is not supported")
+            self._check_uri(msg.procedure, EXACT)
+            registration = self._router.dealer.register(self, msg.procedure)
+            self._send(message.Registered(msg.request, registration.id))
+
+        self._request(msg, work)
+
+    def _on_unregister(self, msg: message.Unregister) -> None:
+        def work() -> None:
+            self._router.dealer.unregister(self, msg.registration)
+            self._send(message.Unregistered(msg.request))
+
+        self._request(msg, work)
+
+    def _on_call(self, msg: message.Call) -> None:
+        def work() -> None:
+            self._check_uri(msg.procedure, EXACT)
+            self._router.dealer.call(self, msg)
+
+        self._request(msg, work)
+
+    def _on_yield(self, msg: message.Yield) -> None:
+        _check_request_id(msg)
+        self._router.dealer.yielded(self, msg)
+
+    def _on_error(self, msg: message.Error) -> None:
+        if msg.request_type != message.Invocation.MESSAGE_TYPE:
+            raise _ProtocolViolation(f"ERROR for a message of type {msg.request_type} sent to a router")
+        _check_request_id(msg)
+        self._router.dealer.failed(self, msg)
+
+    def _check_uri(self, uri: str, match: str) -> None:
+        try:
+            check_or_raise_uri(
+                uri,
+                "URI",
+                strict=self._router.strict_uris,
+                allow_empty_components=match != EXACT and match != PREFIX,
+                allow_last_empty=match == PREFIX,
+            )
+        except InvalidUriError:
+            raise WampError(INVALID_URI, f"invalid URI {uri!r} for match policy {match!r}") from None
+        if match == EXACT and (not uri or ".." in uri or uri.startswith(".") or uri.endswith(".")):
+            raise WampError(INVALID_URI, f"invalid URI {uri!r}: exact URIs need non-empty parts")
+
+
+def _check_request_id(msg: Any) -> None:
+    request = msg.request
+    if type(request) is not int or not 1 <= request <= MAX_ID:
+        raise _ProtocolViolation(f"request id {request!r} is outside [1, 2^53]")
+
+
+_OPENING_HANDLERS: dict[type, Callable[[Session, Any], None]] = {
+    message.Hello: Session._on_hello,
+    message.Abort: Session._on_abort,
+}
+
+_ESTABLISHED_HANDLERS: dict[type, Callable[[Session, Any], None]] = {
+    message.Subscribe: Session._on_subscribe,
+    message.Unsubscribe: Session._on_unsubscribe,
+    message.Publish: Session._on_publish,
+    message.Register: Session._on_register,
+    message.Unregister: Session._on_unregister,
+    message.Call: Session._on_call,
+    message.Yield: Session._on_yield,
+    message.Error: Session._on_error,
+    message.Goodbye: Session._on_goodbye,
+    message.Abort: Session._on_abort,
+}

@@ -1,0 +1,127 @@
+"""The broker's subscription table: exact, prefix and wildcard subscriptions, matched against topic URIs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from autobahn.util import rid
+
+if TYPE_CHECKING:
+    from ._session import Session
+
+EXACT = "exact"
+PREFIX = "prefix"
+WILDCARD = "wildcard"
+MATCH_POLICIES = (EXACT, PREFIX, WILDCARD)
+
+
+class Subscription:
+    """One subscription: a (URI, match policy) pair shared by every session subscribed to it."""
+
+    __slots__ = ("id", "uri", "match", "sessions", "_parts")
+
+    def __init__(self, uri: str, match: str) -> None:
+        self.id: int = rid()
+        self.uri = uri
+        self.match = match
+        # An insertion-ordered set: events reach subscribers in the order they subscribed.
+        self.sessions: dict[Session, None] = {}
+        self._parts: tuple[str, ...] = tuple(uri.split(".")) if match == WILDCARD else ()
+
+    def matches_wildcard(self, parts: list[str]) -> bool:
+        """True when a topic URI split on dots fits this wildcard pattern (empty parts match anything)."""
+        for mine, theirs in zip(self._parts, parts, strict=True):
+            if mine and mine != theirs:
+                return False
+        return True
+
+    def __repr__(self) -> str:
+        return f"<Subscription {self.id} {self.match} {self.uri!r} ({len(self.sessions)} sessions)>"
+
+
+class SubscriptionTable:
+    """Subscriptions by id and by (URI, policy), with matching of a publication's topic URI."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[int, Subscription] = {}
+        self._exact: dict[str, Subscription] = {}
+        self._prefix: dict[str, Subscription] = {}
+        # Wildcard patterns grouped by their number of parts: only equal lengths can match.
+        self._wildcard: dict[int, dict[str, Subscription]] = {}
+
+    def _table(self, match: str, uri: str) -> dict[str, Subscription]:
+        if match == EXACT:
+            return self._exact
+        if match == PREFIX:
+            return self._prefix
+        return self._wildcard.setdefault(uri.count(".") + 1, {})
+
+    def add(self, session: Session, uri: str, match: str) -> tuple[Subscription, bool]:
+        """Subscribe a session; returns the subscription and whether the session was newly added."""
+        table = self._table(match, uri)
+        subscription = table.get(uri)
+        if subscription is None:
+            subscription = Subscription(uri, match)
+            while subscription.id in self._by_id:  # vanishingly rare, but ids must be unique
+                subscription.id = rid()
+            table[uri] = subscription
+            self._by_id[subscription.id] = subscription
+        if session in subscription.sessions:
+            return subscription, False
+        subscription.sessions[session] = None
+        return subscription, True
+
+    def remove(self, session: Session, subscription: Subscription) -> bool:
+        """Unsubscribe a session; drops the subscription when it has no session left. True if removed."""
+        if subscription.sessions.pop(session, False) is False:
+            return False
+        if not subscription.sessions:
+            self._drop(subscription)
+        return True
+
+    def _drop(self, subscription: Subscription) -> None:
+        del self._by_id[subscription.id]
+        if subscription.match == WILDCARD:
+            size = len(subscription._parts)
+            group = self._wildcard[size]
+            del group[subscription.uri]
+            if not group:
+                del self._wildcard[size]
+        else:
+            del self._table(subscription.match, subscription.uri)[subscription.uri]
+
+    def get(self, subscription_id: int) -> Subscription | None:
+        """The subscription with this id, if any."""
+        return self._by_id.get(subscription_id)
+
+    def exact(self, uri: str) -> Subscription | None:
+        """The exact subscription for a URI, if any."""
+        return self._exact.get(uri)
+
+    def match(self, uri: str) -> list[Subscription]:
+        """Every subscription receiving a publication to ``uri``: exact first, then prefix, then wildcard."""
+        found: list[Subscription] = []
+        exact = self._exact.get(uri)
+        if exact is not None:
+            found.append(exact)
+        if self._prefix:
+            found.extend(self._match_prefix(uri))
+        if self._wildcard:
+            parts = uri.split(".")
+            group = self._wildcard.get(len(parts))
+            if group:
+                found.extend(s for s in group.values() if s.matches_wildcard(parts))
+        return found
+
+    def _match_prefix(self, uri: str) -> Iterator[Subscription]:
+        prefixes = self._prefix
+        if len(prefixes) < len(uri) + 1:
+            return (s for p, s in prefixes.items() if uri.startswith(p))
+        return (prefixes[uri[:i]] for i in range(len(uri) + 1) if uri[:i] in prefixes)
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def __iter__(self) -> Iterator[Subscription]:
+        return iter(list(self._by_id.values()))

@@ -1,0 +1,239 @@
+"""The ``twistd sandstone`` command: options, app loading and the service tree.
+
+``twisted/plugins/sandstone_plugin.py`` only points twistd here, so that plugin
+discovery (``twistd --help``) never imports the framework itself.
+"""
+
+import importlib
+import inspect
+import os
+import sys
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService, MultiService
+from twisted.logger import Logger
+from twisted.python import usage
+from twisted.web.server import Site
+
+from sandstone._app import Sandstone
+
+__all__ = ["AppLoadError", "Options", "SandstoneService", "load_app", "makeService"]
+
+_log = Logger()
+
+#: What the startup log line says for the app when ``--app`` was not given.
+DEFAULT_APP_LABEL = "the default app"
+
+
+class AppLoadError(Exception):
+    """``--app`` does not name a usable application. The message is one line."""
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _describe(obj: Any) -> str:
+    """A short noun phrase for what *obj* is: "a function", "a Klein instance"..."""
+    if obj is None:
+        return "None"
+    if inspect.ismodule(obj):
+        return "a module"
+    if inspect.isclass(obj):
+        return "a class"
+    if inspect.isfunction(obj) or inspect.isbuiltin(obj):
+        return "a function"
+    if inspect.ismethod(obj):
+        return "a method"
+    name = type(obj).__name__
+    article = "an" if name[:1].lower() in "aeiou" else "a"
+    return f"{article} {name} instance"
+
+
+def _ensure_cwd_on_path() -> None:
+    """
+    Make ``MODULE`` importable relative to the working directory.
+
+    The ``twistd`` console script puts its own ``bin/`` directory, not the
+    working directory, first on ``sys.path``, so ``twistd sandstone --app
+    examples.blog:app`` run from a checkout could not find ``examples``.
+    """
+    cwd = os.getcwd()
+    for entry in sys.path:
+        if os.path.abspath(entry or os.curdir) == cwd:
+            return
+    sys.path.insert(0, cwd)
+
+
+def _module_missing(err: ModuleNotFoundError, modname: str) -> bool:
+    """Was it *modname* itself (or one of its parent packages) that was not found?"""
+    missing = err.name or ""
+    return bool(missing) and (modname == missing or modname.startswith(missing + "."))
+
+
+def load_app(spec: str) -> Sandstone:
+    """
+    Import ``MODULE:ATTRIBUTE`` and return that L{Sandstone} app.
+
+    ``ATTRIBUTE`` may be dotted (``pkg.mod:holder.app``).
+
+    @raise AppLoadError: with a one-line message saying what is wrong.
+    """
+    modname, sep, attrpath = spec.partition(":")
+    modname, attrpath = modname.strip(), attrpath.strip()
+    if not sep or not modname or not attrpath:
+        raise AppLoadError(f"--app expects MODULE:ATTRIBUTE, got {spec!r}")
+
+    _ensure_cwd_on_path()
+    try:
+        module = importlib.import_module(modname)
+    except ModuleNotFoundError as err:
+        if _module_missing(err, modname):
+            if err.name == modname:
+                raise AppLoadError(f"no module named {modname!r} (from --app {spec!r})") from err
+            raise AppLoadError(
+                f"no module named {err.name!r} (needed to import {modname!r} from --app {spec!r})"
+            ) from err
+        raise AppLoadError(
+            f"module {modname!r} was found but importing it failed: "
+            f"{type(err).__name__}: {_one_line(str(err))}"
+        ) from err
+    except Exception as err:  # ImportError, SyntaxError, or whatever the module raised
+        raise AppLoadError(
+            f"module {modname!r} was found but importing it failed: "
+            f"{type(err).__name__}: {_one_line(str(err))}"
+        ) from err
+
+    obj: Any = module
+    walked: list[str] = []
+    for part in attrpath.split("."):
+        if not hasattr(obj, part):
+            owner = f"{modname}:{'.'.join(walked)}" if walked else f"module {modname!r}"
+            raise AppLoadError(f"{owner} has no attribute {part!r}")
+        obj = getattr(obj, part)
+        walked.append(part)
+
+    if not isinstance(obj, Sandstone):
+        hint = ""
+        if inspect.isclass(obj) and issubclass(obj, Sandstone):
+            hint = " (instantiate it in the module and point --app at the instance)"
+        raise AppLoadError(f"{modname}:{attrpath} is {_describe(obj)}, not a sandstone.Sandstone app{hint}")
+    return obj
+
+
+def _default_app() -> Sandstone:
+    # Imported lazily: only ``twistd sandstone`` without --app needs it.
+    from sandstone._default import make_default_app
+
+    return make_default_app()
+
+
+class Options(usage.Options):
+    """Command-line options of ``twistd sandstone``."""
+
+    synopsis = "[--app MODULE:ATTRIBUTE] [--listen ENDPOINT] [--realm REALM] [--ws-path PATH]"
+    longdesc = (
+        "Serve a sandstone app: its Klein REST routes and its WAMP router, both on one listening endpoint."
+    )
+
+    optParameters = [
+        [
+            "app",
+            "a",
+            None,
+            "The app to serve, as MODULE:ATTRIBUTE naming a sandstone.Sandstone instance "
+            "(e.g. examples.blog:app). Default: sandstone's built-in demo app.",
+        ],
+        [
+            "listen",
+            "l",
+            "tcp:8080",
+            "Twisted server endpoint string to listen on (e.g. tcp:8080:interface=127.0.0.1).",
+        ],
+        ["realm", None, None, "WAMP realm. Default: the app's own (realm1 unless the app sets another)."],
+        ["ws-path", None, None, "URL path of the WAMP WebSocket. Default: the app's own (/ws unless set)."],
+    ]
+
+    #: The loaded app, set by L{postOptions}.
+    app: Sandstone | None = None
+
+    def postOptions(self) -> None:
+        try:
+            app = load_app(self["app"]) if self["app"] is not None else _default_app()
+        except AppLoadError as err:
+            raise usage.UsageError(str(err)) from None
+        if self["realm"] is not None:
+            app.realm = self["realm"]
+        if self["ws-path"] is not None:
+            app.ws_path = self["ws-path"]
+        self._check_listen()
+        self.app = app
+
+    def _check_listen(self) -> None:
+        # Parse (without listening) so that a typo is a usage error, not a
+        # traceback once the reactor runs.
+        from twisted.internet import reactor
+        from twisted.internet.endpoints import serverFromString
+
+        try:
+            serverFromString(reactor, self["listen"])
+        except Exception as err:
+            raise usage.UsageError(
+                f"--listen {self['listen']!r} is not a valid server endpoint: "
+                f"{type(err).__name__}: {_one_line(str(err))}"
+            ) from None
+
+
+class SandstoneService(MultiService):
+    """
+    The root service of ``twistd sandstone``, named "sandstone".
+
+    @ivar app: the L{Sandstone} app being served.
+    """
+
+    def __init__(self, app: Sandstone, app_label: str, listen: str) -> None:
+        super().__init__()
+        self.setName("sandstone")
+        self.app = app
+        self.app_label = app_label
+        self.listen = listen
+
+    def startService(self) -> None:
+        _log.info(
+            "sandstone serving {app} on {listen}, WAMP realm {realm} at {ws_path}",
+            app=self.app_label,
+            listen=self.listen,
+            realm=self.app.realm,
+            ws_path=self.app.ws_path,
+        )
+        super().startService()
+
+
+def makeService(options: Options) -> IService:
+    """
+    Build the service tree: a L{SandstoneService} named "sandstone" holding a
+    child "web" that serves C{app.resource()} on C{options["listen"]}.
+    """
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import serverFromString
+
+    app = getattr(options, "app", None)
+    if app is None:  # options not parsed by twistd; load the app here
+        app = load_app(options["app"]) if options.get("app") else _default_app()
+        if options.get("realm") is not None:
+            app.realm = options["realm"]
+        if options.get("ws-path") is not None:
+            app.ws_path = options["ws-path"]
+
+    listen = options.get("listen") or "tcp:8080"
+    root = SandstoneService(app, options.get("app") or DEFAULT_APP_LABEL, listen)
+
+    endpoint = serverFromString(reactor, listen)
+    web = StreamServerEndpointService(endpoint, Site(app.resource()))
+    # As twisted.application.strports.service does: if listening fails
+    # (port in use...), fail startService instead of serving nothing.
+    web._raiseSynchronously = True
+    web.setName("web")
+    web.setServiceParent(root)
+    return root

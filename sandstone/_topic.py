@@ -1,0 +1,248 @@
+"""Topics: classes (or factories) declared for URI patterns, one live instance per concrete topic URI."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ._dispatcher import EventDispatcher
+from ._pattern import TopicPattern, TopicRoutes
+from ._publication import Publication, session_ids
+
+if TYPE_CHECKING:
+    from ._router import Router
+    from ._session import Session
+
+log = Logger()
+
+F = TypeVar("F", bound=Callable[..., Any])
+TopicFactory = Callable[[str, dict[str, Any]], "Topic"]
+
+_EVENTS_ATTRIBUTE = "_sandstone_events"
+
+
+def on_event(name: str, *, priority: int = 0) -> Callable[[F], F]:
+    """Mark a Topic method as a listener of the event ``name`` while the topic instance lives."""
+
+    def mark(method: F) -> F:
+        marks = list(getattr(method, _EVENTS_ATTRIBUTE, ()))
+        marks.append((name, priority))
+        setattr(method, _EVENTS_ATTRIBUTE, marks)
+        return method
+
+    return mark
+
+
+class Topic:
+    """Base class of a topic: override the hooks, call ``broadcast`` and ``send``.
+
+    An instance serves one concrete URI (``self.uri``) with the values its pattern matched
+    (``self.args``, converted). It is created when the first exact subscription to that URI arrives
+    and released when the last one leaves; its ``@on_event`` methods listen only meanwhile.
+    Hooks may be plain methods, coroutines, or return Deferreds.
+    """
+
+    _event_methods: tuple[tuple[str, str, int], ...] = ()
+    _publish_takes_publication: bool = True
+
+    def __init__(self, uri: str, args: dict[str, Any]) -> None:
+        self.uri = uri
+        self.args = args
+        self._subscribers: dict[Session, None] = {}
+        self._router: Router | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._event_methods = tuple(_event_methods(cls))
+        cls._publish_takes_publication = _takes_publication(cls.on_publish)
+
+    @property
+    def subscribers(self) -> tuple[Session, ...]:
+        """The sessions subscribed to this exact URI, in the order they subscribed."""
+        return tuple(self._subscribers)
+
+    # hooks
+
+    def on_subscribe(self, session: Session) -> Any:
+        """A session subscribed to this URI (after its SUBSCRIBED was sent)."""
+
+    def on_unsubscribe(self, session: Session) -> Any:
+        """A session unsubscribed, or left without unsubscribing."""
+
+    def on_publish(self, session: Session, payload: Any, publication: Publication) -> Any:
+        """A client published on this URI. Default: deliver it as published to every subscriber,
+        honouring the client's ``exclude_me`` (the publisher is excluded unless it says false),
+        ``exclude`` and ``eligible`` options.
+
+        ``payload`` is the first positional argument (``None`` if there is none); the whole
+        publication (``args``, ``kwargs``, options, ``id``) is ``publication``. An override may
+        leave out the ``publication`` parameter.
+        """
+        self._require_router().publish(publication)
+
+    # actions
+
+    def broadcast(
+        self,
+        payload: Any,
+        *,
+        exclude: Iterable[Session | int] = (),
+        eligible: Iterable[Session | int] | None = None,
+    ) -> int:
+        """Send ``payload`` as the first argument of an EVENT to every subscriber of this URI
+        (pattern subscriptions included), except ``exclude`` and, when given, only ``eligible``.
+        Returns the publication id.
+        """
+        publication = Publication(
+            topic=self.uri,
+            args=[payload],
+            exclude=session_ids(exclude) or None,
+            eligible=session_ids(eligible),
+        )
+        self._require_router().publish(publication)
+        return publication.id
+
+    def send(self, session: Session, payload: Any) -> int:
+        """Send ``payload`` to one subscriber of this URI only. Returns the publication id."""
+        return self._require_router().send(session, self.uri, [payload], None)
+
+    def _require_router(self) -> Router:
+        if self._router is None:
+            raise RuntimeError(f"topic {self.uri!r} is not attached to a running app yet")
+        return self._router
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.uri!r} ({len(self._subscribers)} subscribers)>"
+
+
+def _event_methods(cls: type) -> Iterable[tuple[str, str, int]]:
+    seen: set[str] = set()
+    for klass in cls.__mro__:
+        for attribute, value in vars(klass).items():
+            if attribute in seen:
+                continue
+            seen.add(attribute)
+            for name, priority in getattr(value, _EVENTS_ATTRIBUTE, ()):
+                yield attribute, name, priority
+
+
+def _takes_publication(method: Callable[..., Any]) -> bool:
+    try:
+        parameters = inspect.signature(method).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "publication" or p.kind is p.VAR_KEYWORD for p in parameters)
+
+
+class TopicHost:
+    """The app's declared topics and their live instances, driven by the router.
+
+    The router calls ``subscribed``/``unsubscribed`` for exact subscriptions and ``published`` for
+    client publications; the host creates instances on demand, wires their event listeners to the
+    dispatcher, runs the hooks and releases instances nobody uses any more.
+    """
+
+    def __init__(self, events: EventDispatcher) -> None:
+        self.routes: TopicRoutes[TopicFactory] = TopicRoutes()
+        self.instances: dict[str, Topic] = {}
+        self._events = events
+        self._busy: dict[str, int] = {}
+        self.router: Router | None = None
+
+    def declare(self, pattern: TopicPattern, factory: TopicFactory) -> None:
+        """Declare a topic pattern served by ``factory(uri, args)``."""
+        self.routes.add(pattern, factory)
+
+    def has_route(self, uri: str) -> bool:
+        """Whether a declared pattern matches ``uri``."""
+        return self.routes.resolve(uri) is not None
+
+    def get(self, uri: str) -> Topic | None:
+        """The live instance for ``uri``, if any."""
+        return self.instances.get(uri)
+
+    def subscribed(self, session: Session, uri: str) -> None:
+        """An exact subscription arrived: make sure the instance exists, then run ``on_subscribe``."""
+        topic = self._instance(uri)
+        topic._subscribers[session] = None
+        self._run_hook(topic, "on_subscribe", session)
+
+    def unsubscribed(self, session: Session, uri: str) -> None:
+        """An exact subscription ended: run ``on_unsubscribe``, release the instance if it is unused."""
+        topic = self.instances.get(uri)
+        if topic is None or topic._subscribers.pop(session, False) is not None:
+            return
+        self._run_hook(topic, "on_unsubscribe", session)
+        self._release_if_unused(topic)
+
+    def published(self, session: Session, publication: Publication) -> Deferred[None]:
+        """Run ``on_publish`` on the instance for the publication's URI (a transient one if none lives)."""
+        topic = self._instance(publication.topic)
+        self._busy[topic.uri] = self._busy.get(topic.uri, 0) + 1
+        if topic._publish_takes_publication:
+            d = maybeDeferred(_call_hook, topic.on_publish, session, publication.payload, publication)
+        else:
+            d = maybeDeferred(_call_hook, topic.on_publish, session, publication.payload)
+        d.addErrback(self._hook_failed, topic, "on_publish")
+        d.addBoth(self._done_publishing, topic)
+        return d
+
+    def _done_publishing(self, result: Any, topic: Topic) -> Any:
+        remaining = self._busy[topic.uri] - 1
+        if remaining:
+            self._busy[topic.uri] = remaining
+        else:
+            del self._busy[topic.uri]
+        self._release_if_unused(topic)
+        return None if not isinstance(result, Failure) else result
+
+    def _instance(self, uri: str) -> Topic:
+        topic = self.instances.get(uri)
+        if topic is not None:
+            return topic
+        resolved = self.routes.resolve(uri)
+        if resolved is None:
+            raise LookupError(f"no topic is declared for URI {uri!r}")
+        pattern, factory, args = resolved
+        topic = factory(uri, args)
+        if not isinstance(topic, Topic):
+            raise TypeError(f"factory for topic pattern {pattern.pattern!r} returned {topic!r}, not a Topic")
+        topic._router = self.router
+        self.instances[uri] = topic
+        for attribute, name, priority in type(topic)._event_methods:
+            self._events.add_listener(name, getattr(topic, attribute), priority)
+        return topic
+
+    def _release_if_unused(self, topic: Topic) -> None:
+        if topic._subscribers or topic.uri in self._busy or self.instances.get(topic.uri) is not topic:
+            return
+        del self.instances[topic.uri]
+        for attribute, name, _ in type(topic)._event_methods:
+            self._events.remove_listener(name, getattr(topic, attribute))
+
+    def _run_hook(self, topic: Topic, hook: str, session: Session) -> None:
+        d = maybeDeferred(_call_hook, getattr(topic, hook), session)
+        d.addErrback(self._hook_failed, topic, hook)
+        d.addErrback(lambda _: None)
+
+    def _hook_failed(self, failure: Failure, topic: Topic, hook: str) -> Failure:
+        log.failure(
+            "{hook} of topic {topic_class} for {uri} failed",
+            failure,
+            hook=hook,
+            topic_class=type(topic).__qualname__,
+            uri=topic.uri,
+        )
+        return failure
+
+
+def _call_hook(hook: Callable[..., Any], *args: Any) -> Any:
+    result = hook(*args)
+    if inspect.isawaitable(result) and not isinstance(result, Deferred):
+        return Deferred.fromCoroutine(result)  # type: ignore[arg-type]
+    return result
