@@ -1,0 +1,97 @@
+"""The seed scenario: a blog whose REST API announces new articles to websocket subscribers, plus a chat.
+
+Run it from the repository root::
+
+    twistd -n sandstone --app examples.blog:app --listen tcp:8080
+
+then ``POST /api/articles`` with ``{"title": "..."}`` and watch the ``articles`` topic.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from twisted.web.iweb import IRequest
+
+from sandstone import Sandstone, Session, Topic, on_event
+
+app = Sandstone()
+
+
+@dataclass(frozen=True)
+class Article:
+    id: int
+    title: str
+
+
+@dataclass(frozen=True)
+class ArticleCreated:
+    """Event dispatched when an article is published."""
+
+    article: Article
+
+
+_articles: dict[int, Article] = {}
+
+
+def _json(request: IRequest, code: int, body: Any) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"Content-Type", b"application/json")
+    return json.dumps(body).encode()
+
+
+def _title_from(request: IRequest) -> str | None:
+    try:
+        body = json.loads(request.content.read())
+    except (ValueError, UnicodeDecodeError):
+        return None
+    title = body.get("title") if isinstance(body, dict) else None
+    return title.strip() if isinstance(title, str) and title.strip() else None
+
+
+@app.route("/api/articles", methods=["POST"])
+async def create_article(request: IRequest) -> bytes:
+    title = _title_from(request)
+    if title is None:
+        return _json(request, 400, {"error": 'expected a JSON object with a non-empty string "title"'})
+    article = Article(id=len(_articles) + 1, title=title)
+    _articles[article.id] = article
+    await app.dispatch("article.created", ArticleCreated(article))
+    return _json(request, 201, asdict(article))
+
+
+@app.route("/api/articles", methods=["GET"])
+def list_articles(request: IRequest) -> bytes:
+    return _json(request, 200, [asdict(a) for a in _articles.values()])
+
+
+@app.route("/api/articles/<int:article_id>", methods=["GET"])
+def get_article(request: IRequest, article_id: int) -> bytes:
+    article = _articles.get(article_id)
+    if article is None:
+        return _json(request, 404, {"error": f"no article {article_id}"})
+    return _json(request, 200, asdict(article))
+
+
+@app.topic("articles")
+class Articles(Topic):
+    """Everyone subscribed to ``articles`` hears about each new article."""
+
+    @on_event("article.created")
+    def article_created(self, event: ArticleCreated) -> None:
+        self.broadcast(
+            {
+                "message": f"An article has just been published: {event.article.title}",
+                "article": asdict(event.article),
+            }
+        )
+
+
+@app.topic("chat/{channel}")
+class Chat(Topic):
+    """A chat room per channel: a welcome for newcomers, messages relayed to the others."""
+
+    def on_subscribe(self, session: Session) -> None:
+        self.send(session, f"Welcome on {self.args['channel']}")

@@ -1,0 +1,417 @@
+"""Test an app's topics, procedures and REST routes in memory, with no sockets (for ``twisted.trial``).
+
+::
+
+    from sandstone.testing import TestClient
+
+    class ChatTests(SynchronousTestCase):
+        def test_welcome(self):
+            client = TestClient(app)
+            alice = client.connect()
+            general = alice.subscribe("chat/general")
+            self.assertEqual(general.payloads, ["Welcome on general"])
+
+Messages cross a real WAMP serializer (JSON by default) in both directions, so what a test sees
+is what a client on the wire would see.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json as jsonlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from autobahn.wamp import message
+from autobahn.wamp.exception import ApplicationError
+from autobahn.wamp.interfaces import ISerializer
+from autobahn.wamp.serializer import CBORSerializer, JsonSerializer, MsgPackSerializer
+from treq.testing import StubTreq
+from twisted.internet.defer import Deferred, maybeDeferred
+
+from ._app import Sandstone
+from ._codec import DecodeError, decode
+from ._session import Session
+
+__all__ = ["Event", "TestClient", "TestResponse", "TestSession", "TestSubscription", "SessionClosed"]
+
+_SERIALIZERS: dict[str, Callable[[], ISerializer]] = {
+    "json": JsonSerializer,
+    "msgpack": MsgPackSerializer,
+    "cbor": CBORSerializer,
+}
+
+_CLIENT_ROLES = {
+    "publisher": {"features": {"publisher_exclusion": True, "subscriber_blackwhite_listing": True}},
+    "subscriber": {"features": {"pattern_based_subscription": True}},
+    "caller": {"features": {"progressive_call_results": True}},
+    "callee": {"features": {"progressive_call_results": True}},
+}
+
+
+class SessionClosed(Exception):
+    """The router ended the session (ABORT or GOODBYE); ``reason`` is the URI it gave."""
+
+    def __init__(self, reason: str, text: str | None) -> None:
+        super().__init__(f"{reason}: {text}" if text else reason)
+        self.reason = reason
+
+
+@dataclass
+class Event:
+    """One EVENT a test session received."""
+
+    args: list[Any]
+    kwargs: dict[str, Any]
+    publication: int
+    topic: str | None
+    publisher: int | None
+
+    @property
+    def payload(self) -> Any:
+        """The first positional argument (what ``Topic.broadcast`` sends), or ``None``."""
+        return self.args[0] if self.args else None
+
+
+@dataclass
+class TestSubscription:
+    """A subscription of a test session, with every event received on it so far."""
+
+    id: int
+    topic: str
+    match: str
+    events: list[Event] = field(default_factory=list)
+
+    @property
+    def payloads(self) -> list[Any]:
+        """The first argument of each received event, in order."""
+        return [event.payload for event in self.events]
+
+
+@dataclass
+class TestResponse:
+    """A REST response: status code, headers and body."""
+
+    code: int
+    headers: dict[str, list[str]]
+    body: bytes
+
+    def json(self) -> Any:
+        """The body decoded as JSON."""
+        return jsonlib.loads(self.body)
+
+
+class _MemoryTransport:
+    """The router side of an in-memory connection: serializes what the router sends to the client."""
+
+    def __init__(self, client: TestSession) -> None:
+        self._client = client
+        self.closed = False
+
+    def send_message(self, msg: message.Message) -> None:
+        if self.closed:
+            return
+        payload, is_binary = self._client._serializer.serialize(msg)
+        for parsed in self._client._serializer.unserialize(payload, is_binary):
+            self._client._receive(parsed)
+
+    def close_transport(self, reason: str) -> None:
+        self.closed = True
+        self._client._transport_closed(reason)
+
+
+class TestSession:
+    """A WAMP client session connected in memory to an app's router. Replies arrive synchronously."""
+
+    __test__ = False  # not a test case, whatever trial or pytest think of the name
+
+    def __init__(self, app: Sandstone, serializer: str = "json") -> None:
+        self._serializer = _SERIALIZERS[serializer]()
+        self._transport = _MemoryTransport(self)
+        self._session: Session = app.router.attach(self._transport)
+        self._requests = itertools.count(1)
+        self._pending: dict[int, Deferred[Any]] = {}
+        self._subscriptions: dict[int, TestSubscription] = {}
+        self._subscribing: dict[int, tuple[str, str]] = {}
+        self._registrations: dict[int, Callable[..., Any]] = {}
+        self.messages: list[message.Message] = []
+        self.closed: SessionClosed | None = None
+        self.id = 0
+        self.authid: str | None = None
+        self.authrole: str | None = None
+        self.transport_closed = False
+
+    # connection
+
+    def join(self, realm: str, **details: Any) -> TestSession:
+        """Send HELLO; raises ``SessionClosed`` when the router answers ABORT."""
+        hello_details = {"roles": _CLIENT_ROLES, **details}
+        self.send_raw([message.Hello.MESSAGE_TYPE, realm, hello_details])
+        if self.closed is not None:
+            raise self.closed
+        return self
+
+    def leave(self) -> None:
+        """Say GOODBYE."""
+        self.send_raw([message.Goodbye.MESSAGE_TYPE, {}, "wamp.close.normal"])
+
+    def disconnect(self) -> None:
+        """Drop the connection without a GOODBYE, as a crashed client would."""
+        if not self._transport.closed:
+            self._transport.closed = True
+            self.transport_closed = True
+            self._session.on_transport_lost()
+
+    # pub/sub
+
+    def subscribe(self, topic: str, *, match: str = "exact") -> TestSubscription:
+        """Subscribe; returns the subscription, whose ``events`` fill up as events arrive."""
+        options = {} if match == "exact" else {"match": match}
+        request = next(self._requests)
+        self._subscribing[request] = (topic, match)
+        return self._result(self._request(message.Subscribe.MESSAGE_TYPE, options, topic, request=request))
+
+    def unsubscribe(self, subscription: TestSubscription) -> None:
+        """Unsubscribe; raises ``ApplicationError`` on an ERROR."""
+        self._result(self._request(message.Unsubscribe.MESSAGE_TYPE, subscription.id))
+        self._subscriptions.pop(subscription.id, None)
+
+    def publish(
+        self,
+        topic: str,
+        *args: Any,
+        acknowledge: bool = False,
+        exclude_me: bool | None = None,
+        exclude: Iterable[int] | None = None,
+        eligible: Iterable[int] | None = None,
+        disclose_me: bool | None = None,
+        **kwargs: Any,
+    ) -> int | None:
+        """Publish; with ``acknowledge`` returns the publication id or raises ``ApplicationError``."""
+        options: dict[str, Any] = {}
+        for name, value in (
+            ("acknowledge", acknowledge or None),
+            ("exclude_me", exclude_me),
+            ("disclose_me", disclose_me),
+        ):
+            if value is not None:
+                options[name] = value
+        if exclude is not None:
+            options["exclude"] = list(exclude)
+        if eligible is not None:
+            options["eligible"] = list(eligible)
+        if not acknowledge:
+            self.send_raw(
+                [message.Publish.MESSAGE_TYPE, next(self._requests), options, topic, *_payload(args, kwargs)]
+            )
+            return None
+        return self._result(
+            self._request(message.Publish.MESSAGE_TYPE, options, topic, *_payload(args, kwargs))
+        )
+
+    # RPC
+
+    def call(self, procedure: str, *args: Any, **kwargs: Any) -> Deferred[Any]:
+        """Call a procedure: a Deferred firing with the result (one value, or a list/dict when several)
+        or failing with ``ApplicationError``."""
+        return self._request(message.Call.MESSAGE_TYPE, {}, procedure, *_payload(args, kwargs))
+
+    def register(self, procedure: str, function: Callable[..., Any]) -> int:
+        """Register ``function`` as the callee of ``procedure``; returns the registration id."""
+        registration = self._result(self._request(message.Register.MESSAGE_TYPE, {}, procedure))
+        self._registrations[registration] = function
+        return registration
+
+    # raw access, for protocol tests
+
+    def send_raw(self, raw: list[Any]) -> None:
+        """Serialize a raw WAMP message (a list) and hand it to the router as a frame."""
+        payload, is_binary = self._serializer._serializer.serialize(raw), self._serializer._serializer.BINARY
+        self.send_frame(payload, is_binary)
+
+    def send_frame(self, payload: bytes, is_binary: bool) -> None:
+        """Hand the router one frame, exactly as a transport would."""
+        if self._transport.closed:
+            raise SessionClosed("transport closed", None)
+        try:
+            messages = decode(self._serializer, payload, is_binary)
+        except DecodeError as exc:
+            self._session.protocol_violation(str(exc))
+            return
+        for msg in messages:
+            self._session.on_message(msg)
+
+    # internals
+
+    def _request(self, kind: int, *fields: Any, request: int | None = None) -> Deferred[Any]:
+        request = request or next(self._requests)
+        d: Deferred[Any] = Deferred()
+        self._pending[request] = d
+        self.send_raw([kind, request, *fields])
+        return d
+
+    def _result(self, d: Deferred[Any]) -> Any:
+        if self.closed is not None:
+            raise self.closed
+        return _fired(d, "the router's answer")
+
+    def _receive(self, msg: message.Message) -> None:
+        self.messages.append(msg)
+        handler = _CLIENT_HANDLERS.get(type(msg))
+        if handler is not None:
+            handler(self, msg)
+
+    def _on_welcome(self, msg: message.Welcome) -> None:
+        self.id, self.authid, self.authrole = msg.session, msg.authid, msg.authrole
+
+    def _on_abort(self, msg: message.Abort) -> None:
+        self.closed = SessionClosed(msg.reason, msg.message)
+
+    def _on_goodbye(self, msg: message.Goodbye) -> None:
+        self.closed = SessionClosed(msg.reason, msg.message)
+
+    def _on_subscribed(self, msg: message.Subscribed) -> None:
+        # Created on SUBSCRIBED, not when subscribe() returns: an on_subscribe hook may send at once.
+        topic, match = self._subscribing.pop(msg.request, ("", "exact"))
+        subscription = self._subscriptions.get(msg.subscription)
+        if subscription is None:
+            subscription = TestSubscription(msg.subscription, topic, match)
+            self._subscriptions[msg.subscription] = subscription
+        _settle(self, msg.request, subscription)
+
+    def _on_event(self, msg: message.Event) -> None:
+        subscription = self._subscriptions.get(msg.subscription)
+        if subscription is not None:
+            subscription.events.append(
+                Event(list(msg.args or []), dict(msg.kwargs or {}), msg.publication, msg.topic, msg.publisher)
+            )
+
+    def _on_invocation(self, msg: message.Invocation) -> None:
+        function = self._registrations.get(msg.registration)
+        if function is None:
+            return
+        d = maybeDeferred(function, *(msg.args or []), **(msg.kwargs or {}))
+        d.addCallbacks(
+            lambda result: self.send_raw([message.Yield.MESSAGE_TYPE, msg.request, {}, [result]]),
+            lambda failure: self.send_raw(
+                [
+                    message.Error.MESSAGE_TYPE,
+                    message.Invocation.MESSAGE_TYPE,
+                    msg.request,
+                    {},
+                    "wamp.error.runtime_error",
+                    [str(failure.value)],
+                ]
+            ),
+        )
+
+    def _transport_closed(self, reason: str) -> None:
+        self.transport_closed = True
+
+
+def _payload(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
+    if kwargs:
+        return [list(args), kwargs]
+    if args:
+        return [list(args)]
+    return []
+
+
+def _call_value(msg: message.Result) -> Any:
+    if msg.kwargs:
+        return {"args": list(msg.args or []), "kwargs": msg.kwargs}
+    args = msg.args or []
+    if len(args) == 1:
+        return args[0]
+    return list(args) if args else None
+
+
+def _settle(session: TestSession, request: int, value: Any) -> None:
+    d = session._pending.pop(request, None)
+    if d is None:
+        return
+    if isinstance(value, Exception):
+        d.errback(value)
+    else:
+        d.callback(value)
+
+
+_CLIENT_HANDLERS: dict[type, Callable[[TestSession, Any], None]] = {
+    message.Welcome: TestSession._on_welcome,
+    message.Abort: TestSession._on_abort,
+    message.Goodbye: TestSession._on_goodbye,
+    message.Event: TestSession._on_event,
+    message.Invocation: TestSession._on_invocation,
+    message.Subscribed: TestSession._on_subscribed,
+    message.Unsubscribed: lambda s, m: _settle(s, m.request, None),
+    message.Published: lambda s, m: _settle(s, m.request, m.publication),
+    message.Registered: lambda s, m: _settle(s, m.request, m.registration),
+    message.Unregistered: lambda s, m: _settle(s, m.request, None),
+    message.Result: lambda s, m: _settle(s, m.request, _call_value(m)),
+    message.Error: lambda s, m: _settle(
+        s, m.request, ApplicationError(m.error, *(m.args or []), **(m.kwargs or {}))
+    ),
+}
+
+
+class TestClient:
+    """Connects in-memory WAMP sessions to an app and drives its REST routes, for trial tests."""
+
+    __test__ = False
+
+    def __init__(self, app: Sandstone, serializer: str = "json") -> None:
+        self.app = app
+        self.serializer = serializer
+        self.rest = StubTreq(app.resource())
+
+    def connect(self, realm: str | None = None, **details: Any) -> TestSession:
+        """A joined session (HELLO/WELCOME done); raises ``SessionClosed`` on ABORT."""
+        session = TestSession(self.app, self.serializer)
+        return session.join(realm or self.app.realm, **details)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        data: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> TestResponse:
+        """Make a REST request to the app and return its response (the handler must finish in memory)."""
+        url = "http://localhost" + path
+        kwargs: dict[str, Any] = {"headers": headers or {}}
+        if json is not None:
+            kwargs["json"] = json
+        elif data is not None:
+            kwargs["data"] = data
+        d = self.rest.request(method, url, **kwargs)
+        self.rest.flush()
+        response = _fired(d, f"{method} {path}")
+        body_d = response.content()
+        self.rest.flush()
+        body = _fired(body_d, f"body of {method} {path}")
+        headers_out = {k.decode(): [v.decode() for v in vs] for k, vs in response.headers.getAllRawHeaders()}
+        return TestResponse(response.code, headers_out, body)
+
+    def get(self, path: str, **kwargs: Any) -> TestResponse:
+        """``request("GET", path)``."""
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> TestResponse:
+        """``request("POST", path)``."""
+        return self.request("POST", path, **kwargs)
+
+
+def _fired(d: Deferred[Any], what: str) -> Any:
+    box: list[Any] = []
+    d.addBoth(box.append)
+    if not box:
+        raise AssertionError(
+            f"{what} did not complete in memory (does the handler wait on the real reactor?)"
+        )
+    outcome = box[0]
+    if hasattr(outcome, "raiseException"):
+        outcome.raiseException()
+    return outcome
