@@ -87,7 +87,8 @@ class Router:
             raise WampError(NO_SUCH_TOPIC, f"no topic is declared for URI {msg.topic!r}")
         subscription, added = self.broker.subscribe(session, msg.topic, match)
         session._send(message.Subscribed(msg.request, subscription.id))
-        if added and match == EXACT and self._topics is not None:
+        # On open URIs an exact subscription may have no declared topic: then there is no hook to run.
+        if added and match == EXACT and self._topics is not None and self._topics.has_route(msg.topic):
             self._topics.subscribed(session, msg.topic)
 
     def unsubscribe(self, session: Session, msg: message.Unsubscribe) -> None:
