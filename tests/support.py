@@ -6,11 +6,14 @@ from typing import Any
 
 from autobahn.twisted.wamp import ApplicationSession
 from autobahn.twisted.websocket import WampWebSocketClientFactory
+from autobahn.wamp import message
 from autobahn.wamp import serializer as wamp_serializer
 from autobahn.wamp.types import ComponentConfig
+from treq.client import HTTPClient
 from twisted.internet import defer, reactor
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IAddress, IListeningPort, ITransport
 from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.server import Site
 
 from sandstone import Sandstone
@@ -63,6 +66,29 @@ class Client(ApplicationSession):
         return self.subscribe(on_event, topic, options=options)
 
 
+class DisclosingClient(Client):
+    """A client asking the router to disclose its identity on every PUBLISH and CALL.
+
+    autobahn-python has no ``disclose_me`` option any more, so the option is added to the
+    marshalled message just before it is serialized for the transport.
+    """
+
+    def onJoin(self, details: Any) -> None:
+        transport = self._transport
+        send = transport.send
+        inner = transport._serializer._serializer
+
+        def send_disclosing(msg: Any) -> None:
+            if isinstance(msg, message.Publish | message.Call):
+                raw = msg.marshal()
+                raw[2] = dict(raw[2], disclose_me=True)
+                msg._serialized[inner] = inner.serialize(raw)
+            send(msg)
+
+        transport.send = send_disclosing
+        super().onJoin(details)
+
+
 class Received:
     """One event a client received."""
 
@@ -79,30 +105,90 @@ class Received:
         return f"Received({self.args!r}, {self.kwargs!r})"
 
 
+class TrackingSite(Site):
+    """A Site remembering the transports of its connections (HTTP and upgraded WebSocket alike),
+    so that a test can wait for the server side of every connection to be gone too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.transports: list[ITransport] = []
+
+    def buildProtocol(self, addr: IAddress) -> Any:
+        channel = super().buildProtocol(addr)
+        make_connection = channel.makeConnection
+
+        def track(transport: ITransport) -> None:
+            self.transports.append(transport)
+            make_connection(transport)
+
+        channel.makeConnection = track
+        return channel
+
+    def open_transports(self) -> list[ITransport]:
+        return [t for t in self.transports if not getattr(t, "disconnected", True)]
+
+
 class ServerTestCase(TestCase):
     """Serves an app on an ephemeral 127.0.0.1 port and connects autobahn clients to it."""
 
     def serve(self, app: Sandstone) -> IListeningPort:
-        port = reactor.listenTCP(0, Site(app.resource()), interface="127.0.0.1")
+        site = TrackingSite(app.resource())
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
+        # Cleanups run last-in first-out: this one runs after the clients connected later are gone.
+        self.addCleanup(self._server_connections_closed, site)
         self.app = app
+        self.site = site
         self.port = port.getHost().port
+        self.ws_url = f"ws://127.0.0.1:{self.port}{app.ws_path}"
         return port
+
+    @defer.inlineCallbacks
+    def _server_connections_closed(self, site: TrackingSite) -> Any:
+        try:
+            yield wait_until(lambda: not site.open_transports(), timeout=2.0)
+        except AssertionError:
+            for transport in site.open_transports():
+                transport.abortConnection()  # type: ignore[attr-defined]
+            yield wait_until(lambda: not site.open_transports(), timeout=2.0)
+        # autobahn's WebSocket timers (e.g. the closing handshake's) live in txaio batched-timer
+        # buckets that stay scheduled until they fire even when the timer was cancelled.
+        yield wait_until(lambda: not pending_websocket_timers(), timeout=2.0)
+
+    def http(self) -> HTTPClient:
+        """A treq client whose connections are all closed at test cleanup."""
+        pool = HTTPConnectionPool(reactor, persistent=True)
+        pool.maxPersistentPerHost = 1000  # keep every connection cached, so closing the cache closes all
+        self.addCleanup(pool.closeCachedConnections)
+        return HTTPClient(Agent(reactor, pool=pool))
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def connect(self, serializer: str = "json", realm: str | None = None, client_class: type = Client) -> Any:
-        """A Deferred firing with a joined client session, closed again at test cleanup."""
-        config = ComponentConfig(realm or self.app.realm)
+    def connect(
+        self,
+        serializer: str = "json",
+        realm: str | None = None,
+        client_class: type = Client,
+        *,
+        url: str | None = None,
+    ) -> Any:
+        """A Deferred firing with a joined client session, closed again at test cleanup.
+
+        ``url`` defaults to the served app's WebSocket URL; ``client.connector`` is the TCP connector
+        (``drop`` uses it to cut the connection without a WAMP goodbye).
+        """
+        url = url or self.ws_url
+        config = ComponentConfig(realm or (self.app.realm if hasattr(self, "app") else "realm1"))
         session = client_class(config)
         factory = WampWebSocketClientFactory(
             lambda: session,
-            url=f"ws://127.0.0.1:{self.port}{self.app.ws_path}",
+            url=url,
             serializers=[SERIALIZERS[serializer]()],
         )
-        connector = reactor.connectTCP("127.0.0.1", self.port, factory)
+        connector = reactor.connectTCP(factory.host, factory.port, factory)
+        session.connector = connector
 
         def cleanup() -> Any:
             connector.disconnect()
@@ -112,6 +198,20 @@ class ServerTestCase(TestCase):
 
         self.addCleanup(cleanup)
         return session.joined
+
+    def drop(self, client: Client) -> defer.Deferred[None]:
+        """Cut a client's TCP connection (no GOODBYE, no WebSocket close); fires once it is gone."""
+        client.connector.disconnect()  # type: ignore[attr-defined]
+        return client.disconnected
+
+
+def pending_websocket_timers() -> list[Any]:
+    """Delayed calls of txaio batched timers (used by autobahn's WebSocket protocol) still scheduled."""
+    return [
+        call
+        for call in reactor.getDelayedCalls()
+        if type(getattr(call.func, "__self__", None)).__name__ == "_BatchedTimer"
+    ]
 
 
 def wait_until(predicate: Any, timeout: float = 5.0, interval: float = 0.01) -> defer.Deferred[None]:
