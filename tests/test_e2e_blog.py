@@ -178,8 +178,10 @@ class ChatTests(BlogTestCase):
             await client.record("chat/general")
         await news.record("chat/news")
         await wait_until(
-            lambda: all(len(c.received["chat/general"]) == 1 for c in (publisher, other, another))
-            and len(news.received["chat/news"]) == 1
+            lambda: (
+                all(len(c.received["chat/general"]) == 1 for c in (publisher, other, another))
+                and len(news.received["chat/news"]) == 1
+            )
         )
         for client in (publisher, other, another):
             del client.received["chat/general"][:]

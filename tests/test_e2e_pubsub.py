@@ -153,9 +153,7 @@ class PatternSubscriptionTests(PubSubTestCase):
         await self.quiet()
         events = subscriber.received["com..status"]
         self.assertEqual([e.payload for e in events], ["com.a.status", "com.b.status", "last"])
-        self.assertEqual(
-            [e.details.topic for e in events], ["com.a.status", "com.b.status", "com.c.status"]
-        )
+        self.assertEqual([e.details.topic for e in events], ["com.a.status", "com.b.status", "com.c.status"])
 
     async def test_exact_prefix_and_wildcard_of_one_session_each_get_one_event(self) -> None:
         subscriber, publisher = await self.clients("cbor", "json")
@@ -282,9 +280,7 @@ class AcknowledgeAndDisclosureTests(PubSubTestCase):
     async def test_acknowledge(self) -> None:
         publisher, subscriber = await self.clients("json", "cbor")
         await subscriber.record("com.example.ack")
-        published = await publisher.publish(
-            "com.example.ack", "hi", options=PublishOptions(acknowledge=True)
-        )
+        published = await publisher.publish("com.example.ack", "hi", options=PublishOptions(acknowledge=True))
         self.assertIsInstance(published.id, int)
         await wait_until(lambda: subscriber.received["com.example.ack"])
         self.assertEqual(subscriber.received["com.example.ack"][0].details.publication, published.id)
