@@ -11,7 +11,7 @@ stop the propagation of the event to the later ones.
 from __future__ import annotations
 
 import inspect
-from bisect import insort
+from bisect import bisect_left, insort
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -164,6 +164,14 @@ class _Dispatch:
         self.result.errors.append(ListenerError(name, outcome))
 
 
+def _hashable(listener: _Listener) -> bool:
+    try:
+        hash(listener)
+    except TypeError:
+        return False
+    return True
+
+
 def _find(entries: list[_Entry], listener: _Listener) -> _Entry | None:
     """The entry whose listener equals C{listener}, if any."""
     for entry in entries:
@@ -177,28 +185,44 @@ class EventDispatcher:
 
     def __init__(self) -> None:
         self._entries: dict[str, list[_Entry]] = {}
+        # Per name, the entries of hashable listeners by listener, so that finding a registration
+        # is not a scan of the list (thousands of topic instances may listen to one event name).
+        self._hashed: dict[str, dict[_Listener, _Entry]] = {}
         self._sequence = count()
+
+    def _lookup(self, name: str, entries: list[_Entry], listener: _Listener) -> _Entry | None:
+        """The registration of a listener equal to C{listener} under C{name}, if any."""
+        hashed = self._hashed.get(name, {})
+        if not _hashable(listener) or len(hashed) < len(entries):
+            # unhashable listeners are only found by scanning (and could be equal to a hashable one)
+            return _find(entries, listener)
+        return hashed.get(listener)
 
     def add_listener(self, name: str, listener: _Listener, priority: int = 0) -> None:
         """Register C{listener} for C{name}; registering an equal listener again is a no-op."""
         entries = self._entries.setdefault(name, [])
-        if _find(entries, listener) is not None:
+        if self._lookup(name, entries, listener) is not None:
             return
         entry = _Entry(listener, priority, next(self._sequence))
         insort(entries, entry, key=_call_order)
+        if _hashable(listener):
+            self._hashed.setdefault(name, {})[listener] = entry
 
     def remove_listener(self, name: str, listener: _Listener) -> bool:
         """Unregister C{listener} from C{name}; return True if it was registered."""
         entries = self._entries.get(name)
         if entries is None:
             return False
-        entry = _find(entries, listener)
+        entry = self._lookup(name, entries, listener)
         if entry is None:
             return False
         entry.active = False
-        entries.remove(entry)
+        del entries[bisect_left(entries, _call_order(entry), key=_call_order)]
+        if _hashable(entry.listener):
+            self._hashed[name].pop(entry.listener, None)
         if not entries:
             del self._entries[name]
+            self._hashed.pop(name, None)
         return True
 
     def listeners(self, name: str) -> list[_Listener]:
