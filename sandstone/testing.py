@@ -129,6 +129,7 @@ class TestSession:
     def __init__(self, app: Sandstone, serializer: str = "json") -> None:
         self._serializer = _SERIALIZERS[serializer]()
         self._transport = _MemoryTransport(self)
+        self._router = app.router
         self._session: Session = app.router.attach(self._transport)
         self._requests = itertools.count(1)
         self._pending: dict[int, Deferred[Any]] = {}
@@ -145,8 +146,12 @@ class TestSession:
     # connection
 
     def join(self, realm: str, **details: Any) -> TestSession:
-        """Send HELLO; raises ``SessionClosed`` when the router answers ABORT."""
+        """Send HELLO; raises ``SessionClosed`` when the router answers ABORT.
+
+        After a GOODBYE the connection stays open, and ``join`` starts a new session on it.
+        """
         hello_details = {"roles": _CLIENT_ROLES, **details}
+        self.closed = None
         self.send_raw([message.Hello.MESSAGE_TYPE, realm, hello_details])
         if self.closed is not None:
             raise self.closed
@@ -241,6 +246,11 @@ class TestSession:
             return
         for msg in messages:
             self._session.on_message(msg)
+            if self._session.has_left:
+                # As a WebSocket connection does: after GOODBYE a new session may join on it.
+                if not self._transport.closed:
+                    self._session = self._router.attach(self._transport)
+                break
 
     # internals
 
