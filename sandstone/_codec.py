@@ -16,6 +16,16 @@ class DecodeError(Exception):
 _MESSAGE_TYPES: dict[int, Any] = Serializer.MESSAGE_TYPE_MAP
 _DISCLOSING = (message.Publish.MESSAGE_TYPE, message.Call.MESSAGE_TYPE)
 
+# Requests whose URI the session checks itself, answering a bad one with ERROR wamp.error.invalid_uri
+# (autobahn's parser would reject the whole message): message type -> (index in the list, attribute).
+_REQUEST_URIS: dict[int, tuple[int, str]] = {
+    message.Subscribe.MESSAGE_TYPE: (3, "topic"),
+    message.Publish.MESSAGE_TYPE: (3, "topic"),
+    message.Register.MESSAGE_TYPE: (3, "procedure"),
+    message.Call.MESSAGE_TYPE: (3, "procedure"),
+}
+_PLACEHOLDER_URI = "sandstone.placeholder"
+
 
 def decode(serializer: ISerializer, payload: bytes, is_binary: bool) -> list[message.Message]:
     """Turn one WebSocket message into WAMP messages, or raise ``DecodeError`` saying why."""
@@ -37,10 +47,16 @@ def _parse(raw: Any) -> message.Message:
     cls = _MESSAGE_TYPES.get(kind) if type(kind) is int else None
     if cls is None:
         raise DecodeError(f"unknown WAMP message type {kind!r}")
+    index, attribute = _REQUEST_URIS.get(kind, (0, ""))
+    uri = raw[index] if attribute and len(raw) > index and type(raw[index]) is str else None
+    if uri is not None:  # parsed with a valid stand-in, then put back for the session to check
+        raw = [*raw[:index], _PLACEHOLDER_URI, *raw[index + 1 :]]
     try:
         msg = cls.parse(raw)
     except Exception as exc:
         raise DecodeError(f"invalid {cls.__name__.upper()}: {exc}") from None
+    if uri is not None:
+        setattr(msg, attribute, uri)
     if kind in _DISCLOSING:
         msg._router_internal = {"disclose_me": _disclose_option(raw)}
     return msg
