@@ -81,15 +81,26 @@ class Router:
     # pub/sub
 
     def subscribe(self, session: Session, msg: message.Subscribe) -> None:
-        """Subscribe a session (after checking a topic is declared for exact URIs) and answer SUBSCRIBED."""
+        """Subscribe a session (after checking a topic is declared for exact URIs) and answer SUBSCRIBED.
+
+        A new exact subscription to a declared topic gets its topic instance before SUBSCRIBED, so that
+        a failing topic factory is answered with an ERROR and leaves no subscription behind.
+        """
         match = msg.match or EXACT
         if match == EXACT and not self._accepts(msg.topic):
             raise WampError(NO_SUCH_TOPIC, f"no topic is declared for URI {msg.topic!r}")
         subscription, added = self.broker.subscribe(session, msg.topic, match)
-        session._send(message.Subscribed(msg.request, subscription.id))
         # On open URIs an exact subscription may have no declared topic: then there is no hook to run.
-        if added and match == EXACT and self._topics is not None and self._topics.has_route(msg.topic):
-            self._topics.subscribed(session, msg.topic)
+        topics = self._topics if added and match == EXACT and self._declared(msg.topic) else None
+        if topics is not None:
+            try:
+                topics.instance(msg.topic)
+            except WampError:
+                self.broker.unsubscribe(session, subscription.id)
+                raise
+        session._send(message.Subscribed(msg.request, subscription.id))
+        if topics is not None:
+            topics.subscribed(session, msg.topic)
 
     def unsubscribe(self, session: Session, msg: message.Unsubscribe) -> None:
         """Unsubscribe a session from one subscription, answer UNSUBSCRIBED, then run topic hooks."""
@@ -102,7 +113,10 @@ class Router:
             self._topics.unsubscribed(session, subscription.uri)
 
     def _accepts(self, uri: str) -> bool:
-        return self.open_uris or (self._topics is not None and self._topics.has_route(uri))
+        return self.open_uris or self._declared(uri)
+
+    def _declared(self, uri: str) -> bool:
+        return self._topics is not None and self._topics.has_route(uri)
 
     def publish_from(self, session: Session, publication: Publication) -> Deferred[None] | None:
         """A client's PUBLISH: handed to the topic declared for its URI, or delivered as is on open URIs.

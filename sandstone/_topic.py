@@ -11,6 +11,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ._dispatcher import EventDispatcher
+from ._errors import RUNTIME_ERROR, WampError, error_payload
 from ._pattern import TopicPattern, TopicRoutes
 from ._publication import Publication, session_ids
 
@@ -168,7 +169,7 @@ class TopicHost:
 
     def subscribed(self, session: Session, uri: str) -> None:
         """An exact subscription arrived: make sure the instance exists, then run ``on_subscribe``."""
-        topic = self._instance(uri)
+        topic = self.instance(uri)
         topic._subscribers[session] = None
         self._run_hook(topic, "on_subscribe", session)
 
@@ -182,10 +183,13 @@ class TopicHost:
 
     def published(self, session: Session, publication: Publication) -> Deferred[None]:
         """Run ``on_publish`` on the instance for the publication's URI (a transient one if none lives)."""
-        topic = self._instance(publication.topic)
+        topic = self.instance(publication.topic)
         self._busy[topic.uri] = self._busy.get(topic.uri, 0) + 1
         if topic._publish_takes_publication:
-            d = maybeDeferred(_call_hook, topic.on_publish, session, publication.payload, publication)
+            # by keyword: an override may take it as ``publication`` or through ``**kwargs``
+            d = maybeDeferred(
+                _call_hook, topic.on_publish, session, publication.payload, publication=publication
+            )
         else:
             d = maybeDeferred(_call_hook, topic.on_publish, session, publication.payload)
         d.addErrback(self._hook_failed, topic, "on_publish")
@@ -201,7 +205,12 @@ class TopicHost:
         self._release_if_unused(topic)
         return None if not isinstance(result, Failure) else result
 
-    def _instance(self, uri: str) -> Topic:
+    def instance(self, uri: str) -> Topic:
+        """The instance for a declared ``uri``, created if none lives.
+
+        A factory that fails, or returns something else than a ``Topic``, raises ``WampError`` (its
+        ``ApplicationError`` URI, or ``wamp.error.runtime_error``, which is also logged).
+        """
         topic = self.instances.get(uri)
         if topic is not None:
             return topic
@@ -209,9 +218,23 @@ class TopicHost:
         if resolved is None:
             raise LookupError(f"no topic is declared for URI {uri!r}")
         pattern, factory, args = resolved
-        topic = factory(uri, args)
-        if not isinstance(topic, Topic):
-            raise TypeError(f"factory for topic pattern {pattern.pattern!r} returned {topic!r}, not a Topic")
+        try:
+            topic = factory(uri, args)
+            if not isinstance(topic, Topic):
+                raise TypeError(
+                    f"factory for topic pattern {pattern.pattern!r} returned {topic!r}, not a Topic"
+                )
+        except Exception:
+            failure = Failure()
+            payload = error_payload(failure)
+            if payload.uri == RUNTIME_ERROR:
+                log.failure(
+                    "factory of topic pattern {pattern} failed for {uri}",
+                    failure,
+                    pattern=pattern.pattern,
+                    uri=uri,
+                )
+            raise WampError(payload.uri, *(payload.args or ()), **(payload.kwargs or {})) from None
         topic._router = self.router
         self.instances[uri] = topic
         for attribute, name, priority in type(topic)._event_methods:
@@ -241,8 +264,8 @@ class TopicHost:
         return failure
 
 
-def _call_hook(hook: Callable[..., Any], *args: Any) -> Any:
-    result = hook(*args)
+def _call_hook(hook: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    result = hook(*args, **kwargs)
     if inspect.isawaitable(result) and not isinstance(result, Deferred):
         return Deferred.fromCoroutine(result)  # type: ignore[arg-type]
     return result
