@@ -128,7 +128,7 @@ class Sandstone(Klein):
         exclude: Iterable[Session | int] = (),
         eligible: Iterable[Session | int] | None = None,
     ) -> int:
-        """Publish ``payload`` (as an EVENT's first argument) to the subscribers of ``uri``; returns its id."""
+        """Publish ``payload`` (an EVENT's first argument) to the subscribers of ``uri``; returns its id."""
         publication = Publication(
             uri, [payload], exclude=session_ids(exclude) or None, eligible=session_ids(eligible)
         )

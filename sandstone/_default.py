@@ -4,5 +4,5 @@ from ._app import Sandstone
 
 
 def make_default_app() -> Sandstone:
-    """An app with no topics that lets anonymous sessions use every valid URI (like a development Crossbar)."""
+    """An app with no topics letting anonymous sessions use every valid URI (like a development Crossbar)."""
     return Sandstone(open_uris=True)

@@ -47,7 +47,7 @@ class Publication:
         return self.args[0] if self.args else None
 
     def admits(self, session: Session) -> bool:
-        """Whether the delivery rules (publisher exclusion, exclude/eligible lists) let ``session`` receive it."""
+        """Whether the delivery rules (publisher exclusion, exclude/eligible lists) admit ``session``."""
         sid = session.id
         if self.exclude_me and sid == self.publisher:
             return False

@@ -1,0 +1,44 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+_readme = Path(__file__).with_name("README.md")
+
+setup(
+    name="sandstone",
+    version="0.1.0",
+    description="Klein REST routes plus a WAMP v2 router in one Twisted reactor",
+    long_description=_readme.read_text(encoding="utf-8") if _readme.exists() else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    # twisted/plugins/ deliberately has no __init__.py: Twisted's own
+    # twisted.plugins package extends its __path__ with every
+    # <sys.path entry>/twisted/plugins directory, which is how twistd finds
+    # sandstone_plugin.py. Listing "twisted.plugins" here (plus the
+    # package_data entry) makes a normal install copy the plugin file into
+    # site-packages/twisted/plugins/ without shipping an __init__.py that
+    # would shadow Twisted's.
+    packages=find_packages(exclude=["tests*", "examples*", "bench*"]) + ["twisted.plugins"],
+    package_data={"twisted": ["plugins/sandstone_plugin.py"]},
+    install_requires=[
+        # msgpack, cbor2 and ujson come with autobahn itself; its "serialization" extra would add
+        # bjdata, which prints a traceback on import next to NumPy 2.
+        "autobahn[twisted]>=26.7.1",
+        "klein>=24.8",
+        "Twisted>=24.7",
+        "treq>=24.9",
+        "txredisapi>=1.6",
+    ],
+    extras_require={
+        "test": ["hypothesis"],
+        "lint": ["ruff"],
+    },
+    classifiers=[
+        "Framework :: Twisted",
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3 :: Only",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Programming Language :: Python :: 3.13",
+    ],
+)
