@@ -341,6 +341,32 @@ class StrictUriTests(ServerTestCase):
         await wait_until(lambda: client.received["com.example.topic"])
 
 
+class InvalidUriTests(PubSubTestCase):
+    def publish_unchecked(self, client: Any, uri: str) -> defer.Deferred[Any]:
+        """An acknowledged PUBLISH sent without autobahn's client-side URI check."""
+        from autobahn.wamp import message
+        from autobahn.wamp.request import PublishRequest
+
+        request_id = client._request_id_gen.next()
+        on_reply: defer.Deferred[Any] = defer.Deferred()
+        client._publish_reqs[request_id] = PublishRequest(request_id, on_reply, was_encrypted=False)
+        client._transport.send(message.Publish(request_id, uri, args=["x"], acknowledge=True))
+        return on_reply
+
+    async def test_invalid_uri_is_an_error_not_an_abort(self) -> None:
+        publisher, subscriber = await self.clients("json", "msgpack")
+        await subscriber.record("com.", match="prefix")
+        for uri in ("com..example", "com.example.", "com.exa mple", "com.#"):
+            with self.assertRaises(ApplicationError) as caught:
+                await self.publish_unchecked(publisher, uri)
+            self.assertEqual(caught.exception.error, "wamp.error.invalid_uri", uri)
+        self.assertTrue(publisher.is_attached())
+        await publisher.publish("com.example.fine", "ok", options=PublishOptions(acknowledge=True))
+        await wait_until(lambda: subscriber.received["com."])
+        await self.quiet()
+        self.assertEqual([e.payload for e in subscriber.received["com."]], ["ok"])
+
+
 class UnsubscribeTests(PubSubTestCase):
     async def test_no_events_after_unsubscribe(self) -> None:
         publisher, subscriber = await self.clients("json", "json")
