@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from autobahn.util import rid
 from autobahn.wamp import message
 from autobahn.wamp.types import CallResult
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -45,21 +45,27 @@ class Registration:
         self.function = function
 
 
-@dataclass(slots=True)
-class _Invocation:
+@dataclass(slots=True, eq=False)
+class _Call:
+    """A call in flight: who waits for it and where it runs (a client's INVOCATION or an app function)."""
+
     caller: Session
-    call_request: int
+    request: int
     receive_progress: bool
+    callee: Session | None = None
+    invocation: int = 0
+    running: Deferred[Any] | None = None
 
 
 class Dealer:
-    """Registrations by URI and id, and the calls in flight towards client callees."""
+    """Registrations by URI and id, and the calls in flight."""
 
     def __init__(self) -> None:
         self._by_uri: dict[str, Registration] = {}
         self._by_id: dict[int, Registration] = {}
-        # calls in flight, per callee session: INVOCATION request id -> who waits for the result
-        self._in_flight: dict[Session, dict[int, _Invocation]] = {}
+        # calls in flight, indexed from both ends: per callee by INVOCATION id, per caller by CALL id
+        self._by_callee: dict[Session, dict[int, _Call]] = {}
+        self._by_caller: dict[Session, dict[int, _Call]] = {}
         self._invocation_ids: dict[Session, itertools.count[int]] = {}
 
     # registrations
@@ -105,8 +111,18 @@ class Dealer:
 
     @property
     def calls_in_flight(self) -> int:
-        """Number of INVOCATIONs sent to client callees and not answered yet."""
-        return sum(len(calls) for calls in self._in_flight.values())
+        """Number of calls (to clients or app functions) not answered yet."""
+        return sum(len(calls) for calls in self._by_caller.values())
+
+    def _track(self, call: _Call) -> None:
+        self._by_caller.setdefault(call.caller, {})[call.request] = call
+        if call.callee is not None:
+            self._by_callee.setdefault(call.callee, {})[call.invocation] = call
+
+    def _untrack(self, call: _Call) -> None:
+        _pop_nested(self._by_caller, call.caller, call.request)
+        if call.callee is not None:
+            _pop_nested(self._by_callee, call.callee, call.invocation)
 
     # calls
 
@@ -130,13 +146,23 @@ class Dealer:
             return
         except ValueError:
             pass  # no signature available (some builtins): let the call itself decide
-        d = maybeDeferred(_run, function, args, kwargs)
+        tracked = _Call(caller, call.request, False)
+        self._track(tracked)
+        tracked.running = d = maybeDeferred(_run, function, args, kwargs)
+        d.addBoth(self._function_done, tracked)
         d.addCallbacks(
             lambda result: caller._send_result(call.request, result),
             lambda failure: self._function_failed(caller, call, failure),
         )
 
+    def _function_done(self, outcome: Any, call: _Call) -> Any:
+        self._untrack(call)
+        return outcome
+
     def _function_failed(self, caller: Session, call: message.Call, failure: Failure) -> None:
+        if failure.check(CancelledError):
+            caller._send_error(call, ErrorPayload(CANCELED, [f"call to {call.procedure} canceled"], None))
+            return
         payload = error_payload(failure)
         if payload.uri.startswith("wamp.error.runtime_error"):
             log.failure("procedure {procedure} failed", failure, procedure=call.procedure)
@@ -147,9 +173,7 @@ class Dealer:
         assert callee is not None
         ids = self._invocation_ids.setdefault(callee, itertools.count(1))
         request = next(ids)
-        self._in_flight.setdefault(callee, {})[request] = _Invocation(
-            caller, call.request, bool(call.receive_progress)
-        )
+        self._track(_Call(caller, call.request, bool(call.receive_progress), callee, request))
         disclose = disclosed(call)
         callee._send(
             message.Invocation(
@@ -166,54 +190,98 @@ class Dealer:
         )
 
     def yielded(self, callee: Session, msg: message.Yield) -> None:
-        """A callee's YIELD: forward it to the caller as a RESULT (progressive results kept open)."""
-        calls = self._in_flight.get(callee, {})
-        invocation = calls.get(msg.request) if msg.progress else calls.pop(msg.request, None)
-        if invocation is None:
+        """A callee's YIELD: forward it to the caller as a RESULT (progressive results keep the call open)."""
+        call = self._by_callee.get(callee, {}).get(msg.request)
+        if call is None:
             log.debug(
                 "YIELD for unknown invocation {request} from session {session}",
                 request=msg.request,
                 session=callee.id,
             )
             return
-        if msg.progress and not invocation.receive_progress:
+        if not msg.progress:
+            self._untrack(call)
+        elif not call.receive_progress:
             return  # the caller did not ask for progressive results
-        invocation.caller._send(
-            message.Result(
-                invocation.call_request, args=msg.args, kwargs=msg.kwargs, progress=msg.progress or None
-            )
+        call.caller._send(
+            message.Result(call.request, args=msg.args, kwargs=msg.kwargs, progress=msg.progress or None)
         )
 
     def failed(self, callee: Session, msg: message.Error) -> None:
         """A callee's ERROR for an INVOCATION: forward it to the caller."""
-        invocation = self._in_flight.get(callee, {}).pop(msg.request, None)
-        if invocation is None:
+        call = self._by_callee.get(callee, {}).get(msg.request)
+        if call is None:
             return
-        invocation.caller._send(
+        self._untrack(call)
+        call.caller._send(
+            message.Error(
+                message.Call.MESSAGE_TYPE, call.request, msg.error, args=msg.args, kwargs=msg.kwargs
+            )
+        )
+
+    def cancel(self, caller: Session, msg: message.Cancel) -> None:
+        """A caller's CANCEL. ``skip`` answers the caller at once and leaves the callee alone;
+        ``killnowait`` (the default) also INTERRUPTs the callee; ``kill`` INTERRUPTs it and waits for its
+        answer. Callees that did not announce call canceling are never interrupted (``skip``).
+        An app function's Deferred is cancelled.
+        """
+        call = self._by_caller.get(caller, {}).get(msg.request)
+        if call is None:
+            return  # already answered: nothing to cancel
+        if call.running is not None:
+            call.running.cancel()
+            return
+        assert call.callee is not None
+        mode = msg.mode or message.Cancel.KILLNOWAIT
+        if mode != message.Cancel.SKIP and _can_be_interrupted(call.callee):
+            call.callee._send(message.Interrupt(call.invocation, mode=mode))
+            if mode == message.Cancel.KILL:
+                return  # the callee's ERROR (or RESULT) concludes the call
+        self._untrack(call)
+        caller._send(
             message.Error(
                 message.Call.MESSAGE_TYPE,
-                invocation.call_request,
-                msg.error,
-                args=msg.args,
-                kwargs=msg.kwargs,
+                call.request,
+                CANCELED,
+                args=[f"call {call.request} canceled by the caller"],
             )
         )
 
     def session_lost(self, session: Session) -> None:
-        """Drop a leaving session's registrations and fail the calls it was serving."""
+        """Drop a leaving session's registrations, fail the calls it was serving, forget its own calls."""
         for registration in session._registrations.values():
             self._remove(registration)
         session._registrations.clear()
         self._invocation_ids.pop(session, None)
-        for invocation in self._in_flight.pop(session, {}).values():
-            invocation.caller._send(
+        for call in list(self._by_callee.get(session, {}).values()):
+            self._untrack(call)
+            call.caller._send(
                 message.Error(
                     message.Call.MESSAGE_TYPE,
-                    invocation.call_request,
+                    call.request,
                     CANCELED,
                     args=[f"callee session {session.id} left before answering"],
                 )
             )
+        for call in list(self._by_caller.get(session, {}).values()):
+            if call.callee is None:
+                continue  # an app function finishes on its own; its answer goes nowhere
+            self._untrack(call)
+            if _can_be_interrupted(call.callee):
+                call.callee._send(message.Interrupt(call.invocation, mode=message.Cancel.KILLNOWAIT))
+
+
+def _can_be_interrupted(callee: Session) -> bool:
+    features = callee._roles.get("callee")
+    return bool(getattr(features, "call_canceling", False))
+
+
+def _pop_nested(index: dict[Session, dict[int, _Call]], session: Session, key: int) -> None:
+    calls = index.get(session)
+    if calls is not None:
+        calls.pop(key, None)
+        if not calls:
+            del index[session]
 
 
 def _run(function: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]) -> Any:

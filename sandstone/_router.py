@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Any
 from autobahn.util import generate_serial_number, rid
 from autobahn.wamp import message
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 
 from ._broker import Broker
 from ._dealer import Dealer
@@ -18,8 +17,6 @@ from ._subscriptions import EXACT, Subscription
 
 if TYPE_CHECKING:
     from ._topic import TopicHost
-
-log = Logger()
 
 
 class Router:
@@ -58,13 +55,6 @@ class Router:
             session_id = rid()
         session.id = session_id
         self.sessions[session_id] = session
-        log.debug(
-            "session {session_id} joined realm {realm} as {authid}/{authrole}",
-            session_id=session_id,
-            realm=self.realm,
-            authid=session.authid,
-            authrole=session.authrole,
-        )
 
     def leave(self, session: Session) -> None:
         """Remove every trace of a session: subscriptions (firing topic hooks), registrations, calls."""
@@ -72,7 +62,6 @@ class Router:
         for subscription in self.broker.unsubscribe_all(session):
             self._unsubscribed(session, subscription)
         self.dealer.session_lost(session)
-        log.debug("session {session_id} left realm {realm}", session_id=session.id, realm=self.realm)
 
     def anonymous_authid(self) -> str:
         """A fresh authid for an anonymous session."""

@@ -52,6 +52,7 @@ ROUTER_ROLES = {
     "dealer": role.RoleDealerFeatures(
         caller_identification=True,
         progressive_call_results=True,
+        call_canceling=True,
     ),
 }
 
@@ -86,6 +87,7 @@ class Session:
         self.authmethod: str | None = None
         self._subscriptions: dict[int, Subscription] = {}
         self._registrations: dict[int, Registration] = {}
+        self._roles: dict[str, Any] = {}
 
     def __repr__(self) -> str:
         return f"<Session {self.id} authid={self.authid!r} authrole={self.authrole!r} {self._state}>"
@@ -178,6 +180,7 @@ class Session:
             self.abort(NO_AUTH_METHOD, f"none of the auth methods {hello.authmethods} is offered here")
             return
         self.realm = hello.realm
+        self._roles = hello.roles
         self.authid = self._router.anonymous_authid()
         self.authrole = "anonymous"
         self.authmethod = "anonymous"
@@ -304,6 +307,10 @@ class Session:
         _check_request_id(msg)
         self._router.dealer.yielded(self, msg)
 
+    def _on_cancel(self, msg: message.Cancel) -> None:
+        _check_request_id(msg)
+        self._router.dealer.cancel(self, msg)
+
     def _on_error(self, msg: message.Error) -> None:
         if msg.request_type != message.Invocation.MESSAGE_TYPE:
             raise _ProtocolViolation(f"ERROR for a message of type {msg.request_type} sent to a router")
@@ -344,6 +351,7 @@ _ESTABLISHED_HANDLERS: dict[type, Callable[[Session, Any], None]] = {
     message.Unregister: Session._on_unregister,
     message.Call: Session._on_call,
     message.Yield: Session._on_yield,
+    message.Cancel: Session._on_cancel,
     message.Error: Session._on_error,
     message.Goodbye: Session._on_goodbye,
     message.Abort: Session._on_abort,

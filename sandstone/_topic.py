@@ -6,6 +6,7 @@ import inspect
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from autobahn.wamp.exception import ApplicationError
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -254,6 +255,16 @@ class TopicHost:
         d.addErrback(lambda _: None)
 
     def _hook_failed(self, failure: Failure, topic: Topic, hook: str) -> Failure:
+        if failure.check(ApplicationError, WampError):
+            # a deliberate refusal, answered to the client as is: not a crash worth a traceback
+            log.info(
+                "{hook} of topic {topic_class} for {uri} answered {error}",
+                hook=hook,
+                topic_class=type(topic).__qualname__,
+                uri=topic.uri,
+                error=failure.value,
+            )
+            return failure
         log.failure(
             "{hook} of topic {topic_class} for {uri} failed",
             failure,

@@ -1,4 +1,4 @@
-"""WAMP over WebSocket: the server protocol and factory connecting autobahn's WebSocket layer to the router."""
+"""WAMP over WebSocket: the server protocol and factory joining autobahn's WebSocket layer to the router."""
 
 from __future__ import annotations
 

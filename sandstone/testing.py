@@ -222,6 +222,13 @@ class TestSession:
         or failing with ``ApplicationError``."""
         return self._request(message.Call.MESSAGE_TYPE, {}, procedure, *_payload(args, kwargs))
 
+    def cancel(self, call: Deferred[Any], mode: str | None = None) -> None:
+        """Send CANCEL for a call in flight (a Deferred returned by ``call``), optionally with a mode."""
+        request = next((r for r, d in self._pending.items() if d is call), None)
+        if request is None:
+            raise ValueError("that call is not in flight")
+        self.send_raw([message.Cancel.MESSAGE_TYPE, request, {"mode": mode} if mode else {}])
+
     def register(self, procedure: str, function: Callable[..., Any]) -> int:
         """Register ``function`` as the callee of ``procedure``; returns the registration id."""
         registration = self._result(self._request(message.Register.MESSAGE_TYPE, {}, procedure))

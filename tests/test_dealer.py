@@ -453,3 +453,85 @@ class AppProcedureTests(SynchronousTestCase):
         self.app.procedure("app.increment")(counter.increment)
         self.call("app.increment")
         self.assertEqual(self.call("app.increment", by=5), 6)
+
+
+CANCELING_CALLEE = {"roles": {"callee": {"features": {"call_canceling": True}}, "caller": {}}}
+
+
+class CancelTests(ClientCalleeTestCase):
+    """CANCEL from a caller, with each mode, towards callees that can or cannot be interrupted."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.callee = self.client.connect(**CANCELING_CALLEE)
+        self.register_raw(self.callee, "app.slow")
+        self.d = self.caller.call("app.slow")
+
+    def interrupts(self) -> list[message.Interrupt]:
+        return received(self.callee, message.Interrupt)
+
+    def test_welcome_announces_call_canceling(self) -> None:
+        [welcome] = received(self.caller, message.Welcome)
+        self.assertTrue(welcome.roles["dealer"].call_canceling)
+
+    def test_skip_answers_the_caller_and_leaves_the_callee_alone(self) -> None:
+        self.caller.cancel(self.d, "skip")
+        self.assertEqual(call_error(self, self.d).error, "wamp.error.canceled")
+        self.assertEqual(self.interrupts(), [])
+
+    def test_a_yield_after_skip_is_dropped(self) -> None:
+        self.caller.cancel(self.d, "skip")
+        self.failureResultOf(self.d)
+        self.callee.send_raw([YIELD, self.invocation().request, {}, ["late"]])
+        self.assertEqual(received(self.caller, message.Result), [])
+        self.assertEqual(self.app.router.dealer.calls_in_flight, 0)
+
+    def test_killnowait_interrupts_the_callee_and_answers_the_caller_at_once(self) -> None:
+        self.caller.cancel(self.d, "killnowait")
+        [interrupt] = self.interrupts()
+        self.assertEqual((interrupt.request, interrupt.mode), (self.invocation().request, "killnowait"))
+        self.assertEqual(call_error(self, self.d).error, "wamp.error.canceled")
+
+    def test_default_mode_is_killnowait(self) -> None:
+        self.caller.cancel(self.d)
+        self.assertEqual([i.mode for i in self.interrupts()], ["killnowait"])
+        self.assertEqual(call_error(self, self.d).error, "wamp.error.canceled")
+
+    def test_kill_waits_for_the_callees_error(self) -> None:
+        self.caller.cancel(self.d, "kill")
+        self.assertEqual([i.mode for i in self.interrupts()], ["kill"])
+        self.assertNoResult(self.d)
+        self.callee.send_raw(
+            [ERROR, INVOCATION, self.invocation().request, {}, "wamp.error.canceled", ["stopped"]]
+        )
+        error = call_error(self, self.d)
+        self.assertEqual((error.error, error.args), ("wamp.error.canceled", ("stopped",)))
+
+    def test_a_callee_without_call_canceling_is_never_interrupted(self) -> None:
+        plain = self.client.connect()
+        self.register_raw(plain, "app.plain")
+        d = self.caller.call("app.plain")
+        self.caller.cancel(d, "kill")
+        self.assertEqual(received(plain, message.Interrupt), [])
+        self.assertEqual(call_error(self, d).error, "wamp.error.canceled")
+
+    def test_cancel_of_an_answered_call_is_ignored(self) -> None:
+        self.callee.send_raw([YIELD, self.invocation().request, {}, [1]])
+        self.assertEqual(self.successResultOf(self.d), 1)
+        self.caller.send_raw([message.Cancel.MESSAGE_TYPE, 1, {}])
+        self.assertIsNone(self.caller.closed)
+        self.assertEqual(self.interrupts(), [])
+
+    def test_caller_leaving_interrupts_a_callee_that_can_be_interrupted(self) -> None:
+        self.caller.disconnect()
+        self.assertEqual([i.mode for i in self.interrupts()], ["killnowait"])
+        self.assertEqual(self.app.router.dealer.calls_in_flight, 0)
+
+    def test_cancel_of_an_app_procedure_cancels_its_deferred(self) -> None:
+        running: Deferred[int] = Deferred()
+        self.app.procedure("app.wait")(lambda: running)
+        d = self.caller.call("app.wait")
+        self.caller.cancel(d)
+        self.assertEqual(call_error(self, d).error, "wamp.error.canceled")
+        self.assertTrue(running.called)  # cancelled: the function's own result will be ignored
+        self.assertEqual(self.app.router.dealer.calls_in_flight, 1)  # setUp's call to app.slow only

@@ -302,3 +302,24 @@ class ClientProcedureTests(RpcTestCase):
         pending[1].callback("in time")
         self.assertEqual(await answer, "in time")
         self.assertEqual(self.app.router.dealer.calls_in_flight, 0)
+
+
+class CancelTests(RpcTestCase):
+    async def test_cancelling_a_call_interrupts_the_callee_and_keeps_the_session(self) -> None:
+        callee, caller = await self.connect(), await self.connect()
+        pending: list[defer.Deferred[str]] = []
+
+        def held() -> defer.Deferred[str]:
+            d: defer.Deferred[str] = defer.Deferred()
+            pending.append(d)
+            return d
+
+        await callee.register(held, "com.example.held")
+        call = caller.call("com.example.held")
+        call.addErrback(lambda failure: failure.trap(defer.CancelledError, ApplicationError))
+        await wait_until(lambda: pending)
+        call.cancel()  # autobahn sends CANCEL; the router INTERRUPTs the callee (killnowait)
+        await wait_until(lambda: pending[0].called)
+        self.assertEqual(self.app.router.dealer.calls_in_flight, 0)
+        self.assertEqual(await caller.call("com.app.add", 1, 2), 3)
+        self.assertEqual(len(self.app.router.sessions), 2)
