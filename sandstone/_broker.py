@@ -64,7 +64,7 @@ class Broker:
     def send_to(
         self, session: Session, topic: str, args: list[Any] | None, kwargs: dict[str, Any] | None
     ) -> int:
-        """Send one EVENT to one session on its exact subscription to ``topic``; returns the publication."""
+        """One EVENT to one session, on its exact subscription to ``topic``; returns the publication id."""
         subscription = self.subscriptions.exact(topic)
         if subscription is None or session not in subscription.sessions:
             raise ValueError(f"session {session.id} is not subscribed to topic {topic!r}")

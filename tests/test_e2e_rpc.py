@@ -59,6 +59,18 @@ def make_app() -> Sandstone:
     return app
 
 
+def held_procedure() -> tuple[list[defer.Deferred[str]], Any]:
+    """A procedure whose calls wait on Deferreds the test fires: (those Deferreds, the procedure)."""
+    pending: list[defer.Deferred[str]] = []
+
+    def held() -> defer.Deferred[str]:
+        d: defer.Deferred[str] = defer.Deferred()
+        pending.append(d)
+        return d
+
+    return pending, held
+
+
 class RpcTestCase(ServerTestCase):
     def setUp(self) -> None:
         self.serve(make_app())
@@ -284,13 +296,7 @@ class ClientProcedureTests(RpcTestCase):
 
     async def test_caller_dropping_its_connection_leaves_the_callee_working(self) -> None:
         callee, caller, other = await self.connect(), await self.connect(), await self.connect()
-        pending: list[defer.Deferred[str]] = []
-
-        def held() -> defer.Deferred[str]:
-            d: defer.Deferred[str] = defer.Deferred()
-            pending.append(d)
-            return d
-
+        pending, held = held_procedure()
         await callee.register(held, "com.example.held")
         caller.call("com.example.held").addErrback(lambda _: None)
         await wait_until(lambda: pending)
@@ -307,13 +313,7 @@ class ClientProcedureTests(RpcTestCase):
 class CancelTests(RpcTestCase):
     async def test_cancelling_a_call_interrupts_the_callee_and_keeps_the_session(self) -> None:
         callee, caller = await self.connect(), await self.connect()
-        pending: list[defer.Deferred[str]] = []
-
-        def held() -> defer.Deferred[str]:
-            d: defer.Deferred[str] = defer.Deferred()
-            pending.append(d)
-            return d
-
+        pending, held = held_procedure()
         await callee.register(held, "com.example.held")
         call = caller.call("com.example.held")
         call.addErrback(lambda failure: failure.trap(defer.CancelledError, ApplicationError))

@@ -407,8 +407,8 @@ class EventHandlerTests(SynchronousTestCase):
         self.assertEqual(order, ["topic", "app"])
 
 
-class SendAndBroadcastTests(SynchronousTestCase):
-    """``Topic.send`` and ``Topic.broadcast``."""
+class _ThreeInARoom(SynchronousTestCase):
+    """Alice, Bob and Carol subscribed to ``room/a`` of a topic with no overrides."""
 
     def setUp(self) -> None:
         self.app = Sandstone()
@@ -420,6 +420,13 @@ class SendAndBroadcastTests(SynchronousTestCase):
         self.client = TestClient(self.app)
         self.alice, self.bob, self.carol = (self.client.connect() for _ in range(3))
         self.subscriptions = [s.subscribe("room/a") for s in (self.alice, self.bob, self.carol)]
+
+
+class SendAndBroadcastTests(_ThreeInARoom):
+    """``Topic.send`` and ``Topic.broadcast``."""
+
+    def setUp(self) -> None:
+        super().setUp()
         self.room = self.app.topic_instance("room/a")
         self.sessions = {s.id: s for s in self.room.subscribers}
 
@@ -483,19 +490,8 @@ class SendAndBroadcastTests(SynchronousTestCase):
             Topic("loose", {}).broadcast("x")
 
 
-class DefaultOnPublishTests(SynchronousTestCase):
+class DefaultOnPublishTests(_ThreeInARoom):
     """Without an ``on_publish`` override a client's publication is delivered as published."""
-
-    def setUp(self) -> None:
-        self.app = Sandstone()
-
-        @self.app.topic("room/{name}")
-        class Room(Topic):
-            pass
-
-        self.client = TestClient(self.app)
-        self.alice, self.bob, self.carol = (self.client.connect() for _ in range(3))
-        self.subscriptions = [s.subscribe("room/a") for s in (self.alice, self.bob, self.carol)]
 
     def payloads(self) -> list[list[Any]]:
         return [s.payloads for s in self.subscriptions]
