@@ -30,7 +30,8 @@ setup(
         "txredisapi>=1.6",
     ],
     extras_require={
-        "test": ["hypothesis"],
+        "test": ["hypothesis", "redis>=5"],
+        "push": ["redis>=5"],
         "lint": ["ruff"],
     },
     classifiers=[
