@@ -5,6 +5,10 @@ Run it from the repository root::
     twistd -n sandstone --app examples.blog:app --listen tcp:8080
 
 then ``POST /api/articles`` with ``{"title": "..."}`` and watch the ``articles`` topic.
+
+Several processes behave as one server when they share a Redis (``--redis redis://127.0.0.1:6379``):
+``article.created`` is forwarded, so a POST on any node reaches the ``articles`` subscribers of every node.
+The article store itself is a plain dict in each process (a real app keeps articles in its database).
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ class ArticleCreated:
 
 
 _articles: dict[int, Article] = {}
+
+app.forward("article.created", ArticleCreated)
 
 
 def _json(request: IRequest, code: int, body: Any) -> bytes:

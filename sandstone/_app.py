@@ -10,6 +10,7 @@ from twisted.internet.defer import Deferred
 from twisted.web.resource import IResource
 
 from ._dispatcher import DispatchResult, EventDispatcher
+from ._envelope import EventCodec
 from ._pattern import Converter, TopicPattern
 from ._publication import Publication, session_ids
 from ._router import Router
@@ -19,6 +20,7 @@ from ._transport import WampServerFactory, websocket_resource
 if TYPE_CHECKING:
     from klein.resource import KleinResource
 
+    from ._bus import RedisBus
     from ._session import Session
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -29,6 +31,8 @@ class _Core:
 
     def __init__(self, realm: str, ws_path: str, open_uris: bool, strict_uris: bool) -> None:
         self.events = EventDispatcher()
+        self.codec = EventCodec()
+        self.bus: RedisBus | None = None
         self.topics = TopicHost(self.events)
         self.router = Router(realm, topics=self.topics, open_uris=open_uris, strict_uris=strict_uris)
         self.topics.router = self.router
@@ -149,10 +153,45 @@ class Sandstone(Klein):
     def dispatch(self, name: str, event: object = None) -> Deferred[DispatchResult]:
         """Dispatch an event to its listeners, one after another by priority.
 
-        The Deferred fires once every listener has finished, with a ``DispatchResult``; it never
+        The Deferred fires once this node's listeners have finished, with a ``DispatchResult``; it never
         fails: a failing listener is logged and recorded in ``result.errors``, and the others still run.
+        A forwarded event (see ``forward``) also goes to every other node of the cluster, which dispatch
+        it to their own listeners; one that cannot be encoded raises ``TypeError`` here.
         """
-        return self._core.events.dispatch(name, event)
+        core = self._core
+        if core.codec.is_forwarded(name):
+            if core.router.bus is not None:
+                return core.router.bus.dispatch(name, event)
+            core.codec.encode(name, event)  # the same error without Redis as with it
+        return core.events.dispatch(name, event)
+
+    def forward(self, name: str, event_type: type = dict) -> None:
+        """Make event ``name`` cross nodes: dispatched on one node, handled on all of them.
+
+        ``event_type`` is a dataclass (nested dataclasses allowed) or ``dict``; events travel as JSON
+        and only the types declared here are accepted from the bus.
+        """
+        self._core.codec.allow(name, event_type)
+
+    # cluster
+
+    def use_redis(self, url: str, **options: Any) -> RedisBus:
+        """Share events, broadcasts and calls with the other nodes using the Redis at ``url``
+        (``redis://HOST[:PORT][/DB]``). Returns the bus, a Twisted service: start it, or give it a
+        parent service (``twistd sandstone --redis URL`` does both). Options: see ``RedisBus``.
+        """
+        from ._bus import RedisBus
+
+        core = self._core
+        if core.bus is not None:
+            raise RuntimeError(f"this app already uses Redis at {core.bus.url}")
+        core.bus = RedisBus(core.router, core.events, core.codec, url, **options)
+        return core.bus
+
+    @property
+    def bus(self) -> RedisBus | None:
+        """The cluster bus set up by ``use_redis``, if any."""
+        return self._core.bus
 
     # procedures
 

@@ -28,6 +28,7 @@ from ._errors import (
 )
 
 if TYPE_CHECKING:
+    from ._bus import RedisBus
     from ._session import Session
 
 log = Logger()
@@ -55,6 +56,7 @@ class _Call:
     callee: Session | None = None
     invocation: int = 0
     running: Deferred[Any] | None = None
+    on_done: Callable[[], Any] | None = None
 
 
 class Dealer:
@@ -67,6 +69,7 @@ class Dealer:
         self._by_callee: dict[Session, dict[int, _Call]] = {}
         self._by_caller: dict[Session, dict[int, _Call]] = {}
         self._invocation_ids: dict[Session, itertools.count[int]] = {}
+        self.cluster: RedisBus | None = None  # set while a cluster bus runs: remote callees and claims
 
     # registrations
 
@@ -99,8 +102,18 @@ class Dealer:
         return registration
 
     def _remove(self, registration: Registration) -> None:
+        self.forget(registration)
+        if self.cluster is not None and registration.callee is not None:
+            self.cluster.released(registration)
+
+    def forget(self, registration: Registration) -> None:
+        """Drop a registration from the tables (without telling the cluster)."""
         del self._by_uri[registration.uri]
         del self._by_id[registration.id]
+
+    def client_registrations(self) -> list[Registration]:
+        """Registrations whose callee is a client session (the ones claimed cluster-wide)."""
+        return [r for r in self._by_id.values() if r.callee is not None]
 
     def registration(self, uri: str) -> Registration | None:
         """The registration of a procedure URI, if any."""
@@ -123,12 +136,17 @@ class Dealer:
         _pop_nested(self._by_caller, call.caller, call.request)
         if call.callee is not None:
             _pop_nested(self._by_callee, call.callee, call.invocation)
+        if call.on_done is not None:
+            call.on_done()
 
     # calls
 
     def call(self, caller: Session, call: message.Call) -> None:
         """Route a CALL to its callee; the caller eventually gets a RESULT or an ERROR."""
         registration = self._by_uri.get(call.procedure)
+        if registration is None and self.cluster is not None:
+            self.cluster.call(caller, call)
+            return
         if registration is None:
             raise WampError(NO_SUCH_PROCEDURE, f"no callee registered for procedure {call.procedure!r}")
         if registration.function is not None:
@@ -168,12 +186,26 @@ class Dealer:
             log.failure("procedure {procedure} failed", failure, procedure=call.procedure)
         caller._send_error(call, payload)
 
-    def _invoke(self, caller: Session, call: message.Call, registration: Registration) -> None:
+    def serve_remote(
+        self, caller: Any, call: message.Call, registration: Registration, done: Callable[[], Any]
+    ) -> None:
+        """Invoke a local client callee for a caller on another node; ``done`` runs when the call ends."""
+        self._invoke(caller, call, registration, done)
+
+    def _invoke(
+        self,
+        caller: Session,
+        call: message.Call,
+        registration: Registration,
+        on_done: Callable[[], Any] | None = None,
+    ) -> None:
         callee = registration.callee
         assert callee is not None
         ids = self._invocation_ids.setdefault(callee, itertools.count(1))
         request = next(ids)
-        self._track(_Call(caller, call.request, bool(call.receive_progress), callee, request))
+        self._track(
+            _Call(caller, call.request, bool(call.receive_progress), callee, request, on_done=on_done)
+        )
         disclose = disclosed(call)
         callee._send(
             message.Invocation(
@@ -227,6 +259,8 @@ class Dealer:
         """
         call = self._by_caller.get(caller, {}).get(msg.request)
         if call is None:
+            if self.cluster is not None:
+                self.cluster.cancel(caller, msg)
             return  # already answered: nothing to cancel
         if call.running is not None:
             call.running.cancel()
@@ -269,6 +303,8 @@ class Dealer:
             self._untrack(call)
             if _can_be_interrupted(call.callee):
                 call.callee._send(message.Interrupt(call.invocation, mode=message.Cancel.KILLNOWAIT))
+        if self.cluster is not None:
+            self.cluster.caller_left(session)
 
 
 def _can_be_interrupted(callee: Session) -> bool:

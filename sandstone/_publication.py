@@ -36,6 +36,7 @@ class Publication:
     eligible: frozenset[int] | None = None
     eligible_authid: frozenset[str] | None = None
     eligible_authrole: frozenset[str] | None = None
+    key: str | None = None  # cluster-wide identity of a broadcast made while handling a forwarded event
 
     def __post_init__(self) -> None:
         if not self.id:

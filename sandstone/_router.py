@@ -10,12 +10,13 @@ from twisted.internet.defer import Deferred
 
 from ._broker import Broker
 from ._dealer import Dealer
-from ._errors import NO_SUCH_TOPIC, WampError
+from ._errors import NO_SUCH_TOPIC, PROCEDURE_ALREADY_EXISTS, WampError
 from ._publication import Publication
 from ._session import Session, Transport
 from ._subscriptions import EXACT, Subscription
 
 if TYPE_CHECKING:
+    from ._bus import RedisBus
     from ._topic import TopicHost
 
 
@@ -41,6 +42,7 @@ class Router:
         self.dealer = Dealer()
         self.sessions: dict[int, Session] = {}
         self._topics = topics
+        self.bus: RedisBus | None = None  # set while a cluster bus is running
 
     # sessions
 
@@ -120,8 +122,40 @@ class Router:
         return None
 
     def publish(self, publication: Publication) -> int:
-        """Deliver a publication to every subscriber it admits; returns how many EVENTs were sent."""
-        return self.broker.deliver(publication)
+        """Deliver a publication to every local subscriber it admits and, in a cluster, to the other
+        nodes; returns how many EVENTs were sent here."""
+        bus = self.bus
+        if bus is None:
+            return self.broker.deliver(publication)
+        if not bus.prepare(publication):
+            return 0  # another node's copy of this keyed broadcast was delivered here already
+        delivered = self.broker.deliver(publication)
+        bus.announce(publication)
+        return delivered
+
+    def register(self, session: Session, msg: message.Register) -> None:
+        """Register a client callee, claiming the URI cluster-wide when a bus runs; answers REGISTERED."""
+        registration = self.dealer.register(session, msg.procedure)
+        if self.bus is None:
+            session._send(message.Registered(msg.request, registration.id))
+            return
+
+        def claimed(ok: bool) -> None:
+            if ok:
+                session._send(message.Registered(msg.request, registration.id))
+                return
+            session._registrations.pop(registration.id, None)
+            self.dealer.forget(registration)
+            session._send(
+                message.Error(
+                    message.Register.MESSAGE_TYPE,
+                    msg.request,
+                    PROCEDURE_ALREADY_EXISTS,
+                    args=[f"procedure {msg.procedure!r} is registered on another node"],
+                )
+            )
+
+        self.bus.claim(registration).addCallback(claimed)
 
     def send(
         self, session: Session, topic: str, args: list[Any] | None, kwargs: dict[str, Any] | None

@@ -284,8 +284,7 @@ class Session:
             if msg.match not in (None, EXACT):
                 raise WampError("wamp.error.invalid_argument", f"match policy {msg.match!r} is not supported")
             self._check_uri(msg.procedure, EXACT)
-            registration = self._router.dealer.register(self, msg.procedure)
-            self._send(message.Registered(msg.request, registration.id))
+            self._router.register(self, msg)
 
         self._request(msg, work)
 

@@ -153,6 +153,13 @@ class Options(usage.Options):
         ],
         ["realm", None, None, "WAMP realm. Default: the app's own (realm1 unless the app sets another)."],
         ["ws-path", None, None, "URL path of the WAMP WebSocket. Default: the app's own (/ws unless set)."],
+        [
+            "redis",
+            None,
+            None,
+            "Join a cluster through the Redis at this URL (redis://HOST[:PORT][/DB]): every node started "
+            "with the same Redis and app behaves as one server. Default: no Redis, one process.",
+        ],
     ]
 
     #: The loaded app, set by L{postOptions}.
@@ -168,7 +175,18 @@ class Options(usage.Options):
         if self["ws-path"] is not None:
             app.ws_path = self["ws-path"]
         self._check_listen()
+        self._check_redis()
         self.app = app
+
+    def _check_redis(self) -> None:
+        if self["redis"] is None:
+            return
+        from sandstone._bus import RedisAddress
+
+        try:
+            RedisAddress.parse(self["redis"])
+        except ValueError as err:
+            raise usage.UsageError(f"--redis: {err}") from None
 
     def _check_listen(self) -> None:
         # Parse (without listening) so that a typo is a usage error, not a
@@ -236,4 +254,12 @@ def makeService(options: Options) -> IService:
     web._raiseSynchronously = True
     web.setName("web")
     web.setServiceParent(root)
+    redis = options.get("redis")
+    if redis:
+        bus = app.bus if app.bus is not None and app.bus.url == redis else app.use_redis(redis)
+        bus.setName("bus")
+        bus.setServiceParent(root)
+    elif app.bus is not None:  # the app set up its bus in code
+        app.bus.setName("bus")
+        app.bus.setServiceParent(root)
     return root

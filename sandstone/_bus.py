@@ -1,0 +1,741 @@
+"""The cluster bus: sandstone processes sharing events, broadcasts and calls through Redis pub/sub.
+
+Delivery rule (every subscriber in the cluster gets each broadcast exactly once):
+
+- A forwarded *event* goes to the bus once; every node dispatches it to its own listeners. A broadcast made
+  while a node handles a forwarded event carries a *key* (event id, topic, rank of the broadcast) from which
+  its publication id is derived, so every node computes the same one: each node delivers the first copy of a
+  key it sees (its own, or another node's through the bus) and drops the others. Nodes without a topic
+  instance (only pattern subscribers) still get it from the nodes that have one.
+- Any other broadcast (a client's publish, ``on_subscribe``, a timer, a REST handler) is delivered locally at
+  once and sent to the bus once; the other nodes deliver it to their own subscribers.
+- Calls to a procedure registered by a client on another node travel on that node's channel; registrations are
+  claimed in a Redis hash, and a node whose heartbeat key expires loses them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import txredisapi
+from autobahn.wamp import message
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ._envelope import (
+    DeliveryMessage,
+    EnvelopeError,
+    EventCodec,
+    EventMessage,
+    NodeMessage,
+    channel_names,
+    decode,
+    encode_delivery,
+    encode_event,
+)
+from ._errors import CANCELED, NO_SUCH_PROCEDURE, WampError
+from ._publication import Publication
+
+if TYPE_CHECKING:
+    from ._dealer import Registration
+    from ._dispatcher import DispatchResult, EventDispatcher
+    from ._router import Router
+    from ._session import Session
+
+log = Logger()
+
+CLUSTER_UNAVAILABLE = "sandstone.error.cluster_unavailable"
+MAX_ID = 2**53
+
+# The forwarded event a node is handling, so that broadcasts made meanwhile get a cluster-wide key.
+_handling: ContextVar[str | None] = ContextVar("sandstone_forwarded_event", default=None)
+
+_CLAIM = """
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if current then
+  local owner = cjson.decode(current)['node']
+  if owner ~= ARGV[4] and redis.call('EXISTS', ARGV[3] .. owner) == 1 then return 0 end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
+_RELEASE = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 0
+"""
+
+_PURGE_DEAD = """
+local entries = redis.call('HGETALL', KEYS[1])
+local removed = 0
+for i = 1, #entries, 2 do
+  local owner = cjson.decode(entries[i + 1])['node']
+  if redis.call('EXISTS', ARGV[1] .. owner) == 0 then
+    redis.call('HDEL', KEYS[1], entries[i])
+    removed = removed + 1
+  end
+end
+return removed
+"""
+
+
+class BusUnavailable(Exception):
+    """Redis is not reachable right now; the node keeps serving its own clients."""
+
+
+@dataclass(frozen=True)
+class RedisAddress:
+    """Where Redis listens, parsed from ``redis://HOST[:PORT][/DB]``."""
+
+    host: str
+    port: int
+    db: int
+
+    @classmethod
+    def parse(cls, url: str) -> RedisAddress:
+        """Parse a redis:// URL; ``ValueError`` says what is wrong with it."""
+        parts = urlsplit(url)
+        if parts.scheme != "redis" or not parts.hostname:
+            raise ValueError(f"expected a Redis URL like redis://127.0.0.1:6379/0, got {url!r}")
+        path = parts.path.strip("/")
+        if path and not path.isdigit():
+            raise ValueError(f"the database in {url!r} must be a number, got {path!r}")
+        try:
+            port = parts.port or 6379
+        except ValueError:
+            raise ValueError(f"invalid port in Redis URL {url!r}") from None
+        return cls(parts.hostname, port, int(path) if path else 0)
+
+
+def publication_id_for(key: str) -> int:
+    """The publication id every node derives from a broadcast's cluster-wide key."""
+    digest = hashlib.sha256(key.encode()).digest()
+    return int.from_bytes(digest[:8], "big") % MAX_ID + 1
+
+
+class _Recent:
+    """Keys seen within a time window (dedupe of keyed broadcasts), oldest first, bounded in size."""
+
+    def __init__(self, clock: IReactorTime, window: float, limit: int = 200_000) -> None:
+        self._clock = clock
+        self._window = window
+        self._limit = limit
+        self._seen: OrderedDict[str, float] = OrderedDict()
+
+    def first_time(self, key: str) -> bool:
+        """Record ``key``; True unless it was already seen within the window."""
+        now = self._clock.seconds()
+        self._expire(now)
+        if key in self._seen:
+            return False
+        self._seen[key] = now
+        return True
+
+    def _expire(self, now: float) -> None:
+        seen = self._seen
+        while seen and (len(seen) > self._limit or next(iter(seen.values())) < now - self._window):
+            seen.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+
+class _Subscriber(txredisapi.SubscriberProtocol):
+    """The bus's pub/sub connection; (re)subscribes every time it connects."""
+
+    bus: RedisBus
+
+    def connectionMade(self) -> Any:
+        d = super().connectionMade()
+        self.whenConnected().addCallback(lambda _: self.factory.bus._subscriber_ready(self))
+        return d
+
+    def messageReceived(self, pattern: Any, channel: str, payload: Any) -> None:
+        self.factory.bus._received(channel, payload)
+
+    def connectionLost(self, why: Failure) -> None:
+        super().connectionLost(why)
+        self.factory.bus._subscriber_lost(why)
+
+
+class _Commands(txredisapi.RedisProtocol):
+    """The bus's command connection (PUBLISH, heartbeats, registrations)."""
+
+    def connectionMade(self) -> Any:
+        d = super().connectionMade()
+        self.whenConnected().addCallback(lambda _: self.factory.bus._commands_ready())
+        return d
+
+    def connectionLost(self, why: Failure) -> None:
+        super().connectionLost(why)
+        self.factory.bus._commands_lost(why)
+
+
+class _RemoteCaller:
+    """Stands in for a caller on another node: the dealer answers it, the bus carries the answer back."""
+
+    __slots__ = ("_bus", "_node", "_call", "id", "authid", "authrole", "_roles")
+
+    def __init__(self, bus: RedisBus, node: str, call: str, body: dict[str, Any]) -> None:
+        self._bus = bus
+        self._node = node
+        self._call = call
+        self.id = body.get("caller") or 0
+        self.authid = body.get("caller_authid")
+        self.authrole = body.get("caller_authrole")
+        self._roles: dict[str, Any] = {}
+
+    def _send(self, msg: message.Message) -> None:
+        if isinstance(msg, message.Result):
+            body = {"args": msg.args, "kwargs": msg.kwargs, "progress": bool(msg.progress)}
+            self._bus._send_node(self._node, "result", {"call": self._call, **body})
+        elif isinstance(msg, message.Error):
+            body = {"error": msg.error, "args": msg.args, "kwargs": msg.kwargs}
+            self._bus._send_node(self._node, "error", {"call": self._call, **body})
+
+    def _send_error(self, request: message.Message, payload: Any) -> None:
+        body = {"error": payload.uri, "args": payload.args, "kwargs": payload.kwargs}
+        self._bus._send_node(self._node, "error", {"call": self._call, **body})
+
+    def _send_result(self, request: int, result: Any) -> None:
+        from ._dealer import result_message
+
+        self._send(result_message(request, result))
+
+
+@dataclass(slots=True, eq=False)
+class _RemoteCall:
+    """A local caller's call served by a callee on another node."""
+
+    caller: Session
+    request: int
+    node: str
+    receive_progress: bool
+
+
+class RedisBus(Service):
+    """Connects one node (an app's router and dispatcher) to the others through Redis.
+
+    Add it to a service tree (``twistd sandstone --redis URL`` does) or call ``startService`` yourself.
+    Without Redis the node keeps serving its own clients; it reconnects with capped backoff.
+    """
+
+    def __init__(
+        self,
+        router: Router,
+        events: EventDispatcher,
+        codec: EventCodec,
+        url: str,
+        *,
+        node_id: str | None = None,
+        prefix: str = "sandstone",
+        heartbeat_interval: float = 2.0,
+        heartbeat_ttl: float = 6.0,
+        command_timeout: float = 2.0,
+        reconnect_max_delay: float = 5.0,
+        max_message_bytes: int = 1_048_576,
+        dedupe_window: float = 120.0,
+        reactor: Any = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.address = RedisAddress.parse(url)
+        self.url = url
+        self.node_id = node_id or uuid.uuid4().hex
+        self.router = router
+        self.codec = codec
+        self.prefix = prefix
+        self.channels = channel_names(prefix, router.realm)
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_ttl = heartbeat_ttl
+        self.command_timeout = command_timeout
+        self.reconnect_max_delay = reconnect_max_delay
+        self.max_message_bytes = max_message_bytes
+        self.stats: dict[str, int] = dict.fromkeys(
+            (
+                "published",
+                "received",
+                "delivered_remote",
+                "dispatched_remote",
+                "duplicates",
+                "malformed",
+                "send_failures",
+            ),
+            0,
+        )
+        self._events = events
+        self._reactor = reactor
+        self._seen = _Recent(reactor, dedupe_window)
+        self._ranks: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self._remote_calls: dict[str, _RemoteCall] = {}
+        self._served: dict[tuple[str, str], _RemoteCaller] = {}
+        self._commands: txredisapi.RedisFactory | None = None
+        self._subscriber: txredisapi.SubscriberFactory | None = None
+        self._commands_up = False
+        self._subscribed = False
+        self._outage_logged = False
+        self._ready_waiters: list[Deferred[None]] = []
+        self._heartbeat = LoopingCall(self._beat)
+        self._heartbeat.clock = reactor
+
+    # lifecycle
+
+    def startService(self) -> None:
+        super().startService()
+        self.channels = channel_names(self.prefix, self.router.realm)  # the realm may change until now
+        self._heartbeat_prefix = f"{self.prefix}:{self.router.realm}:nodes:"
+        self.router.bus = self
+        self.router.dealer.cluster = self
+        endpoint = HostnameEndpoint(self._reactor, self.address.host, self.address.port, timeout=5)
+        self._commands = self._factory(
+            txredisapi.RedisFactory(None, self.address.db, 1, isLazy=True, replyTimeout=self.command_timeout),
+            _Commands,
+        )
+        self._subscriber = self._factory(txredisapi.SubscriberFactory(isLazy=True), _Subscriber)
+        self._commands.startConnecting(endpoint)
+        self._subscriber.startConnecting(endpoint)
+        self._heartbeat.start(self.heartbeat_interval, now=False)
+        log.info(
+            "cluster bus node {node} connecting to {url} (realm {realm})",
+            node=self.node_id,
+            url=self.url,
+            realm=self.router.realm,
+        )
+
+    def _factory(self, factory: txredisapi.RedisFactory, protocol: type) -> txredisapi.RedisFactory:
+        factory.protocol = protocol
+        factory.bus = self
+        factory.maxDelay = self.reconnect_max_delay
+        factory.initialDelay = min(0.5, self.reconnect_max_delay)
+        factory.deferred.addErrback(lambda _: None)  # connection failures are retried and logged here
+        return factory
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        if self._heartbeat.running:
+            self._heartbeat.stop()
+        self._fail_remote_calls("this node is shutting down")
+        stopping = [f.disconnect() for f in (self._commands, self._subscriber) if f is not None]
+        if self.router.bus is self:
+            self.router.bus = None
+            self.router.dealer.cluster = None
+        from twisted.internet.defer import gatherResults
+
+        return gatherResults(stopping, consumeErrors=True).addBoth(lambda _: None)
+
+    @property
+    def connected(self) -> bool:
+        """True while both Redis connections are up and subscribed."""
+        return self._commands_up and self._subscribed
+
+    def when_connected(self) -> Deferred[None]:
+        """A Deferred firing once the node is connected and subscribed (at once if it is)."""
+        if self.connected:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._ready_waiters.append(d)
+        return d
+
+    def _maybe_ready(self) -> None:
+        if not self.connected:
+            return
+        if self._outage_logged:
+            log.info("cluster bus node {node} reconnected to {url}", node=self.node_id, url=self.url)
+            self._outage_logged = False
+        waiters, self._ready_waiters = self._ready_waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def _subscriber_ready(self, protocol: _Subscriber) -> None:
+        channels = [self.channels.events, self.channels.deliveries, self.channels.node(self.node_id)]
+        d = protocol.subscribe(channels)
+
+        def subscribed(_: Any) -> None:
+            self._subscribed = True
+            self._maybe_ready()
+
+        d.addCallbacks(subscribed, lambda f: log.failure("subscribing to the bus channels failed", f))
+
+    def _subscriber_lost(self, why: Failure) -> None:
+        self._subscribed = False
+        self._outage(f"pub/sub connection lost ({why.getErrorMessage()})")
+
+    def _commands_ready(self) -> None:
+        self._commands_up = True
+        self._beat()
+        self._reclaim()
+        self._maybe_ready()
+
+    def _commands_lost(self, why: Failure) -> None:
+        self._commands_up = False
+        self._outage(f"command connection lost ({why.getErrorMessage()})")
+        self._fail_remote_calls("the cluster bus lost its Redis connection")
+
+    def _outage(self, what: str) -> None:
+        if not self.running:
+            return
+        if not self._outage_logged:
+            log.warn(
+                "cluster bus node {node}: {what}; serving local clients only, reconnecting",
+                node=self.node_id,
+                what=what,
+            )
+            self._outage_logged = True
+
+    # commands
+
+    def _command(self, name: str, *args: Any, **kwargs: Any) -> Deferred[Any]:
+        if not self._commands_up or self._commands is None:
+            return _failed(BusUnavailable("Redis is not connected"))
+        d: Deferred[Any] = getattr(self._commands.handler, name)(*args, **kwargs)
+        d.addTimeout(self.command_timeout, self._reactor)
+        return d
+
+    def _publish(self, channel: str, payload: bytes) -> None:
+        d = self._command("publish", channel, payload.decode())
+
+        def sent(_: Any) -> None:
+            self.stats["published"] += 1
+
+        def failed(failure: Failure) -> None:
+            self.stats["send_failures"] += 1
+            if not self._outage_logged:
+                log.warn(
+                    "cluster bus: could not publish on {channel}: {error}",
+                    channel=channel,
+                    error=failure.getErrorMessage(),
+                )
+
+        d.addCallbacks(sent, failed)
+
+    def _beat(self) -> Deferred[Any]:
+        if not self._commands_up:
+            return succeed(None)
+        key = self.channels.heartbeat(self.node_id)
+        d = self._command("set", key, "1", pexpire=int(self.heartbeat_ttl * 1000))
+        d.addCallback(
+            lambda _: self._command("eval", _PURGE_DEAD, [self.channels.procedures], [self._heartbeat_prefix])
+        )
+        d.addCallback(lambda _: self._check_remote_nodes())
+        d.addErrback(lambda f: log.debug("heartbeat failed: {error}", error=f.getErrorMessage()))
+        return d
+
+    # broadcasts
+
+    def prepare(self, publication: Publication) -> bool:
+        """Called by the router before delivering locally: keys broadcasts made while handling a forwarded
+        event (same publication id on every node). False when this key was already delivered here."""
+        event_id = _handling.get()
+        if event_id is None:
+            return True
+        rank_key = (event_id, publication.topic)
+        rank = self._ranks.get(rank_key, 0) + 1
+        self._ranks[rank_key] = rank
+        while len(self._ranks) > 100_000:
+            self._ranks.popitem(last=False)
+        publication.key = f"{event_id}:{publication.topic}:{rank}"
+        publication.id = publication_id_for(publication.key)
+        return self._seen.first_time(publication.key)
+
+    def announce(self, publication: Publication) -> None:
+        """Send a publication to the other nodes (after it was delivered here)."""
+        try:
+            payload = encode_delivery(self.node_id, publication, publication.key)
+        except (TypeError, ValueError, EnvelopeError) as exc:
+            # e.g. bytes from a MessagePack/CBOR client: JSON cannot carry them to the other nodes
+            self.stats["send_failures"] += 1
+            log.warn(
+                "cluster bus: publication on {topic} delivered on this node only: {reason}",
+                topic=publication.topic,
+                reason=exc,
+            )
+            return
+        self._publish(self.channels.deliveries, payload)
+
+    # events
+
+    def dispatch(self, name: str, event: object) -> Deferred[DispatchResult]:
+        """Dispatch a forwarded event: to the bus once, and to this node's listeners right away."""
+        data = self.codec.encode(name, event)
+        event_id = uuid.uuid4().hex
+        self._publish(self.channels.events, encode_event(self.node_id, event_id, name, data))
+        return self._dispatch_local(event_id, name, event)
+
+    def _dispatch_local(self, event_id: str, name: str, event: object) -> Deferred[DispatchResult]:
+        token = _handling.set(event_id)
+        try:
+            return self._events.dispatch(name, event)
+        finally:
+            _handling.reset(token)
+
+    # receiving
+
+    def _received(self, channel: str, payload: Any) -> None:
+        self.stats["received"] += 1
+        try:
+            msg = decode(payload, max_bytes=self.max_message_bytes)
+            if msg.origin == self.node_id:
+                return
+            self._HANDLERS[type(msg)](self, msg)
+        except EnvelopeError as exc:
+            self.stats["malformed"] += 1
+            log.warn("cluster bus: dropped a message on {channel}: {reason}", channel=channel, reason=exc)
+        except Exception:
+            self.stats["malformed"] += 1
+            log.failure("cluster bus: a message on {channel} could not be handled", channel=channel)
+
+    def _on_event(self, msg: EventMessage) -> None:
+        event = self.codec.decode(msg.name, msg.data)
+        self.stats["dispatched_remote"] += 1
+        self._dispatch_local(msg.id, msg.name, event)
+
+    def _on_delivery(self, msg: DeliveryMessage) -> None:
+        if msg.key is not None and not self._seen.first_time(msg.key):
+            self.stats["duplicates"] += 1
+            return
+        self.stats["delivered_remote"] += 1
+        self.router.broker.deliver(msg.publication)
+
+    def _on_node_message(self, msg: NodeMessage) -> None:
+        handler = self._NODE_HANDLERS.get(msg.type)
+        if handler is None:
+            raise EnvelopeError(f"unknown node message type {msg.type!r}")
+        handler(self, msg.origin, msg.body)
+
+    # registrations
+
+    def claim(self, registration: Registration) -> Deferred[bool]:
+        """Claim a client registration cluster-wide; False if a live node already holds the URI.
+
+        When Redis cannot answer, the registration stays local and is claimed again on reconnect.
+        """
+        d = self._command(
+            "eval",
+            _CLAIM,
+            [self.channels.procedures],
+            [registration.uri, self._owner(registration), self._heartbeat_prefix, self.node_id],
+        )
+        d.addCallback(lambda claimed: bool(claimed))
+
+        def unavailable(failure: Failure) -> bool:
+            log.warn(
+                "cluster bus: could not claim {uri} ({error}); it is local until Redis is back",
+                uri=registration.uri,
+                error=failure.getErrorMessage(),
+            )
+            return True
+
+        return d.addErrback(unavailable)
+
+    def released(self, registration: Registration) -> None:
+        """A client registration ended here: give the URI back."""
+        d = self._command(
+            "eval", _RELEASE, [self.channels.procedures], [registration.uri, self._owner(registration)]
+        )
+        d.addErrback(
+            lambda f: log.debug(
+                "release of {uri} failed: {error}", uri=registration.uri, error=f.getErrorMessage()
+            )
+        )
+
+    def _owner(self, registration: Registration) -> str:
+        return json.dumps({"node": self.node_id, "registration": registration.id}, separators=(",", ":"))
+
+    def _reclaim(self) -> None:
+        for registration in self.router.dealer.client_registrations():
+            self.claim(registration).addCallback(self._reclaimed, registration)
+
+    def _reclaimed(self, claimed: bool, registration: Registration) -> None:
+        if not claimed:
+            log.warn(
+                "cluster bus: {uri} was registered on another node during the outage; this node keeps "
+                "serving its own registration for its own callers",
+                uri=registration.uri,
+            )
+
+    # calls: caller side
+
+    def call(self, caller: Session, call: message.Call) -> None:
+        """A call with no local callee: find the owning node and forward it there."""
+        d = self._command("hget", self.channels.procedures, call.procedure)
+        d.addCallbacks(self._forward_call, self._lookup_failed, (caller, call), None, (caller, call))
+
+    def _lookup_failed(self, failure: Failure, caller: Session, call: message.Call) -> None:
+        caller._send(
+            message.Error(
+                message.Call.MESSAGE_TYPE,
+                call.request,
+                CLUSTER_UNAVAILABLE,
+                args=[f"cannot reach the cluster to find {call.procedure}"],
+            )
+        )
+
+    def _forward_call(self, owner: str | None, caller: Session, call: message.Call) -> None:
+        node = json.loads(owner)["node"] if owner else None
+        if node is None or node == self.node_id:
+            error = WampError(NO_SUCH_PROCEDURE, f"no callee registered for procedure {call.procedure!r}")
+            caller._send(
+                message.Error(message.Call.MESSAGE_TYPE, call.request, error.uri, args=error.args_list)
+            )
+            return
+        call_id = uuid.uuid4().hex
+        self._remote_calls[call_id] = _RemoteCall(caller, call.request, node, bool(call.receive_progress))
+        disclose = bool(call._router_internal and call._router_internal.get("disclose_me"))
+        self._send_node(
+            node,
+            "call",
+            {
+                "call": call_id,
+                "procedure": call.procedure,
+                "args": call.args,
+                "kwargs": call.kwargs,
+                "receive_progress": bool(call.receive_progress),
+                "caller": caller.id if disclose else None,
+                "caller_authid": caller.authid if disclose else None,
+                "caller_authrole": caller.authrole if disclose else None,
+            },
+        )
+
+    def cancel(self, caller: Session, msg: message.Cancel) -> bool:
+        """Forward a CANCEL for a remote call; False if the call is not a remote one."""
+        for call_id, remote in self._remote_calls.items():
+            if remote.caller is caller and remote.request == msg.request:
+                self._send_node(remote.node, "cancel", {"call": call_id, "mode": msg.mode})
+                return True
+        return False
+
+    def caller_left(self, caller: Session) -> None:
+        """Forget a leaving session's remote calls and interrupt them on their nodes."""
+        for call_id, remote in list(self._remote_calls.items()):
+            if remote.caller is caller:
+                del self._remote_calls[call_id]
+                self._send_node(remote.node, "cancel", {"call": call_id, "mode": message.Cancel.KILLNOWAIT})
+
+    def _on_result(self, origin: str, body: dict[str, Any]) -> None:
+        remote = self._remote_calls.get(body["call"])
+        if remote is None:
+            return
+        progress = bool(body.get("progress"))
+        if not progress:
+            del self._remote_calls[body["call"]]
+        elif not remote.receive_progress:
+            return
+        remote.caller._send(
+            message.Result(
+                remote.request, args=body.get("args"), kwargs=body.get("kwargs"), progress=progress or None
+            )
+        )
+
+    def _on_error(self, origin: str, body: dict[str, Any]) -> None:
+        remote = self._remote_calls.pop(body["call"], None)
+        if remote is None:
+            return
+        remote.caller._send(
+            message.Error(
+                message.Call.MESSAGE_TYPE,
+                remote.request,
+                body["error"],
+                args=body.get("args"),
+                kwargs=body.get("kwargs"),
+            )
+        )
+
+    def _check_remote_nodes(self) -> Deferred[Any] | None:
+        nodes = {remote.node for remote in self._remote_calls.values()}
+        if not nodes:
+            return None
+        checks = [
+            self._command("exists", self.channels.heartbeat(node)).addCallback(self._node_alive, node)
+            for node in nodes
+        ]
+        from twisted.internet.defer import gatherResults
+
+        return gatherResults(checks, consumeErrors=True).addErrback(lambda _: None)
+
+    def _node_alive(self, exists: Any, node: str) -> None:
+        if not exists:
+            log.warn("cluster bus: node {node} is gone; failing its calls in flight", node=node)
+            self._fail_remote_calls(f"node {node} left the cluster", node)
+
+    def _fail_remote_calls(self, reason: str, node: str | None = None) -> None:
+        for call_id, remote in list(self._remote_calls.items()):
+            if node is None or remote.node == node:
+                del self._remote_calls[call_id]
+                remote.caller._send(
+                    message.Error(message.Call.MESSAGE_TYPE, remote.request, CANCELED, args=[reason])
+                )
+
+    @property
+    def remote_calls_in_flight(self) -> int:
+        """Calls of local callers waiting for a callee on another node."""
+        return len(self._remote_calls)
+
+    # calls: callee side
+
+    def _on_call(self, origin: str, body: dict[str, Any]) -> None:
+        registration = self.router.dealer.registration(body["procedure"])
+        caller = _RemoteCaller(self, origin, body["call"], body)
+        if registration is None or registration.callee is None:
+            caller._send(
+                message.Error(
+                    message.Call.MESSAGE_TYPE,
+                    1,
+                    NO_SUCH_PROCEDURE,
+                    args=[f"no callee registered for procedure {body['procedure']!r}"],
+                )
+            )
+            return
+        call = message.Call(
+            1,
+            body["procedure"],
+            args=body.get("args"),
+            kwargs=body.get("kwargs"),
+            receive_progress=body.get("receive_progress") or None,
+        )
+        call._router_internal = {"disclose_me": body.get("caller") is not None}
+        self._served[(origin, body["call"])] = caller
+        self.router.dealer.serve_remote(
+            caller, call, registration, lambda: self._served.pop((origin, body["call"]), None)
+        )
+
+    def _on_cancel(self, origin: str, body: dict[str, Any]) -> None:
+        caller = self._served.get((origin, body["call"]))
+        if caller is not None:
+            self.router.dealer.cancel(caller, message.Cancel(1, mode=body.get("mode")))  # type: ignore[arg-type]
+
+    def _send_node(self, node: str, kind: str, body: dict[str, Any]) -> None:
+        payload = json.dumps({"v": 1, "type": kind, "origin": self.node_id, **body}, separators=(",", ":"))
+        self._publish(self.channels.node(node), payload.encode())
+
+    _HANDLERS: dict[type, Callable[[RedisBus, Any], None]] = {
+        EventMessage: _on_event,
+        DeliveryMessage: _on_delivery,
+        NodeMessage: _on_node_message,
+    }
+    _NODE_HANDLERS: dict[str, Callable[[RedisBus, str, dict[str, Any]], None]] = {
+        "call": _on_call,
+        "result": _on_result,
+        "error": _on_error,
+        "cancel": _on_cancel,
+    }
+
+
+def _failed(exc: Exception) -> Deferred[Any]:
+    d: Deferred[Any] = Deferred()
+    d.errback(exc)
+    return d
