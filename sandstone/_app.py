@@ -134,7 +134,11 @@ class Sandstone(Klein):
     ) -> int:
         """Publish ``payload`` (an EVENT's first argument) to the subscribers of ``uri``; returns its id."""
         publication = Publication(
-            uri, [payload], exclude=session_ids(exclude) or None, eligible=session_ids(eligible)
+            uri,
+            [payload],
+            exclude=session_ids(exclude) or None,
+            eligible=session_ids(eligible),
+            source="app",
         )
         self._core.router.publish(publication)
         return publication.id

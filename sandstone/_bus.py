@@ -281,7 +281,7 @@ class RedisBus(Service):
         self._events = events
         self._reactor = reactor
         self._seen = _Recent(reactor, dedupe_window)
-        self._ranks: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self._ranks: OrderedDict[tuple[str, str, str], int] = OrderedDict()
         self._remote_calls: dict[str, _RemoteCall] = {}
         self._served: dict[tuple[str, str], _RemoteCaller] = {}
         self._commands: txredisapi.RedisFactory | None = None
@@ -443,12 +443,14 @@ class RedisBus(Service):
         event_id = _handling.get()
         if event_id is None:
             return True
-        rank_key = (event_id, publication.topic)
+        # Ranked per source too: a node without a topic instance must not mistake the app's broadcast
+        # for the instance's (nodes differ in which instances they have, not in app listeners).
+        rank_key = (event_id, publication.source, publication.topic)
         rank = self._ranks.get(rank_key, 0) + 1
         self._ranks[rank_key] = rank
         while len(self._ranks) > 100_000:
             self._ranks.popitem(last=False)
-        publication.key = f"{event_id}:{publication.topic}:{rank}"
+        publication.key = f"{event_id}:{publication.source}:{publication.topic}:{rank}"
         publication.id = publication_id_for(publication.key)
         return self._seen.first_time(publication.key)
 

@@ -37,6 +37,7 @@ class Publication:
     eligible_authid: frozenset[str] | None = None
     eligible_authrole: frozenset[str] | None = None
     key: str | None = None  # cluster-wide identity of a broadcast made while handling a forwarded event
+    source: str = "client"  # who broadcasts: "client", "topic" or "app" (part of the cluster-wide key)
 
     def __post_init__(self) -> None:
         if not self.id:

@@ -105,6 +105,7 @@ class Topic:
             args=[payload],
             exclude=session_ids(exclude) or None,
             eligible=session_ids(eligible),
+            source="topic",
         )
         self._require_router().publish(publication)
         return publication.id
