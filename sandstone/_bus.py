@@ -326,16 +326,25 @@ class RedisBus(Service):
         return factory
 
     def stopService(self) -> Deferred[None]:
+        """Leave the cluster: drop the heartbeat and this node's registrations, then disconnect."""
         super().stopService()
         if self._heartbeat.running:
             self._heartbeat.stop()
         self._fail_remote_calls("this node is shutting down")
-        stopping = [f.disconnect() for f in (self._commands, self._subscriber) if f is not None]
         if self.router.bus is self:
             self.router.bus = None
             self.router.dealer.cluster = None
+        leaving = self._command("delete", self.channels.heartbeat(self.node_id))
+        leaving.addCallback(
+            lambda _: self._command("eval", _PURGE_DEAD, [self.channels.procedures], [self._heartbeat_prefix])
+        )
+        leaving.addErrback(lambda _: None)  # then the TTL does it
+        return leaving.addCallback(lambda _: self._disconnect())
+
+    def _disconnect(self) -> Deferred[None]:
         from twisted.internet.defer import gatherResults
 
+        stopping = [f.disconnect() for f in (self._commands, self._subscriber) if f is not None]
         return gatherResults(stopping, consumeErrors=True).addBoth(lambda _: None)
 
     @property
@@ -407,6 +416,15 @@ class RedisBus(Service):
         return d
 
     def _publish(self, channel: str, payload: bytes) -> None:
+        if len(payload) > self.max_message_bytes:
+            self.stats["send_failures"] += 1
+            log.warn(
+                "cluster bus: a {size}-byte message for {channel} exceeds the {limit}-byte limit; not sent",
+                size=len(payload),
+                channel=channel,
+                limit=self.max_message_bytes,
+            )
+            return
         d = self._command("publish", channel, payload.decode())
 
         def sent(_: Any) -> None:
