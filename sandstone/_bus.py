@@ -73,6 +73,13 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 1
 """
 
+# SET the heartbeat; returns whether it still existed (if not, the node's registrations may have been purged)
+_BEAT = """
+local existed = redis.call('EXISTS', KEYS[1])
+redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+return existed
+"""
+
 _RELEASE = """
 if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end
 return 0
@@ -142,6 +149,8 @@ class _Recent:
         if key in self._seen:
             return False
         self._seen[key] = now
+        if len(self._seen) > self._limit:
+            self._seen.popitem(last=False)
         return True
 
     def _expire(self, now: float) -> None:
@@ -445,7 +454,10 @@ class RedisBus(Service):
         if not self._commands_up:
             return succeed(None)
         key = self.channels.heartbeat(self.node_id)
-        d = self._command("set", key, "1", pexpire=int(self.heartbeat_ttl * 1000))
+        d = self._command("eval", _BEAT, [key], [int(self.heartbeat_ttl * 1000)])
+        # expired (this node was paused longer than the TTL, or Redis lost it): the other nodes purged our
+        # registrations, claim them again
+        d.addCallback(lambda existed: None if existed else self._reclaim())
         d.addCallback(
             lambda _: self._command("eval", _PURGE_DEAD, [self.channels.procedures], [self._heartbeat_prefix])
         )

@@ -10,6 +10,7 @@ stop the propagation of the event to the later ones.
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 from bisect import bisect_left, insort
 from collections import deque
@@ -113,6 +114,9 @@ class _Dispatch:
         self._pending = deque(entries)
         self.result = DispatchResult(name, event, called=0, stopped=False, errors=[])
         self.done: Deferred[DispatchResult] = Deferred()
+        # Listeners after an asynchronous one run in the context the dispatch started in (where the
+        # cluster bus marks the forwarded event being handled), not in that of whatever fired its Deferred.
+        self._context = contextvars.copy_context()
 
     def run(self) -> None:
         """Call listeners until one must be awaited or none remain."""
@@ -145,7 +149,7 @@ class _Dispatch:
     def _resume(self, _: object, entry: _Entry, outcomes: list[object]) -> None:
         """Record an awaited listener's outcome, then carry on with the next ones."""
         self._record(entry, outcomes[0])
-        self.run()
+        self._context.run(self.run)
 
     def _record(self, entry: _Entry, outcome: object) -> None:
         """Note a StopPropagation or log and keep a failure; plain values are ignored."""

@@ -144,7 +144,8 @@ class Router:
             if ok:
                 session._send(message.Registered(msg.request, registration.id))
                 return
-            session._registrations.pop(registration.id, None)
+            if session._registrations.pop(registration.id, None) is None:
+                return  # the session left meanwhile, and its leaving removed the registration already
             self.dealer.forget(registration)
             session._send(
                 message.Error(
