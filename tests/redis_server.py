@@ -30,8 +30,11 @@ class RedisServer:
             raise RuntimeError("the Redis server is not started: call start() first")
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> None:
+    def start(self, port: int = 0) -> None:
         """Start redis-server and wait until it answers PING (at most 10 s).
+
+        ``port`` 0 picks a free port; pass the old ``port`` to restart a stopped server where its clients
+        expect it.
 
         Raises ``unittest.SkipTest`` when redis-server is not installed, unless ``CI=true`` (CI must
         run these tests), where it raises ``RuntimeError``.
@@ -44,8 +47,8 @@ class RedisServer:
                 raise RuntimeError(f"{NOT_FOUND} (CI=true: these tests must run in CI)")
             raise unittest.SkipTest(NOT_FOUND)
         deadline = time.monotonic() + self.START_TIMEOUT
-        for _attempt in range(3):  # another process may take the free port before redis binds it
-            self.port = _free_port()
+        for _attempt in range(1 if port else 3):  # another process may take a free port before redis binds it
+            self.port = port or _free_port()
             self._log = tempfile.TemporaryFile()
             self._process = subprocess.Popen(
                 [

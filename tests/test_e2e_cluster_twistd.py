@@ -1,0 +1,120 @@
+"""End-to-end: two ``twistd -n sandstone --redis URL`` processes form one server; one of them is killed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from autobahn.wamp.exception import ApplicationError
+from autobahn.wamp.types import PublishOptions
+from twisted.internet import defer
+
+from sandstone._envelope import channel_names
+from tests.redis_server import RedisServer
+from tests.support import sleep, wait_until
+from tests.test_e2e_twistd import Twistd, TwistdTestCase
+
+CHANNELS = channel_names("sandstone", "realm1")
+
+
+class TwistdClusterTestCase(TwistdTestCase):
+    def setUp(self) -> None:
+        self.redis_server = RedisServer()
+        self.addCleanup(self.redis_server.stop)
+        self.redis_server.start()
+        self.redis = redis.Redis.from_url(self.redis_server.url, decode_responses=True, socket_timeout=5)
+        self.addCleanup(self.redis.close)
+
+    async def start_nodes(self, *arguments: str) -> list[tuple[Twistd, str, str]]:
+        """Two twistd nodes with the same arguments and Redis: [(process, ws URL, base URL)], once both
+        are subscribed to the bus."""
+        nodes = []
+        for _ in range(2):
+            process = await self.start(*arguments, "--redis", self.redis_server.url)
+            nodes.append((process, self.ws_url, self.base_url))
+        await wait_until(lambda: self.subscribed_nodes() == 2, timeout=10)
+        return nodes
+
+    def subscribed_nodes(self) -> int:
+        return int(self.redis.pubsub_numsub(CHANNELS.events)[0][1])
+
+    async def kill(self, process: Twistd) -> None:
+        process.transport.signalProcess("KILL")
+        await process.ended
+
+
+class BlogClusterTests(TwistdClusterTestCase):
+    async def test_post_and_chat_across_processes_and_a_killed_node(self) -> None:
+        (first, url1, base1), (second, url2, base2) = await self.start_nodes("--app", "examples.blog:app")
+        reader1, reader2 = await self.connect(url=url1), await self.connect("msgpack", url=url2)
+        for reader in (reader1, reader2):
+            await reader.record("articles")
+            await reader.record("chat/general")
+        http = self.http()
+
+        response = await http.post(f"{base1}/api/articles", json={"title": "Unicorns"})
+        self.assertEqual(response.code, 201)
+        article = await response.json()
+        await wait_until(lambda: reader1.received["articles"] and reader2.received["articles"])
+        await reader1.publish("chat/general", {"text": "hi"}, options=PublishOptions(acknowledge=True))
+        await wait_until(lambda: len(reader2.received["chat/general"]) == 2)
+        await sleep(0.3)
+        for reader in (reader1, reader2):
+            [event] = reader.received["articles"]
+            self.assertEqual(event.payload["message"], "An article has just been published: Unicorns")
+            self.assertEqual(event.payload["article"], article)
+        self.assertEqual([e.payload for e in reader1.received["chat/general"]], ["Welcome on general"])
+        self.assertEqual(
+            [e.payload for e in reader2.received["chat/general"]], ["Welcome on general", {"text": "hi"}]
+        )
+        self.assertEqual(
+            reader1.received["articles"][0].details.publication,
+            reader2.received["articles"][0].details.publication,
+        )
+
+        await self.kill(second)
+        await reader2.disconnected
+        await wait_until(lambda: self.subscribed_nodes() == 1)
+        response = await http.post(f"{base1}/api/articles", json={"title": "Dragons"})
+        self.assertEqual(response.code, 201)
+        await wait_until(lambda: len(reader1.received["articles"]) == 2)
+        self.assertEqual(reader1.received["articles"][1].payload["article"], await response.json())
+        other = await self.connect("cbor", url=url1)
+        await other.record("chat/general")
+        await reader1.publish(
+            "chat/general", {"text": "still here"}, options=PublishOptions(acknowledge=True)
+        )
+        await wait_until(lambda: len(other.received["chat/general"]) == 2)
+        await self.terminate(first)
+
+
+class OpenRouterClusterTests(TwistdClusterTestCase):
+    async def test_killed_callee_node_fails_calls_and_frees_its_uris(self) -> None:
+        (first, url1, _), (second, url2, _) = await self.start_nodes()
+        callee, caller = await self.connect(url=url2), await self.connect("cbor", url=url1)
+        held: list[defer.Deferred[Any]] = []
+
+        def hang() -> defer.Deferred[Any]:
+            held.append(defer.Deferred())
+            return held[-1]
+
+        await callee.register(lambda a, b: a * b, "com.example.multiply")
+        await callee.register(hang, "com.example.hang")
+        self.assertEqual(await caller.call("com.example.multiply", 6, 7), 42)
+        call = caller.call("com.example.hang")
+        await wait_until(lambda: held)
+
+        await self.kill(second)
+        # node 1 notices within the heartbeat TTL (6 s) and a beat (2 s): an error, not a hang
+        with self.assertRaises(ApplicationError) as caught:
+            await call
+        self.assertEqual(caught.exception.error, "wamp.error.canceled")
+        self.assertEqual(self.redis.hgetall(CHANNELS.procedures), {})
+        with self.assertRaises(ApplicationError) as caught:
+            await caller.call("com.example.multiply", 1, 2)
+        self.assertEqual(caught.exception.error, "wamp.error.no_such_procedure")
+        # the URIs are free again, for a client of node 1
+        newcomer = await self.connect("msgpack", url=url1)
+        await newcomer.register(lambda a, b: a + b, "com.example.multiply")
+        self.assertEqual(await caller.call("com.example.multiply", 6, 7), 13)
+        await self.terminate(first)
