@@ -3,14 +3,17 @@
 Delivery rule (every subscriber in the cluster gets each broadcast exactly once):
 
 - A forwarded *event* goes to the bus once; every node dispatches it to its own listeners. A broadcast made
-  while a node handles a forwarded event carries a *key* (event id, topic, rank of the broadcast) from which
+  while a node handles a forwarded event carries a *key* (event id, source, topic, rank) from which
   its publication id is derived, so every node computes the same one: each node delivers the first copy of a
   key it sees (its own, or another node's through the bus) and drops the others. Nodes without a topic
   instance (only pattern subscribers) still get it from the nodes that have one.
 - Any other broadcast (a client's publish, ``on_subscribe``, a timer, a REST handler) is delivered locally at
   once and sent to the bus once; the other nodes deliver it to their own subscribers.
 - Calls to a procedure registered by a client on another node travel on that node's channel; registrations are
-  claimed in a Redis hash, and a node whose heartbeat key expires loses them.
+  claimed in a Redis hash; a node whose heartbeat key expires loses them (other nodes purge them) until its
+  next beat claims them again.
+- An event dispatched while handling a forwarded event gets an id derived from that event's, and nodes run the
+  listeners of an event id once, however many nodes sent it.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ._dispatcher import DispatchResult
 from ._envelope import (
     DeliveryMessage,
     EnvelopeError,
@@ -51,7 +55,7 @@ from ._publication import Publication
 
 if TYPE_CHECKING:
     from ._dealer import Registration
-    from ._dispatcher import DispatchResult, EventDispatcher
+    from ._dispatcher import EventDispatcher
     from ._router import Router
     from ._session import Session
 
@@ -105,11 +109,13 @@ class BusUnavailable(Exception):
 
 @dataclass(frozen=True)
 class RedisAddress:
-    """Where Redis listens, parsed from ``redis://HOST[:PORT][/DB]``."""
+    """Where Redis listens, parsed from ``redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]``."""
 
     host: str
     port: int
     db: int
+    username: str | None = None
+    password: str | None = None
 
     @classmethod
     def parse(cls, url: str) -> RedisAddress:
@@ -124,7 +130,7 @@ class RedisAddress:
             port = parts.port or 6379
         except ValueError:
             raise ValueError(f"invalid port in Redis URL {url!r}") from None
-        return cls(parts.hostname, port, int(path) if path else 0)
+        return cls(parts.hostname, port, int(path) if path else 0, parts.username or None, parts.password)
 
 
 def publication_id_for(key: str) -> int:
@@ -312,7 +318,15 @@ class RedisBus(Service):
         self.router.dealer.cluster = self
         endpoint = HostnameEndpoint(self._reactor, self.address.host, self.address.port, timeout=5)
         self._commands = self._factory(
-            txredisapi.RedisFactory(None, self.address.db, 1, isLazy=True, replyTimeout=self.command_timeout),
+            txredisapi.RedisFactory(
+                None,
+                self.address.db,
+                1,
+                isLazy=True,
+                replyTimeout=self.command_timeout,
+                password=self.address.password,
+                username=self.address.username,
+            ),
             _Commands,
         )
         self._subscriber = self._factory(txredisapi.SubscriberFactory(isLazy=True), _Subscriber)
@@ -329,6 +343,8 @@ class RedisBus(Service):
     def _factory(self, factory: txredisapi.RedisFactory, protocol: type) -> txredisapi.RedisFactory:
         factory.protocol = protocol
         factory.bus = self
+        factory.password = self.address.password  # SubscriberFactory takes no credentials of its own
+        factory.username = self.address.username
         factory.maxDelay = self.reconnect_max_delay
         factory.initialDelay = min(0.5, self.reconnect_max_delay)
         factory.deferred.addErrback(lambda _: None)  # connection failures are retried and logged here
@@ -475,14 +491,19 @@ class RedisBus(Service):
             return True
         # Ranked per source too: a node without a topic instance must not mistake the app's broadcast
         # for the instance's (nodes differ in which instances they have, not in app listeners).
-        rank_key = (event_id, publication.source, publication.topic)
+        rank = self._rank(event_id, publication.source, publication.topic)
+        publication.key = f"{event_id}:{publication.source}:{publication.topic}:{rank}"
+        publication.id = publication_id_for(publication.key)
+        return self._seen.first_time(publication.key)
+
+    def _rank(self, event_id: str, source: str, name: str) -> int:
+        """How many times (this one included) ``source`` has sent ``name`` while handling ``event_id``."""
+        rank_key = (event_id, source, name)
         rank = self._ranks.get(rank_key, 0) + 1
         self._ranks[rank_key] = rank
         while len(self._ranks) > 100_000:
             self._ranks.popitem(last=False)
-        publication.key = f"{event_id}:{publication.source}:{publication.topic}:{rank}"
-        publication.id = publication_id_for(publication.key)
-        return self._seen.first_time(publication.key)
+        return rank
 
     def announce(self, publication: Publication) -> None:
         """Send a publication to the other nodes (after it was delivered here)."""
@@ -502,9 +523,20 @@ class RedisBus(Service):
     # events
 
     def dispatch(self, name: str, event: object) -> Deferred[DispatchResult]:
-        """Dispatch a forwarded event: to the bus once, and to this node's listeners right away."""
+        """Dispatch a forwarded event: to the bus once, and to this node's listeners right away.
+
+        Dispatched while handling another forwarded event (which every node does), its id derives from
+        that event's, so each node runs its listeners once however many nodes sent it.
+        """
         data = self.codec.encode(name, event)
-        event_id = uuid.uuid4().hex
+        parent = _handling.get()
+        if parent is None:
+            event_id = uuid.uuid4().hex
+        else:
+            event_id = hashlib.sha256(f"{parent}:event:{name}:{self._rank(parent, 'event', name)}".encode())
+            event_id = event_id.hexdigest()[:32]
+        if not self._seen.first_time(f"event:{event_id}"):
+            return succeed(DispatchResult(name, event, called=0, stopped=False, errors=[]))
         self._publish(self.channels.events, encode_event(self.node_id, event_id, name, data))
         return self._dispatch_local(event_id, name, event)
 
@@ -533,6 +565,9 @@ class RedisBus(Service):
 
     def _on_event(self, msg: EventMessage) -> None:
         event = self.codec.decode(msg.name, msg.data)
+        if not self._seen.first_time(f"event:{msg.id}"):
+            self.stats["duplicates"] += 1
+            return
         self.stats["dispatched_remote"] += 1
         self._dispatch_local(msg.id, msg.name, event)
 

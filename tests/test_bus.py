@@ -35,6 +35,16 @@ class RedisAddressTests(SynchronousTestCase):
         for url, expected in cases.items():
             self.assertEqual(RedisAddress.parse(url), expected, url)
 
+    def test_credentials(self) -> None:
+        self.assertEqual(
+            RedisAddress.parse("redis://:s3cret@127.0.0.1:6380/2"),
+            RedisAddress("127.0.0.1", 6380, 2, None, "s3cret"),
+        )
+        self.assertEqual(
+            RedisAddress.parse("redis://app:s3cret@redis.internal"),
+            RedisAddress("redis.internal", 6379, 0, "app", "s3cret"),
+        )
+
     def test_bad_urls(self) -> None:
         cases = {
             "http://127.0.0.1:6379/0": "expected a Redis URL like redis://127.0.0.1:6379/0, got "

@@ -595,3 +595,64 @@ class PusherTests(BlogClusterTestCase):
             ]
             * 2,
         )
+
+
+class NestedEventTests(ClusterTestCase):
+    async def test_an_event_dispatched_by_a_forwarded_events_listener_runs_once_per_node(self) -> None:
+        ran: dict[str, list[str]] = {}
+
+        def make(name: str) -> Sandstone:
+            app = Sandstone()
+            app.forward("order.placed")
+            app.forward("invoice.due")
+            ran[name] = []
+
+            @app.on_event("order.placed")
+            async def bill(event: dict[str, Any]) -> None:  # runs on every node
+                await app.dispatch("invoice.due", {"order": event["order"]})
+
+            @app.on_event("invoice.due")
+            def invoice(event: dict[str, Any]) -> None:
+                ran[name].append(event["order"])
+                app.broadcast("invoices", event)
+
+            @app.topic("invoices")
+            class Invoices(Topic):
+                pass
+
+            return app
+
+        names = iter("ABC")
+        a, b, c = await self.start_cluster(lambda: make(next(names)), 3)
+        readers = []
+        for node in (a, b, c):
+            reader = await self.connect_to(node)
+            await reader.record("invoices")
+            readers.append(reader)
+        await a.app.dispatch("order.placed", {"order": 7})
+        await wait_until(lambda: all(counts(r, "invoices") for r in readers))
+        await sleep(0.3)
+        self.assertEqual(ran, {"A": [7], "B": [7], "C": [7]})
+        for reader in readers:
+            self.assertEqual(counts(reader, "invoices"), [{"order": 7}])
+
+
+class RedisPasswordTests(ClusterTestCase):
+    async def test_a_password_in_the_url_is_used_by_both_connections(self) -> None:
+        self.redis_client().config_set("requirepass", "s3cret")
+        secret_url = f"redis://:s3cret@127.0.0.1:{self.redis.port}/0"
+        nodes = []
+        for name in "AB":
+            app = Sandstone(open_uris=True)
+            self.serve(app)
+            bus = app.use_redis(secret_url, node_id=name, heartbeat_interval=0.2, heartbeat_ttl=1.0)
+            self.addCleanup(self.stop_bus, bus)
+            bus.startService()
+            await bus.when_connected()
+            nodes.append(Node(name, app, bus, self.port))
+        reader = await self.connect_to(nodes[1])
+        await reader.record("news")
+        writer = await self.connect_to(nodes[0])
+        await writer.publish("news", {"n": 1}, options=PublishOptions(acknowledge=True))
+        await wait_until(lambda: counts(reader, "news"))
+        self.assertEqual(counts(reader, "news"), [{"n": 1}])
