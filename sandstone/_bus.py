@@ -103,6 +103,12 @@ return removed
 """
 
 
+_NOT_JSON = {
+    "error": "wamp.error.invalid_argument",
+    "args": ["arguments that JSON cannot carry (e.g. binary) cannot cross nodes"],
+}
+
+
 class BusUnavailable(Exception):
     """Redis is not reachable right now; the node keeps serving its own clients."""
 
@@ -216,7 +222,8 @@ class _RemoteCaller:
     def _send(self, msg: message.Message) -> None:
         if isinstance(msg, message.Result):
             body = {"args": msg.args, "kwargs": msg.kwargs, "progress": bool(msg.progress)}
-            self._bus._send_node(self._node, "result", {"call": self._call, **body})
+            if not self._bus._send_node(self._node, "result", {"call": self._call, **body}):
+                self._bus._send_node(self._node, "error", {"call": self._call, **_NOT_JSON})
         elif isinstance(msg, message.Error):
             body = {"error": msg.error, "args": msg.args, "kwargs": msg.kwargs}
             self._bus._send_node(self._node, "error", {"call": self._call, **body})
@@ -663,7 +670,7 @@ class RedisBus(Service):
         call_id = uuid.uuid4().hex
         self._remote_calls[call_id] = _RemoteCall(caller, call.request, node, bool(call.receive_progress))
         disclose = bool(call._router_internal and call._router_internal.get("disclose_me"))
-        self._send_node(
+        sent = self._send_node(
             node,
             "call",
             {
@@ -677,6 +684,13 @@ class RedisBus(Service):
                 "caller_authrole": caller.authrole if disclose else None,
             },
         )
+        if not sent:
+            del self._remote_calls[call_id]
+            caller._send(
+                message.Error(
+                    message.Call.MESSAGE_TYPE, call.request, _NOT_JSON["error"], args=_NOT_JSON["args"]
+                )
+            )
 
     def cancel(self, caller: Session, msg: message.Cancel) -> bool:
         """Forward a CANCEL for a remote call; False if the call is not a remote one."""
@@ -785,9 +799,22 @@ class RedisBus(Service):
         if caller is not None:
             self.router.dealer.cancel(caller, message.Cancel(1, mode=body.get("mode")))  # type: ignore[arg-type]
 
-    def _send_node(self, node: str, kind: str, body: dict[str, Any]) -> None:
-        payload = json.dumps({"v": 1, "type": kind, "origin": self.node_id, **body}, separators=(",", ":"))
+    def _send_node(self, node: str, kind: str, body: dict[str, Any]) -> bool:
+        """Send a call/result/error/cancel to one node; False when its arguments cannot travel as JSON."""
+        try:
+            payload = json.dumps(
+                {"v": 1, "type": kind, "origin": self.node_id, **body}, separators=(",", ":")
+            )
+        except (TypeError, ValueError) as exc:
+            log.warn(
+                "cluster bus: a {kind} for node {node} cannot travel as JSON: {reason}",
+                kind=kind,
+                node=node,
+                reason=exc,
+            )
+            return False
         self._publish(self.channels.node(node), payload.encode())
+        return True
 
     _HANDLERS: dict[type, Callable[[RedisBus, Any], None]] = {
         EventMessage: _on_event,

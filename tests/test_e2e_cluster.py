@@ -396,6 +396,19 @@ class RemoteCallTests(BlogClusterTestCase):
             self.assertEqual(node.bus.remote_calls_in_flight, 0)
             self.assertEqual(node.app.router.dealer.calls_in_flight, 0)
 
+    async def test_binary_arguments_and_results_cannot_cross_nodes_and_say_so(self) -> None:
+        a, b = await self.blog_cluster(2)
+        callee = await self.connect_to(b, "msgpack")
+        await callee.register(lambda data: data, "com.example.echo")
+        await callee.register(lambda: b"\x00\x01", "com.example.blob")
+        caller = await self.connect_to(a, "msgpack")
+        await self.assert_call_error(caller, "com.example.echo", b"\xff", error="wamp.error.invalid_argument")
+        await self.assert_call_error(caller, "com.example.blob", error="wamp.error.invalid_argument")
+        self.assertEqual(await caller.call("com.example.echo", "text"), "text")
+        for node in (a, b):
+            self.assertEqual(node.bus.remote_calls_in_flight, 0)
+            self.assertEqual(node.app.router.dealer.calls_in_flight, 0)
+
     async def test_progressive_results_and_disclosure_across_nodes(self) -> None:
         a, b = await self.blog_cluster(2)
         callee = await self.connect_to(b, "msgpack")
