@@ -21,7 +21,7 @@ from twisted.web.iweb import IRequest
 
 from sandstone import Sandstone, Session, Topic, on_event
 
-app = Sandstone()
+app = Sandstone(anonymous=True)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from autobahn.wamp.exception import ApplicationError
 
 from sandstone import Sandstone, Session, Topic, on_event
 
-app = Sandstone()
+app = Sandstone(anonymous=True)
 
 _readings: dict[int, list[float]] = {}
 

@@ -7,6 +7,7 @@ txaio.use_twisted()  # before any autobahn import binds txaio's helpers to "no f
 from ._app import Sandstone  # noqa: E402
 from ._dispatcher import DispatchResult, EventDispatcher, ListenerError, StopPropagation  # noqa: E402
 from ._errors import WampError  # noqa: E402
+from ._limits import Limits  # noqa: E402
 from ._pattern import TopicPatternError  # noqa: E402
 from ._publication import Publication  # noqa: E402
 from ._session import Session  # noqa: E402
@@ -15,6 +16,7 @@ from ._topic import Topic, on_event  # noqa: E402
 __all__ = [
     "DispatchResult",
     "EventDispatcher",
+    "Limits",
     "ListenerError",
     "Publication",
     "Sandstone",

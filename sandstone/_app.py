@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from klein import Klein
@@ -11,6 +11,7 @@ from twisted.web.resource import IResource
 
 from ._dispatcher import DispatchResult, EventDispatcher
 from ._envelope import EventCodec
+from ._limits import Limits
 from ._pattern import Converter, TopicPattern
 from ._publication import Publication, session_ids
 from ._router import Router
@@ -29,12 +30,25 @@ F = TypeVar("F", bound=Callable[..., Any])
 class _Core:
     """Everything a Sandstone app holds besides Klein's routes (shared by bound copies of the app)."""
 
-    def __init__(self, realm: str, ws_path: str, open_uris: bool, strict_uris: bool) -> None:
+    def __init__(
+        self,
+        realm: str,
+        ws_path: str,
+        open_uris: bool,
+        strict_uris: bool,
+        anonymous: bool,
+        limits: Limits,
+        allowed_origins: Sequence[str] | None,
+    ) -> None:
+        self.limits = limits
+        self.allowed_origins = allowed_origins
         self.events = EventDispatcher()
         self.codec = EventCodec()
         self.bus: RedisBus | None = None
         self.topics = TopicHost(self.events)
-        self.router = Router(realm, topics=self.topics, open_uris=open_uris, strict_uris=strict_uris)
+        self.router = Router(
+            realm, topics=self.topics, open_uris=open_uris, strict_uris=strict_uris, anonymous=anonymous
+        )
         self.topics.router = self.router
         self.ws_path = ws_path
         self.mounted_at: str | None = None
@@ -47,6 +61,9 @@ class Sandstone(Klein):
     ``realm`` is the WAMP realm clients join; ``ws_path`` the URL path of the WebSocket endpoint;
     ``open_uris=True`` lets clients subscribe and publish on URIs no topic pattern declares
     (plain pub/sub, as on a development Crossbar); ``strict_uris`` applies the spec's strict URI rule.
+    ``anonymous=True`` lets clients join without credentials (off unless the app says so);
+    ``limits`` bounds sizes, rates, timeouts and buffers (see ``Limits``); ``allowed_origins`` lists the
+    browser origins (patterns) allowed to open the WebSocket besides the app's own.
     """
 
     def __init__(
@@ -56,9 +73,14 @@ class Sandstone(Klein):
         ws_path: str = "/ws",
         open_uris: bool = False,
         strict_uris: bool = False,
+        anonymous: bool = False,
+        limits: Limits | None = None,
+        allowed_origins: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
-        self._core = _Core(realm, ws_path, open_uris, strict_uris)
+        self._core = _Core(
+            realm, ws_path, open_uris, strict_uris, anonymous, limits or Limits(), allowed_origins
+        )
 
     def __get__(self, instance: Any, owner: object) -> Klein:
         bound = super().__get__(instance, owner)
@@ -87,6 +109,15 @@ class Sandstone(Klein):
         if self._core.mounted_at is not None and path != self._core.mounted_at:
             raise RuntimeError(f"the WebSocket endpoint is already served at {self._core.mounted_at!r}")
         self._core.ws_path = path
+
+    @property
+    def limits(self) -> Limits:
+        """The limits in force (sizes, rates, timeouts, buffers); replace them before serving."""
+        return self._core.limits
+
+    @limits.setter
+    def limits(self, limits: Limits) -> None:
+        self._core.limits = limits
 
     @property
     def router(self) -> Router:

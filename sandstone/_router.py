@@ -34,8 +34,10 @@ class Router:
         topics: TopicHost | None = None,
         open_uris: bool = False,
         strict_uris: bool = False,
+        anonymous: bool = False,
     ) -> None:
         self.realm = realm
+        self.anonymous = anonymous
         self.open_uris = open_uris
         self.strict_uris = strict_uris
         self.broker = Broker()

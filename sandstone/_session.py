@@ -17,6 +17,7 @@ from twisted.logger import Logger
 
 from ._codec import disclosed
 from ._errors import (
+    AUTHENTICATION_DENIED,
     GOODBYE_AND_OUT,
     INVALID_URI,
     NO_AUTH_METHOD,
@@ -175,6 +176,9 @@ class Session:
     def _on_hello(self, hello: message.Hello) -> None:
         if hello.realm != self._router.realm:
             self.abort(NO_SUCH_REALM, f"no realm {hello.realm!r} on this router")
+            return
+        if not self._router.anonymous:
+            self.abort(AUTHENTICATION_DENIED, "this realm does not accept anonymous sessions")
             return
         if hello.authmethods and "anonymous" not in hello.authmethods:
             self.abort(NO_AUTH_METHOD, f"none of the auth methods {hello.authmethods} is offered here")

@@ -20,7 +20,7 @@ class RestTests(SynchronousTestCase):
     """Klein's routing works as usual on a Sandstone app."""
 
     def setUp(self) -> None:
-        self.app = Sandstone()
+        self.app = Sandstone(anonymous=True)
 
     def client(self) -> TestClient:
         return TestClient(self.app)
@@ -119,7 +119,7 @@ class RestTests(SynchronousTestCase):
 
     def test_bound_app_serves_routes_of_its_instance(self) -> None:
         class Service:
-            app = Sandstone()
+            app = Sandstone(anonymous=True)
 
             def __init__(self, greeting: str) -> None:
                 self.greeting = greeting
@@ -133,7 +133,7 @@ class RestTests(SynchronousTestCase):
 
     def test_bound_app_shares_router_and_events(self) -> None:
         class Service:
-            app = Sandstone()
+            app = Sandstone(anonymous=True)
 
         bound = Service().app
         self.assertIs(bound.router, Service.app.router)
@@ -144,7 +144,7 @@ class DispatchTests(SynchronousTestCase):
     """``app.dispatch`` and ``app.on_event``."""
 
     def setUp(self) -> None:
-        self.app = Sandstone()
+        self.app = Sandstone(anonymous=True)
         self.calls: list[str] = []
 
     def listen(self, label: str, priority: int = 0) -> None:
@@ -230,7 +230,7 @@ class DispatchFromRestTests(SynchronousTestCase):
     """A REST handler dispatching an event is not failed by a failing listener."""
 
     def setUp(self) -> None:
-        self.app = Sandstone()
+        self.app = Sandstone(anonymous=True)
         self.results: list[DispatchResult] = []
 
         @self.app.route("/orders", methods=["POST"])
@@ -261,7 +261,7 @@ class BroadcastTests(SynchronousTestCase):
     """``app.broadcast`` publishes from the app to subscribers."""
 
     def setUp(self) -> None:
-        self.app = Sandstone()
+        self.app = Sandstone(anonymous=True)
 
         @self.app.topic("news/{section}")
         class News(Topic):
@@ -318,15 +318,15 @@ class ConfigurationTests(SynchronousTestCase):
     """realm, ws_path, router."""
 
     def test_default_realm(self) -> None:
-        self.assertEqual(Sandstone().realm, "realm1")
+        self.assertEqual(Sandstone(anonymous=True).realm, "realm1")
 
     def test_realm_argument(self) -> None:
-        app = Sandstone(realm="chat")
+        app = Sandstone(anonymous=True, realm="chat")
         self.assertEqual(app.realm, "chat")
         self.assertEqual(TestClient(app).connect().messages[0].realm, "chat")
 
     def test_setting_the_realm_changes_the_realm_sessions_join(self) -> None:
-        app = Sandstone()
+        app = Sandstone(anonymous=True)
         app.realm = "renamed"
         client = TestClient(app)
         self.assertEqual(client.connect("renamed").messages[0].realm, "renamed")
@@ -334,36 +334,36 @@ class ConfigurationTests(SynchronousTestCase):
             client.connect("realm1")
 
     def test_default_ws_path(self) -> None:
-        self.assertEqual(Sandstone().ws_path, "/ws")
+        self.assertEqual(Sandstone(anonymous=True).ws_path, "/ws")
 
     def test_ws_path_argument(self) -> None:
-        self.assertEqual(Sandstone(ws_path="/realtime").ws_path, "/realtime")
+        self.assertEqual(Sandstone(anonymous=True, ws_path="/realtime").ws_path, "/realtime")
 
     def test_ws_path_can_change_before_serving(self) -> None:
-        app = Sandstone()
+        app = Sandstone(anonymous=True)
         app.ws_path = "/live"
         TestClient(app)
         self.assertEqual(app.ws_path, "/live")
 
     def test_ws_path_cannot_change_once_served(self) -> None:
-        app = Sandstone()
+        app = Sandstone(anonymous=True)
         TestClient(app)
         with self.assertRaises(RuntimeError):
             app.ws_path = "/elsewhere"
 
     def test_ws_path_may_be_set_to_its_current_value_once_served(self) -> None:
-        app = Sandstone()
+        app = Sandstone(anonymous=True)
         TestClient(app)
         app.ws_path = "/ws"
         self.assertEqual(app.ws_path, "/ws")
 
     def test_router_property(self) -> None:
-        app = Sandstone(realm="chat")
+        app = Sandstone(anonymous=True, realm="chat")
         self.assertIsInstance(app.router, Router)
         self.assertEqual(app.router.realm, "chat")
 
     def test_apps_do_not_share_state(self) -> None:
-        first, second = Sandstone(), Sandstone()
+        first, second = Sandstone(anonymous=True), Sandstone(anonymous=True)
         first.procedure("app.only_first")(lambda: 1)
         error = self.failureResultOf(TestClient(second).connect().call("app.only_first"), ApplicationError)
         self.assertEqual(error.value.error, "wamp.error.no_such_procedure")
@@ -373,23 +373,23 @@ class WebSocketMountTests(SynchronousTestCase):
     """The WAMP endpoint is mounted at ws_path in the app's resource."""
 
     def test_ws_path_is_served(self) -> None:
-        response = TestClient(Sandstone()).get("/ws")
+        response = TestClient(Sandstone(anonymous=True)).get("/ws")
         self.assertNotEqual(response.code, 404)
         self.assertIn("Autobahn", response.headers.get("Server", [""])[0])
 
     def test_custom_ws_path_is_served(self) -> None:
-        client = TestClient(Sandstone(ws_path="/realtime"))
+        client = TestClient(Sandstone(anonymous=True, ws_path="/realtime"))
         self.assertNotEqual(client.get("/realtime").code, 404)
         self.assertEqual(client.get("/ws").code, 404)
 
     def test_rest_routes_are_served_beside_the_websocket(self) -> None:
-        app = Sandstone()
+        app = Sandstone(anonymous=True)
         app.route("/hello")(lambda request: b"hello")
         client = TestClient(app)
         self.assertEqual(client.get("/hello").body, b"hello")
         self.assertNotEqual(client.get("/ws").code, 404)
 
     def test_resource_can_be_made_twice(self) -> None:
-        app = Sandstone()
+        app = Sandstone(anonymous=True)
         TestClient(app)
         self.assertNotEqual(TestClient(app).get("/ws").code, 404)

@@ -35,7 +35,7 @@ class PubSubTestCase(SynchronousTestCase):
     """An app whose clients may use any URI (plain pub/sub), and three connected sessions."""
 
     def setUp(self) -> None:
-        self.app = Sandstone(open_uris=True)
+        self.app = Sandstone(anonymous=True, open_uris=True)
         self.client = TestClient(self.app)
         self.alice = self.client.connect()
         self.bob = self.client.connect()
@@ -330,7 +330,7 @@ class DeclaredTopicsTests(SynchronousTestCase):
     """On an app without open URIs, exact URIs must be declared topics."""
 
     def setUp(self) -> None:
-        self.app = Sandstone()
+        self.app = Sandstone(anonymous=True)
 
         @self.app.topic("news/{section}")
         class News(Topic):
@@ -379,7 +379,7 @@ class OpenUrisTests(SynchronousTestCase):
     """``open_uris=True``: plain pub/sub on any valid URI, next to declared topics."""
 
     def setUp(self) -> None:
-        self.app = Sandstone(open_uris=True)
+        self.app = Sandstone(anonymous=True, open_uris=True)
         self.greeted: list[str] = []
         greeted = self.greeted
 
@@ -512,13 +512,13 @@ class UriValidationTests(PubSubTestCase):
         self.assertEqual(subscription.payloads, ["hi"])
 
     def test_strict_uris_refuse_uppercase(self) -> None:
-        session = TestClient(Sandstone(open_uris=True, strict_uris=True)).connect()
+        session = TestClient(Sandstone(anonymous=True, open_uris=True, strict_uris=True)).connect()
         with self.assertRaises(ApplicationError) as caught:
             session.subscribe("Chat.general")
         self.assertInvalidUri(caught)
 
     def test_strict_uris_accept_lowercase_dotted_uris(self) -> None:
-        session = TestClient(Sandstone(open_uris=True, strict_uris=True)).connect()
+        session = TestClient(Sandstone(anonymous=True, open_uris=True, strict_uris=True)).connect()
         self.assertEqual(session.subscribe("chat.general_2").topic, "chat.general_2")
 
 
@@ -618,7 +618,7 @@ class ProtocolSerializeOnceTests(SynchronousTestCase):
     """Through the real WampServerProtocol: connections share their factory's serializers."""
 
     def setUp(self) -> None:
-        self.app = Sandstone(open_uris=True)
+        self.app = Sandstone(anonymous=True, open_uris=True)
         self.factory = WampServerFactory(self.app.router)
         self.serializer = self.factory.serializers["wamp.2.json"]
         self.counter = CountingSerializer(self, self.serializer)

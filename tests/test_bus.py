@@ -65,7 +65,7 @@ class RedisAddressTests(SynchronousTestCase):
 
     def test_use_redis_checks_the_url_at_once(self) -> None:
         with self.assertRaises(ValueError):
-            Sandstone().use_redis("redis://h:nope")
+            Sandstone(anonymous=True).use_redis("redis://h:nope")
 
 
 class PublicationIdTests(SynchronousTestCase):
@@ -122,7 +122,7 @@ class RecentTests(SynchronousTestCase):
 def make_app(node_id: str) -> tuple[Sandstone, RedisBus, list[dict[str, Any]]]:
     """An app with a bus that is never started (no Redis): the router uses it as if it ran, and
     what it would send is decoded into the returned list."""
-    app = Sandstone(open_uris=True)
+    app = Sandstone(anonymous=True, open_uris=True)
     app.forward("ping", Ping)
     app.forward("note")
 

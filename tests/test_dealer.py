@@ -35,7 +35,7 @@ class ClientCalleeTestCase(SynchronousTestCase):
     """A caller and a callee session on one router; the callee answers by hand (raw messages)."""
 
     def setUp(self) -> None:
-        self.app = Sandstone()
+        self.app = Sandstone(anonymous=True)
         self.client = TestClient(self.app)
         self.caller = self.client.connect()
         self.callee = self.client.connect()
@@ -299,7 +299,7 @@ class AppProcedureTests(SynchronousTestCase):
     """Procedures the app declares with ``@app.procedure``."""
 
     def setUp(self) -> None:
-        self.app = Sandstone()
+        self.app = Sandstone(anonymous=True)
         self.session = TestClient(self.app).connect()
 
     def call(self, procedure: str, *args: Any, **kwargs: Any) -> Any:

@@ -32,7 +32,7 @@ SERIALIZERS = ("json", "msgpack", "cbor")
 def make_blog(name: str = "") -> Sandstone:
     """A node of the blog: REST posts forwarded as events, topics broadcasting them, a chat, rooms whose
     ``on_subscribe`` broadcasts, a REST route broadcasting, and app procedures."""
-    app = Sandstone()
+    app = Sandstone(anonymous=True)
     app.forward("article.created", ArticleCreated)
     articles: dict[int, Article] = {}
 
@@ -96,7 +96,7 @@ def make_blog(name: str = "") -> Sandstone:
 
 
 def open_router() -> Sandstone:
-    return Sandstone(open_uris=True)
+    return Sandstone(anonymous=True, open_uris=True)
 
 
 class BlogClusterTestCase(ClusterTestCase):
@@ -615,7 +615,7 @@ class NestedEventTests(ClusterTestCase):
         ran: dict[str, list[str]] = {}
 
         def make(name: str) -> Sandstone:
-            app = Sandstone()
+            app = Sandstone(anonymous=True)
             app.forward("order.placed")
             app.forward("invoice.due")
             ran[name] = []
@@ -656,7 +656,7 @@ class RedisPasswordTests(ClusterTestCase):
         secret_url = f"redis://:s3cret@127.0.0.1:{self.redis.port}/0"
         nodes = []
         for name in "AB":
-            app = Sandstone(open_uris=True)
+            app = Sandstone(anonymous=True, open_uris=True)
             self.serve(app)
             bus = app.use_redis(secret_url, node_id=name, heartbeat_interval=0.2, heartbeat_ttl=1.0)
             self.addCleanup(self.stop_bus, bus)

@@ -15,7 +15,7 @@ BATCH = 500
 
 
 def make_app() -> Sandstone:
-    app = Sandstone()
+    app = Sandstone(anonymous=True)
 
     @app.topic("item/{n:int}")
     class Item(Topic):

@@ -24,7 +24,7 @@ PAYLOAD = {
 
 
 def make_app() -> Sandstone:
-    app = Sandstone(open_uris=True)
+    app = Sandstone(anonymous=True, open_uris=True)
 
     @app.topic("sensor.{room}")
     class Sensor(Topic):
@@ -322,7 +322,7 @@ class AcknowledgeAndDisclosureTests(PubSubTestCase):
 
 class StrictUriTests(ServerTestCase):
     def setUp(self) -> None:
-        self.serve(Sandstone(open_uris=True, strict_uris=True))
+        self.serve(Sandstone(anonymous=True, open_uris=True, strict_uris=True))
 
     async def test_acknowledged_publish_to_an_invalid_uri_fails(self) -> None:
         client = await self.connect()

@@ -16,7 +16,7 @@ RUNTIME_ERROR = "wamp.error.runtime_error"
 
 
 def make_app() -> Sandstone:
-    app = Sandstone()
+    app = Sandstone(anonymous=True)
 
     @app.procedure("com.app.add")
     def add(a: int, b: int) -> int:

@@ -41,7 +41,7 @@ class HookLog(Topic):
 
 def hook_app(log: list[tuple[str, int]]) -> Sandstone:
     """An app with a ``room/{name}`` topic writing its hooks to ``log``."""
-    app = Sandstone()
+    app = Sandstone(anonymous=True)
 
     @app.topic("room/{name}")
     class Room(HookLog):
@@ -55,7 +55,7 @@ class WelcomeTests(SynchronousTestCase):
     """HELLO is answered with a WELCOME describing the router and the session."""
 
     def setUp(self) -> None:
-        self.app = Sandstone(realm="sandbox")
+        self.app = Sandstone(anonymous=True, realm="sandbox")
         self.session = TestClient(self.app).connect()
         self.welcome = self.session.messages[0]
 
@@ -103,7 +103,7 @@ class HelloRefusedTests(SynchronousTestCase):
     """A HELLO the router cannot accept is answered with ABORT and the connection closed."""
 
     def setUp(self) -> None:
-        self.app = Sandstone(realm="sandbox")
+        self.app = Sandstone(anonymous=True, realm="sandbox")
         self.session = TestSession(self.app)
 
     def test_unknown_realm_aborts_with_no_such_realm(self) -> None:
@@ -129,7 +129,7 @@ class ProtocolViolationTests(SynchronousTestCase):
     """Breaking the protocol aborts the session with wamp.error.protocol_violation."""
 
     def setUp(self) -> None:
-        self.app = Sandstone(open_uris=True)
+        self.app = Sandstone(anonymous=True, open_uris=True)
         self.client = TestClient(self.app)
 
     def assertAborted(self, session: TestSession) -> None:
@@ -256,7 +256,7 @@ class GoodbyeTests(SynchronousTestCase):
     """GOODBYE ends the session politely; the connection stays open for a new one."""
 
     def setUp(self) -> None:
-        self.app = Sandstone(open_uris=True)
+        self.app = Sandstone(anonymous=True, open_uris=True)
         self.client = TestClient(self.app)
 
     def test_goodbye_is_answered_with_goodbye_and_out(self) -> None:
@@ -325,7 +325,7 @@ class ClientAbortTests(SynchronousTestCase):
     """A client's ABORT ends its session and the connection."""
 
     def test_client_abort_closes_the_connection(self) -> None:
-        session = TestClient(Sandstone()).connect()
+        session = TestClient(Sandstone(anonymous=True)).connect()
         session.send_raw([ABORT, {}, "wamp.close.system_shutdown"])
         self.assertTrue(session.transport_closed)
 
@@ -337,7 +337,7 @@ class ClientAbortTests(SynchronousTestCase):
         self.assertEqual(log[-1], ("unsubscribe", session.id))
 
     def test_client_abort_before_hello_closes_the_connection(self) -> None:
-        session = TestSession(Sandstone())
+        session = TestSession(Sandstone(anonymous=True))
         session.send_raw([ABORT, {}, "wamp.close.system_shutdown"])
         self.assertTrue(session.transport_closed)
 
@@ -346,7 +346,7 @@ class DisconnectTests(SynchronousTestCase):
     """A connection lost without GOODBYE cleans up everything its session held."""
 
     def setUp(self) -> None:
-        self.app = Sandstone(open_uris=True)
+        self.app = Sandstone(anonymous=True, open_uris=True)
         self.client = TestClient(self.app)
 
     def test_disconnect_removes_the_session_from_the_router(self) -> None:
@@ -402,7 +402,7 @@ class SessionObjectTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.seen: list[Session] = []
-        self.app = Sandstone()
+        self.app = Sandstone(anonymous=True)
         seen = self.seen
 
         @self.app.topic("spy")

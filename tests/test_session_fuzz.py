@@ -40,7 +40,7 @@ FUZZ = settings(max_examples=300, deadline=None)
 
 def make_app() -> Sandstone:
     """An app on open URIs with one declared topic (``news``) and one app procedure (``app.echo``)."""
-    app = Sandstone(open_uris=True)
+    app = Sandstone(anonymous=True, open_uris=True)
 
     @app.topic("news")
     class News(Topic):

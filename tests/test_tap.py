@@ -26,7 +26,7 @@ _counter = itertools.count()
 _APP_MODULE = """
 from sandstone._app import Sandstone
 
-app = Sandstone()
+app = Sandstone(anonymous=True)
 """
 
 
@@ -95,7 +95,7 @@ class LoadAppTests(_FixtureMixin, TestCase):
                     from sandstone._app import Sandstone
 
                     class holder:
-                        app = Sandstone()
+                        app = Sandstone(anonymous=True)
                 """,
             }
         )
@@ -242,7 +242,7 @@ class OptionsTests(_FixtureMixin, TestCase):
 
     def test_default_app(self):
         """Without --app, sandstone._default.make_default_app() provides the app."""
-        default = Sandstone()
+        default = Sandstone(anonymous=True)
         fake = types.ModuleType("sandstone._default")
         fake.make_default_app = lambda: default
         missing = object()

@@ -18,7 +18,7 @@ class ConnectTests(SynchronousTestCase):
     """TestClient.connect and TestSession's connection methods."""
 
     def setUp(self) -> None:
-        self.app = Sandstone(open_uris=True)
+        self.app = Sandstone(anonymous=True, open_uris=True)
         self.client = TestClient(self.app)
 
     def test_connect_returns_a_joined_session(self) -> None:
@@ -108,7 +108,7 @@ class SerializerTests(SynchronousTestCase):
     """Messages cross the serializer the client was made with."""
 
     def roundtrip(self, serializer: str) -> list[Any]:
-        app = Sandstone(open_uris=True)
+        app = Sandstone(anonymous=True, open_uris=True)
         client = TestClient(app, serializer=serializer)
         subscription = client.connect().subscribe("a.topic")
         client.connect().publish("a.topic", {"n": 1, "data": b"\x00\x01"}, acknowledge=True)
@@ -125,15 +125,15 @@ class SerializerTests(SynchronousTestCase):
 
     def test_unknown_serializer_is_refused(self) -> None:
         with self.assertRaises(KeyError):
-            TestSession(Sandstone(), serializer="xml")
+            TestSession(Sandstone(anonymous=True), serializer="xml")
 
     def test_json_session_refuses_binary_frames(self) -> None:
-        session = TestClient(Sandstone()).connect()
+        session = TestClient(Sandstone(anonymous=True)).connect()
         session.send_frame(b"\x93\x20\x01\x80", True)
         self.assertIsInstance(session.messages[-1], message.Abort)
 
     def test_msgpack_session_accepts_binary_frames_only(self) -> None:
-        session = TestClient(Sandstone(), serializer="msgpack").connect()
+        session = TestClient(Sandstone(anonymous=True), serializer="msgpack").connect()
         session.send_frame(b'[32, 1, {}, "a.topic"]', False)
         self.assertEqual(session.messages[-1].reason, "wamp.error.protocol_violation")
 
@@ -142,7 +142,7 @@ class PubSubTests(SynchronousTestCase):
     """subscribe, unsubscribe, publish and the events they record."""
 
     def setUp(self) -> None:
-        self.app = Sandstone(open_uris=True)
+        self.app = Sandstone(anonymous=True, open_uris=True)
         self.client = TestClient(self.app)
         self.alice, self.bob = self.client.connect(), self.client.connect()
 
@@ -207,7 +207,7 @@ class PubSubTests(SynchronousTestCase):
 
     def test_publish_error_raises_application_error(self) -> None:
         with self.assertRaises(ApplicationError) as caught:
-            TestClient(Sandstone()).connect().publish("a.b", "x", acknowledge=True)
+            TestClient(Sandstone(anonymous=True)).connect().publish("a.b", "x", acknowledge=True)
         self.assertEqual(caught.exception.error, "sandstone.error.no_such_topic")
 
     def test_publish_options_reach_the_router(self) -> None:
@@ -228,7 +228,7 @@ class RpcTests(SynchronousTestCase):
     """call and register."""
 
     def setUp(self) -> None:
-        self.app = Sandstone()
+        self.app = Sandstone(anonymous=True)
         self.client = TestClient(self.app)
         self.session = self.client.connect()
 
@@ -304,7 +304,7 @@ class RequestTests(SynchronousTestCase):
     """TestClient.request and its shortcuts."""
 
     def setUp(self) -> None:
-        self.app = Sandstone()
+        self.app = Sandstone(anonymous=True)
 
         @self.app.route("/echo", methods=["GET", "POST", "PUT"])
         def echo(request: IRequest) -> bytes:

@@ -34,7 +34,7 @@ class RoutingTests(SynchronousTestCase):
     """Which topic serves a URI, and with which arguments."""
 
     def setUp(self) -> None:
-        self.app = Sandstone()
+        self.app = Sandstone(anonymous=True)
         self.client = TestClient(self.app)
 
     def test_first_declared_matching_pattern_wins(self) -> None:
@@ -128,7 +128,7 @@ class FactoryErrorTests(SynchronousTestCase):
     """A topic factory that fails: the client gets an ERROR, the router keeps nothing."""
 
     def setUp(self) -> None:
-        self.app = Sandstone()
+        self.app = Sandstone(anonymous=True)
 
         @self.app.topic("broken/{x}")
         def broken(uri: str, args: dict[str, Any]) -> Any:
@@ -189,7 +189,7 @@ class LifetimeTests(SynchronousTestCase):
     """One instance per URI, from the first exact subscription to the last one."""
 
     def setUp(self) -> None:
-        self.app = Sandstone()
+        self.app = Sandstone(anonymous=True)
         self.calls: list[tuple[Any, ...]] = []
         calls = self.calls
 
@@ -301,7 +301,7 @@ class EventHandlerTests(SynchronousTestCase):
     """``@on_event`` methods listen only while their instance lives."""
 
     def setUp(self) -> None:
-        self.app = Sandstone()
+        self.app = Sandstone(anonymous=True)
         self.heard: list[tuple[str, Any]] = []
         heard = self.heard
 
@@ -411,7 +411,7 @@ class _ThreeInARoom(SynchronousTestCase):
     """Alice, Bob and Carol subscribed to ``room/a`` of a topic with no overrides."""
 
     def setUp(self) -> None:
-        self.app = Sandstone()
+        self.app = Sandstone(anonymous=True)
 
         @self.app.topic("room/{name}")
         class Room(Topic):
@@ -534,7 +534,7 @@ class OnPublishOverrideTests(SynchronousTestCase):
     """``on_publish`` overrides, with and without the ``publication`` parameter."""
 
     def setUp(self) -> None:
-        self.app = Sandstone()
+        self.app = Sandstone(anonymous=True)
         self.client = TestClient(self.app)
         self.publisher = self.client.connect()
         self.listener = self.client.connect()
@@ -651,7 +651,7 @@ class AsyncHookTests(SynchronousTestCase):
     """Hooks may be coroutines or return Deferreds."""
 
     def setUp(self) -> None:
-        self.app = Sandstone()
+        self.app = Sandstone(anonymous=True)
         self.gate: Deferred[str] = Deferred()
         self.client = TestClient(self.app)
         self.session = self.client.connect()
@@ -728,7 +728,7 @@ class FailingHookTests(SynchronousTestCase):
     """A hook that raises is logged; the session goes on."""
 
     def setUp(self) -> None:
-        self.app = Sandstone()
+        self.app = Sandstone(anonymous=True)
 
         @self.app.topic("bad/{x}")
         class Bad(Topic):
@@ -806,7 +806,7 @@ class LeakTests(SynchronousTestCase):
     COUNT = 10_000
 
     def setUp(self) -> None:
-        self.app = Sandstone()
+        self.app = Sandstone(anonymous=True)
 
         @self.app.topic("item/{n:int}")
         class Item(Topic):
