@@ -30,7 +30,7 @@ setup(
         "txredisapi>=1.6",
     ],
     extras_require={
-        "test": ["hypothesis", "redis>=5"],
+        "test": ["hypothesis", "kosoku", "redis>=5"],
         "push": ["redis>=5"],
         "lint": ["ruff"],
     },
