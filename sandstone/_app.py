@@ -9,6 +9,7 @@ from klein import Klein
 from twisted.internet.defer import Deferred
 from twisted.web.resource import IResource
 
+from ._authorization import Authorizer, principal
 from ._dispatcher import DispatchResult, EventDispatcher
 from ._envelope import EventCodec
 from ._limits import Limits
@@ -162,8 +163,17 @@ class Sandstone(Klein):
         *,
         exclude: Iterable[Session | int] = (),
         eligible: Iterable[Session | int] | None = None,
-    ) -> int:
-        """Publish ``payload`` (an EVENT's first argument) to the subscribers of ``uri``; returns its id."""
+        on_behalf_of: Any = None,
+    ) -> Any:
+        """Publish ``payload`` (an EVENT's first argument) to the subscribers of ``uri``; returns its id.
+
+        ``on_behalf_of`` (a ``Session``, or anything with ``authid`` and ``authrole``, such as an
+        ``Identity``) applies the authorization a client publishing on ``uri`` gets: the app's authorizer
+        (action ``"publish"``) and the topic's ``may_publish``. Refused, it raises
+        ``WampError(wamp.error.not_authorized)`` (``authorization_failed`` when a hook raised) and nothing
+        is sent. When a hook answers asynchronously, a Deferred is returned instead, firing with the id or
+        failing with that ``WampError``.
+        """
         publication = Publication(
             uri,
             [payload],
@@ -171,8 +181,29 @@ class Sandstone(Klein):
             eligible=session_ids(eligible),
             source="app",
         )
-        self._core.router.publish(publication)
-        return publication.id
+        router = self._core.router
+        if on_behalf_of is not None:
+            authorization = router.authorization
+            checks, cleanup = authorization.checks(principal(on_behalf_of), "publish", uri, payload=payload)
+            pending = authorization.decide(checks, "publish to", uri, cleanup)
+            if pending is not None:
+                return pending.addCallback(lambda _: _published(router, publication))
+        return _published(router, publication)
+
+    # authorization
+
+    def authorizer(self, authorize: Authorizer | None) -> Authorizer | None:
+        """Decorate the app's ``authorize(session, action, uri, match) -> bool``.
+
+        ``action`` is ``"subscribe"``, ``"publish"``, ``"register"`` or ``"call"``; ``match`` is the
+        subscription's match policy (``"exact"``, ``"prefix"``, ``"wildcard"``; ``"exact"`` for the
+        others). Plain, ``async def`` or Deferred-returning; a false answer refuses the request with
+        ``wamp.error.not_authorized``, an exception with ``wamp.error.authorization_failed``. Without an
+        authorizer everything is allowed. Events reaching prefix/wildcard subscribers are checked again as
+        ``(session, "subscribe", concrete_uri, "exact")``, which must be answered synchronously.
+        """
+        self._core.router.authorization.authorizer = authorize
+        return authorize
 
     # events
 
@@ -260,3 +291,8 @@ class Sandstone(Klein):
 
             self.route(core.ws_path, endpoint="sandstone_websocket")(websocket)
         return super().resource()
+
+
+def _published(router: Router, publication: Publication) -> int:
+    router.publish(publication)
+    return publication.id

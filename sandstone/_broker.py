@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from autobahn.wamp import message
@@ -23,6 +24,9 @@ class Broker:
 
     def __init__(self) -> None:
         self.subscriptions = SubscriptionTable()
+        # ``gate(session, uri) -> bool``: may a pattern subscriber receive an event of this concrete URI?
+        # Set by the router's authorization when something may refuse (defense in depth).
+        self.gate: Callable[[Session, str], bool] | None = None
 
     def subscribe(self, session: Session, uri: str, match: str) -> tuple[Subscription, bool]:
         """Add a session to the (uri, match) subscription; True when it was not subscribed yet."""
@@ -50,10 +54,14 @@ class Broker:
     def deliver(self, publication: Publication) -> int:
         """Send a publication to every admitted session of every matching subscription; returns the count."""
         delivered = 0
+        gate = self.gate
         for subscription in self.subscriptions.match(publication.topic):
             event = None
+            check = None if subscription.match == EXACT else gate
             for session in subscription.sessions:
                 if not publication.admits(session):
+                    continue
+                if check is not None and not check(session, publication.topic):
                     continue
                 if event is None:
                     event = _event(subscription, publication)

@@ -70,6 +70,8 @@ class Dealer:
         self._by_caller: dict[Session, dict[int, _Call]] = {}
         self._invocation_ids: dict[Session, itertools.count[int]] = {}
         self.cluster: RedisBus | None = None  # set while a cluster bus runs: remote callees and claims
+        # Procedures the router implements itself (the session meta API): per node, never registered.
+        self.meta: dict[str, Callable[..., Any]] = {}
 
     # registrations
 
@@ -144,6 +146,9 @@ class Dealer:
     def call(self, caller: Session, call: message.Call) -> None:
         """Route a CALL to its callee; the caller eventually gets a RESULT or an ERROR."""
         registration = self._by_uri.get(call.procedure)
+        if registration is None and call.procedure in self.meta:
+            self._call_function(caller, call, self.meta[call.procedure])
+            return
         if registration is None and self.cluster is not None:
             self.cluster.call(caller, call)
             return

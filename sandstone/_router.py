@@ -8,6 +8,7 @@ from autobahn.util import generate_serial_number, rid
 from autobahn.wamp import message
 from twisted.internet.defer import Deferred
 
+from ._authorization import Authorization, meta_procedures, refuse_reserved
 from ._broker import Broker
 from ._dealer import Dealer
 from ._errors import NO_SUCH_TOPIC, PROCEDURE_ALREADY_EXISTS, WampError
@@ -45,6 +46,8 @@ class Router:
         self.sessions: dict[int, Session] = {}
         self._topics = topics
         self.bus: RedisBus | None = None  # set while a cluster bus is running
+        self.authorization = Authorization(self, topics)
+        self.dealer.meta.update(meta_procedures(self))
 
     # sessions
 
@@ -63,6 +66,7 @@ class Router:
     def leave(self, session: Session) -> None:
         """Remove every trace of a session: subscriptions (firing topic hooks), registrations, calls."""
         self.sessions.pop(session.id, None)
+        self.authorization.forget(session)
         for subscription in self.broker.unsubscribe_all(session):
             self._unsubscribed(session, subscription)
         self.dealer.session_lost(session)
@@ -73,15 +77,23 @@ class Router:
 
     # pub/sub
 
-    def subscribe(self, session: Session, msg: message.Subscribe) -> None:
-        """Subscribe a session (after checking a topic is declared for exact URIs) and answer SUBSCRIBED.
+    def subscribe(self, session: Session, msg: message.Subscribe) -> Deferred[None] | None:
+        """Subscribe a session (after checking a topic is declared for exact URIs, and authorization) and
+        answer SUBSCRIBED; a Deferred when authorization answers asynchronously.
 
         A new exact subscription to a declared topic gets its topic instance before SUBSCRIBED, so that
         a failing topic factory is answered with an ERROR and leaves no subscription behind.
         """
         match = msg.match or EXACT
+        refuse_reserved(msg.topic, "subscribe to")
         if match == EXACT and not self._accepts(msg.topic):
             raise WampError(NO_SUCH_TOPIC, f"no topic is declared for URI {msg.topic!r}")
+        checks, cleanup = self.authorization.checks(session, "subscribe", msg.topic, match)
+        return self.authorization.gate(
+            session, checks, "subscribe to", msg.topic, lambda: self._subscribe(session, msg, match), cleanup
+        )
+
+    def _subscribe(self, session: Session, msg: message.Subscribe, match: str) -> None:
         subscription, added = self.broker.subscribe(session, msg.topic, match)
         # On open URIs an exact subscription may have no declared topic: then there is no hook to run.
         topics = self._topics if added and match == EXACT and self._declared(msg.topic) else None
@@ -114,8 +126,18 @@ class Router:
     def publish_from(self, session: Session, publication: Publication) -> Deferred[None] | None:
         """A client's PUBLISH: handed to the topic declared for its URI, or delivered as is on open URIs.
 
-        Returns a Deferred when a topic's ``on_publish`` works asynchronously.
+        Returns a Deferred when a topic's ``on_publish`` or the authorization works asynchronously.
         """
+        uri = publication.topic
+        refuse_reserved(uri, "publish to")
+        if not self.open_uris and not self._declared(uri):
+            raise WampError(NO_SUCH_TOPIC, f"no topic is declared for URI {uri!r}")
+        checks, cleanup = self.authorization.checks(session, "publish", uri, EXACT, publication.payload)
+        return self.authorization.gate(
+            session, checks, "publish to", uri, lambda: self._publish_from(session, publication), cleanup
+        )
+
+    def _publish_from(self, session: Session, publication: Publication) -> Deferred[None] | None:
         if self._topics is not None and self._topics.has_route(publication.topic):
             return self._topics.published(session, publication)
         if not self.open_uris:
@@ -135,8 +157,25 @@ class Router:
         bus.announce(publication)
         return delivered
 
-    def register(self, session: Session, msg: message.Register) -> None:
-        """Register a client callee, claiming the URI cluster-wide when a bus runs; answers REGISTERED."""
+    def register(self, session: Session, msg: message.Register) -> Deferred[None] | None:
+        """Register a client callee (if authorized), claiming the URI cluster-wide when a bus runs;
+        answers REGISTERED."""
+        refuse_reserved(msg.procedure, "register")
+        checks, cleanup = self.authorization.checks(session, "register", msg.procedure)
+        return self.authorization.gate(
+            session, checks, "register", msg.procedure, lambda: self._register(session, msg), cleanup
+        )
+
+    def call(self, session: Session, msg: message.Call) -> Deferred[None] | None:
+        """Route a client's CALL (if authorized); only the meta procedures are callable in ``wamp.``."""
+        if msg.procedure not in self.dealer.meta:
+            refuse_reserved(msg.procedure, "call")
+        checks, cleanup = self.authorization.checks(session, "call", msg.procedure)
+        return self.authorization.gate(
+            session, checks, "call", msg.procedure, lambda: self.dealer.call(session, msg), cleanup
+        )
+
+    def _register(self, session: Session, msg: message.Register) -> None:
         registration = self.dealer.register(session, msg.procedure)
         if self.bus is None:
             session._send(message.Registered(msg.request, registration.id))

@@ -54,6 +54,7 @@ ROUTER_ROLES = {
         caller_identification=True,
         progressive_call_results=True,
         call_canceling=True,
+        session_meta_api=True,
     ),
 }
 
@@ -213,18 +214,27 @@ class Session:
 
     # requests
 
-    def _request(self, msg: Any, work: Callable[[], None]) -> None:
-        """Run a request's work, answering a ``WampError`` with ERROR for that request."""
+    def _request(self, msg: Any, work: Callable[[], Deferred[None] | None]) -> None:
+        """Run a request's work, answering a ``WampError`` with ERROR for that request (also when the
+        work returns a Deferred: authorization waiting for an asynchronous answer)."""
         _check_request_id(msg)
         try:
-            work()
+            pending = work()
         except WampError as exc:
             self._send_error(msg, ErrorPayload(exc.uri, exc.args_list or None, exc.kwargs or None))
+            return
+        if isinstance(pending, Deferred):
+            pending.addErrback(self._request_failed, msg)
+
+    def _request_failed(self, failure: Any, msg: Any) -> None:
+        if not failure.check(WampError):
+            log.failure("internal error handling {message}", failure, message=type(msg).__name__)
+        self._send_error(msg, error_payload(failure))
 
     def _on_subscribe(self, msg: message.Subscribe) -> None:
-        def work() -> None:
+        def work() -> Deferred[None] | None:
             self._check_uri(msg.topic, msg.match)
-            self._router.subscribe(self, msg)
+            return self._router.subscribe(self, msg)
 
         self._request(msg, work)
 
@@ -284,11 +294,11 @@ class Session:
         )
 
     def _on_register(self, msg: message.Register) -> None:
-        def work() -> None:
+        def work() -> Deferred[None] | None:
             if msg.match not in (None, EXACT):
                 raise WampError("wamp.error.invalid_argument", f"match policy {msg.match!r} is not supported")
             self._check_uri(msg.procedure, EXACT)
-            self._router.register(self, msg)
+            return self._router.register(self, msg)
 
         self._request(msg, work)
 
@@ -300,9 +310,9 @@ class Session:
         self._request(msg, work)
 
     def _on_call(self, msg: message.Call) -> None:
-        def work() -> None:
+        def work() -> Deferred[None] | None:
             self._check_uri(msg.procedure, EXACT)
-            self._router.dealer.call(self, msg)
+            return self._router.call(self, msg)
 
         self._request(msg, work)
 

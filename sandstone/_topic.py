@@ -76,6 +76,18 @@ class Topic:
     def on_unsubscribe(self, session: Session) -> Any:
         """A session unsubscribed, or left without unsubscribing."""
 
+    def may_subscribe(self, session: Session) -> Any:
+        """Whether ``session`` may subscribe to this URI (exactly, or receive its events through a
+        pattern subscription). Runs after the app's authorizer allowed it; a false answer refuses
+        with ``wamp.error.not_authorized``, an exception with ``wamp.error.authorization_failed``.
+        May return a Deferred or be a coroutine, except for checks of pattern subscribers' deliveries.
+        """
+        return True
+
+    def may_publish(self, session: Session, payload: Any) -> Any:
+        """Whether ``session`` may publish ``payload`` on this URI (before ``on_publish`` runs)."""
+        return True
+
     def on_publish(self, session: Session, payload: Any, publication: Publication) -> Any:
         """A client published on this URI. Default: deliver it as published to every subscriber,
         honouring the client's ``exclude_me`` (the publisher is excluded unless it says false),
@@ -156,10 +168,36 @@ class TopicHost:
         self._events = events
         self._busy: dict[str, int] = {}
         self.router: Router | None = None
+        self.guarded = False  # some declared topic may refuse subscribers (``may_subscribe``)
 
     def declare(self, pattern: TopicPattern, factory: TopicFactory) -> None:
         """Declare a topic pattern served by ``factory(uri, args)``."""
         self.routes.add(pattern, factory)
+        if _may_define(factory, "may_subscribe") and not self.guarded:
+            self.guarded = True
+            if self.router is not None:
+                self.router.authorization.refresh()
+
+    def defines(self, uri: str, hook: str) -> bool:
+        """Whether the topic declared for ``uri`` may override ``hook`` (factories that are not Topic
+        classes may, as far as anyone can tell without calling them)."""
+        resolved = self.routes.resolve(uri)
+        return resolved is not None and _may_define(resolved[1], hook)
+
+    def class_name(self, uri: str) -> str:
+        """The qualified name of the topic class (or factory) declared for ``uri``, for logs."""
+        resolved = self.routes.resolve(uri)
+        return getattr(resolved[1], "__qualname__", repr(resolved[1])) if resolved else "?"
+
+    def hold(self, uri: str) -> Topic:
+        """The instance for ``uri`` (created if needed), kept alive until ``unhold``."""
+        topic = self.instance(uri)
+        self._busy[topic.uri] = self._busy.get(topic.uri, 0) + 1
+        return topic
+
+    def unhold(self, topic: Topic) -> None:
+        """Let a held instance go; it is released when nobody subscribes to it."""
+        self._done_publishing(None, topic)
 
     def has_route(self, uri: str) -> bool:
         """Whether a declared pattern matches ``uri``."""
@@ -274,6 +312,12 @@ class TopicHost:
             uri=topic.uri,
         )
         return failure
+
+
+def _may_define(factory: Any, hook: str) -> bool:
+    if isinstance(factory, type) and issubclass(factory, Topic):
+        return getattr(factory, hook) is not getattr(Topic, hook)
+    return True
 
 
 def _call_hook(hook: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -1,0 +1,439 @@
+"""Authorization: the app's authorizer and the topics' ``may_*`` hooks, between a request and its effect.
+
+A request (SUBSCRIBE, PUBLISH, REGISTER, CALL) runs its checks in order — the app's authorizer first,
+then the topic hook — and takes effect only when every one of them said yes. Checks may answer at once
+(a plain value) or later (a Deferred or a coroutine); a session's requests that need authorization take
+effect in the order the session sent them, whenever their answers arrive.
+
+Pattern subscriptions are authorized twice: when they are made (the authorizer sees the pattern and its
+match policy) and, as defense in depth, when an event is delivered through them (the authorizer sees the
+concrete URI with ``"exact"``). The delivery check must answer synchronously; its answers are cached per
+session and URI for the life of the session.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ._errors import AUTHORIZATION_FAILED, INVALID_URI, NOT_AUTHORIZED, WampError
+from ._subscriptions import EXACT
+
+if TYPE_CHECKING:
+    from ._router import Router
+    from ._session import Session
+    from ._topic import Topic, TopicHost
+
+log = Logger()
+
+#: ``authorize(session, action, uri, match) -> bool`` (or a Deferred/coroutine of one)
+Authorizer = Callable[[Any, str, str, str], Any]
+
+ACTIONS = ("subscribe", "publish", "register", "call")
+RESERVED = "wamp"
+NO_SUCH_SESSION = "wamp.error.no_such_session"
+DELIVERY_CACHE_SIZE = 1024  # decisions remembered per session for delivery-time checks
+
+
+def is_reserved(uri: str) -> bool:
+    """Whether a URI (or a pattern's fixed beginning) is in the ``wamp.`` namespace."""
+    return uri == RESERVED or uri.startswith(RESERVED + ".")
+
+
+def refuse_reserved(uri: str, action: str) -> None:
+    """Raise ``wamp.error.invalid_uri`` for a client request on a reserved URI."""
+    if is_reserved(uri):
+        raise WampError(
+            INVALID_URI, f"cannot {action} {uri!r}: the 'wamp.' namespace is reserved for the router"
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class Principal:
+    """Who a REST handler acts for (``app.broadcast(..., on_behalf_of=...)``): a session-like object the
+    authorizer and topic hooks receive. It has no session ``id``."""
+
+    authid: str | None
+    authrole: str | None
+    authmethod: str | None = None
+    id: None = None
+    realm: str | None = None
+
+
+def principal(who: Any) -> Any:
+    """A session is used as is; anything else with ``authid``/``authrole`` becomes a ``Principal``."""
+    from ._session import Session
+
+    if isinstance(who, Session | Principal):
+        return who
+    try:
+        return Principal(who.authid, who.authrole, getattr(who, "authmethod", None))
+    except AttributeError:
+        raise TypeError(f"on_behalf_of needs authid and authrole attributes, got {who!r}") from None
+
+
+class Check(NamedTuple):
+    """One authorization step: a name for logs and a thunk returning a verdict (maybe asynchronously)."""
+
+    name: str
+    run: Callable[[], Any]
+
+
+def _as_deferred(value: Any) -> Deferred[Any] | None:
+    if isinstance(value, Deferred):
+        return value
+    if inspect.iscoroutine(value):
+        return Deferred.fromCoroutine(value)
+    if inspect.isawaitable(value):
+
+        async def wait() -> Any:
+            return await value
+
+        return Deferred.fromCoroutine(wait())
+    return None
+
+
+def _judge(verdict: Any, check: Check, action: str, uri: str) -> None:
+    if not verdict:  # False, and also None: a hook that forgot to answer denies
+        raise WampError(NOT_AUTHORIZED, f"not authorized to {action} {uri!r}")
+
+
+def _failed(failure: Failure, check: Check, action: str, uri: str) -> Failure:
+    if failure.check(WampError):
+        return failure  # a topic factory's own error (or a deliberate sandstone error): answered as is
+    log.failure(
+        "authorization hook {hook} failed for {action} on {uri}; denied",
+        failure,
+        hook=check.name,
+        action=action,
+        uri=uri,
+    )
+    return Failure(WampError(AUTHORIZATION_FAILED, f"authorization of {action} on {uri!r} failed"))
+
+
+def run_checks(checks: Sequence[Check], action: str, uri: str) -> Deferred[None] | None:
+    """Run checks in order, stopping at the first refusal.
+
+    Returns ``None`` when every check allowed synchronously, raises ``WampError`` when one refused or
+    failed synchronously, and otherwise returns a Deferred firing with ``None`` or failing with
+    ``WampError`` (``not_authorized`` for a no, ``authorization_failed`` for an exception).
+    """
+    for index, check in enumerate(checks):
+        try:
+            verdict = check.run()
+            waiting = _as_deferred(verdict)
+        except Exception:
+            _failed(Failure(), check, action, uri).raiseException()
+        if waiting is None:
+            _judge(verdict, check, action, uri)
+            continue
+        rest = checks[index + 1 :]
+
+        def answered(verdict: Any, check: Check = check, rest: Sequence[Check] = rest) -> Any:
+            _judge(verdict, check, action, uri)
+            return run_checks(rest, action, uri)
+
+        waiting.addCallbacks(answered, _failed, errbackArgs=(check, action, uri))
+        return waiting
+    return None
+
+
+def _name(function: Any) -> str:
+    qualname = getattr(function, "__qualname__", None) or repr(function)
+    module = getattr(function, "__module__", None)
+    return f"{module}.{qualname}" if module else qualname
+
+
+class _Queued(NamedTuple):
+    checks: list[Check]
+    action: str
+    uri: str
+    then: Callable[[], Any]
+    cleanup: Callable[[], None]
+    result: Deferred[Any]
+
+
+class Authorization:
+    """A router's authorization: the app's authorizer, topic hooks, delivery checks and their cache."""
+
+    def __init__(self, router: Router, topics: TopicHost | None) -> None:
+        self._router = router
+        self._topics = topics
+        self._authorizer: Authorizer | None = None
+        self._decisions: dict[Any, dict[str, bool]] = {}
+        self._queues: dict[Any, deque[_Queued]] = {}
+        self._warned_async = False
+
+    @property
+    def authorizer(self) -> Authorizer | None:
+        """The app's ``authorize(session, action, uri, match)``, or ``None`` (everything is allowed)."""
+        return self._authorizer
+
+    @authorizer.setter
+    def authorizer(self, authorizer: Authorizer | None) -> None:
+        self._authorizer = authorizer
+        self.clear()
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Turn the broker's delivery check on when something may refuse, off otherwise."""
+        guarded = self._authorizer is not None or (self._topics is not None and self._topics.guarded)
+        self._router.broker.gate = self.allows_delivery if guarded else None
+
+    def clear(self) -> None:
+        """Forget every cached delivery decision (after the authorizer's rules changed)."""
+        self._decisions.clear()
+
+    def forget(self, session: Any) -> None:
+        """A session left: drop its cached decisions and its requests waiting for authorization."""
+        self._decisions.pop(session, None)
+        self._queues.pop(session, None)
+
+    # building checks
+
+    def checks(
+        self, session: Any, action: str, uri: str, match: str = EXACT, payload: Any = None
+    ) -> tuple[list[Check], Callable[[], None]]:
+        """The checks of a request (authorizer, then the topic hook) and a cleanup to run after it.
+
+        The topic hook runs on the instance for the concrete URI, created on demand and held until the
+        cleanup runs (then released if it has no subscribers).
+        """
+        checks: list[Check] = []
+        authorizer = self._authorizer
+        if authorizer is not None:
+            checks.append(Check(_name(authorizer), lambda: authorizer(session, action, uri, match)))
+        hook = {"subscribe": "may_subscribe", "publish": "may_publish"}.get(action)
+        topics = self._topics
+        if hook is None or match != EXACT or topics is None or not topics.defines(uri, hook):
+            return checks, _nothing
+        held: list[Topic] = []
+
+        def run_hook() -> Any:
+            from ._topic import _call_hook
+
+            topic = topics.hold(uri)
+            held.append(topic)
+            method = getattr(topic, hook)
+            if hook == "may_publish":
+                return _call_hook(method, session, payload)
+            return _call_hook(method, session)
+
+        def cleanup() -> None:
+            while held:
+                topics.unhold(held.pop())
+
+        checks.append(Check(f"{topics.class_name(uri)}.{hook}", run_hook))
+        return checks, cleanup
+
+    # requests
+
+    def decide(
+        self, checks: list[Check], action: str, uri: str, cleanup: Callable[[], None]
+    ) -> Deferred[None] | None:
+        """Run checks outside any session's order (REST side); same contract as ``run_checks``."""
+        try:
+            pending = run_checks(checks, action, uri)
+        except BaseException:
+            cleanup()
+            raise
+        if pending is None:
+            cleanup()
+            return None
+        return pending.addBoth(_then_cleanup, cleanup)
+
+    def gate(
+        self,
+        session: Session,
+        checks: list[Check],
+        action: str,
+        uri: str,
+        then: Callable[[], Any],
+        cleanup: Callable[[], None] = lambda: None,
+    ) -> Any:
+        """Authorize a session's request, then run ``then`` (its effect).
+
+        When every check answers at once this returns what ``then`` returns (or raises ``WampError``);
+        otherwise a Deferred firing with it or failing with ``WampError``. Requests of one session take
+        effect in the order they arrived: while one waits for its answer, later ones wait behind it.
+        A session that left meanwhile gets nothing.
+        """
+        queue = self._queues.get(session)
+        if queue is not None:
+            result: Deferred[Any] = Deferred()
+            queue.append(_Queued(checks, action, uri, then, cleanup, result))
+            return result
+        try:
+            pending = run_checks(checks, action, uri)
+        except BaseException:
+            cleanup()
+            raise
+        if pending is None:
+            try:
+                return then()
+            finally:
+                cleanup()
+        self._queues[session] = deque()
+        result = Deferred()
+        pending.addBoth(self._answered, session, _Queued(checks, action, uri, then, cleanup, result))
+        return result
+
+    def _answered(self, outcome: Any, session: Session, request: _Queued) -> None:
+        self._conclude(outcome, session, request)
+        self._drain(session)
+
+    def _conclude(self, outcome: Any, session: Session, request: _Queued) -> None:
+        result = request.result
+        try:
+            if isinstance(outcome, Failure):
+                result.errback(outcome)
+                return
+            if session.has_left:
+                result.callback(None)
+                return
+            try:
+                value = request.then()
+            except Exception:
+                result.errback(Failure())
+                return
+            if isinstance(value, Deferred):
+                value.chainDeferred(result)
+            else:
+                result.callback(value)
+        finally:
+            request.cleanup()
+
+    def _drain(self, session: Session) -> None:
+        """Run the requests that waited behind an answered one, until one has to wait again."""
+        queue = self._queues.get(session)
+        while queue:
+            request = queue.popleft()
+            try:
+                pending = run_checks(request.checks, request.action, request.uri)
+            except Exception:
+                self._conclude(Failure(), session, request)
+                continue
+            if pending is None:
+                self._conclude(None, session, request)
+                continue
+            outcomes: list[Any] = []
+            pending.addBoth(outcomes.append)
+            if outcomes:
+                self._conclude(outcomes[0], session, request)
+                continue
+            pending.addCallback(
+                lambda _, request=request, outcomes=outcomes: self._answered(outcomes[0], session, request)
+            )
+            return
+        if queue is not None and self._queues.get(session) is queue:
+            del self._queues[session]
+
+    # delivery
+
+    def allows_delivery(self, session: Session, uri: str) -> bool:
+        """Whether a pattern subscriber may receive an event of ``uri`` (as if it subscribed to it exactly).
+
+        Decisions are cached per session (at most ``DELIVERY_CACHE_SIZE`` URIs, oldest dropped first).
+        """
+        decisions = self._decisions.get(session)
+        if decisions is None:
+            decisions = self._decisions[session] = {}
+        else:
+            cached = decisions.get(uri)
+            if cached is not None:
+                return cached
+        allowed = self._allowed_now(session, uri)
+        if len(decisions) >= DELIVERY_CACHE_SIZE:
+            del decisions[next(iter(decisions))]
+        decisions[uri] = allowed
+        return allowed
+
+    def _allowed_now(self, session: Session, uri: str) -> bool:
+        checks, cleanup = self.checks(session, "subscribe", uri, EXACT)
+        try:
+            for check in checks:
+                try:
+                    verdict = check.run()
+                except Exception:
+                    _failed(Failure(), check, "receive events of", uri)
+                    return False
+                if _as_deferred_or_close(verdict):
+                    self._warn_async(check, uri)
+                    return False
+                if not verdict:
+                    return False
+            return True
+        finally:
+            cleanup()
+
+    def _warn_async(self, check: Check, uri: str) -> None:
+        if self._warned_async:
+            return
+        self._warned_async = True
+        log.warn(
+            "authorization hook {hook} answered asynchronously when checking the delivery of an event "
+            "of {uri} to a pattern subscriber; such events are not delivered. Answer synchronously for "
+            "(session, 'subscribe', concrete_uri, 'exact') when clients use prefix or wildcard "
+            "subscriptions (logged once)",
+            hook=check.name,
+            uri=uri,
+        )
+
+
+def _as_deferred_or_close(verdict: Any) -> bool:
+    """True when a verdict is asynchronous; it is disposed of without waiting (the answer is no)."""
+    if isinstance(verdict, Deferred):
+        verdict.addErrback(lambda _: None)
+        return True
+    if inspect.iscoroutine(verdict):
+        verdict.close()
+        return True
+    return inspect.isawaitable(verdict)
+
+
+def _then_cleanup(result: Any, cleanup: Callable[[], None]) -> Any:
+    cleanup()
+    return result
+
+
+def _nothing() -> None:
+    pass
+
+
+# the session meta API (procedures the router implements in the reserved namespace)
+
+
+def meta_procedures(router: Router) -> dict[str, Callable[..., Any]]:
+    """``wamp.session.count``, ``wamp.session.list`` and ``wamp.session.get`` over this router's sessions."""
+
+    def selected(filter_authroles: list[str] | None) -> list[Session]:
+        sessions = list(router.sessions.values())
+        if filter_authroles is None:
+            return sessions
+        return [s for s in sessions if s.authrole in filter_authroles]
+
+    def count(filter_authroles: list[str] | None = None) -> int:
+        return len(selected(filter_authroles))
+
+    def session_list(filter_authroles: list[str] | None = None) -> list[int]:
+        return [s.id for s in selected(filter_authroles)]
+
+    def get(session_id: int) -> dict[str, Any]:
+        session = router.sessions.get(session_id) if isinstance(session_id, int) else None
+        if session is None:
+            raise WampError(NO_SUCH_SESSION, f"no session {session_id!r} on this router")
+        return {
+            "session": session.id,
+            "authid": session.authid,
+            "authrole": session.authrole,
+            "authmethod": session.authmethod,
+        }
+
+    return {"wamp.session.count": count, "wamp.session.list": session_list, "wamp.session.get": get}
