@@ -595,3 +595,29 @@ class BroadcastOnBehalfTests(SynchronousTestCase):
             app.broadcast("com.app.rooms.a", "hi", on_behalf_of=Identity("joe", "user"))
         app.broadcast("com.app.rooms.a", "hi", on_behalf_of=Identity("ann", "moderator"))
         self.assertIsNone(app.topic_instance("com.app.rooms.a"))
+
+
+class ReadmeExampleTests(SynchronousTestCase):
+    def test_readme_authorizer_is_the_tested_one(self) -> None:
+        import re
+        from pathlib import Path
+
+        readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+        [source] = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "@app.authorizer" in b]
+        app = make_app()
+        exec(compile(source, "README.md", "exec"), {"app": app, "itertools": itertools})
+        example = app.router.authorization.authorizer
+        session = type("S", (), {"authrole": "user"})()
+        for uri, match in [
+            ("com.", "prefix"),
+            ("", "prefix"),
+            ("com..x", "wildcard"),
+            ("com.app.", "prefix"),
+            ("com.app..x", "wildcard"),
+            ("com.app.x", "exact"),
+            ("com.secret", "exact"),
+        ]:
+            for action in ("subscribe", "publish"):
+                self.assertEqual(
+                    example(session, action, uri, match), authorize(session, action, uri, match), (uri, match)
+                )
