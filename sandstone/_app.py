@@ -18,6 +18,7 @@ from ._publication import Publication, session_ids
 from ._router import Router
 from ._topic import TopicHost
 from ._transport import WampServerFactory, websocket_resource
+from ._web import GracefulShutdown, SandstoneSite
 
 if TYPE_CHECKING:
     from klein.resource import KleinResource
@@ -51,6 +52,7 @@ class _Core:
             realm, topics=self.topics, open_uris=open_uris, strict_uris=strict_uris, anonymous=anonymous
         )
         self.topics.router = self.router
+        self.router.limits = limits
         self.ws_path = ws_path
         self.mounted_at: str | None = None
         self.factory: WampServerFactory | None = None
@@ -119,6 +121,16 @@ class Sandstone(Klein):
     @limits.setter
     def limits(self, limits: Limits) -> None:
         self._core.limits = limits
+        self._core.router.limits = limits
+
+    @property
+    def allowed_origins(self) -> list[str]:
+        """Browser origins (``fnmatch`` patterns) allowed to open the WebSocket besides the app's own."""
+        return list(self._core.allowed_origins or ())
+
+    @allowed_origins.setter
+    def allowed_origins(self, patterns: Sequence[str]) -> None:
+        self._core.allowed_origins = list(patterns)
 
     @property
     def router(self) -> Router:
@@ -276,7 +288,9 @@ class Sandstone(Klein):
         """The resource serving WAMP over WebSocket for this app (mounted at ``ws_path`` by ``resource``)."""
         core = self._core
         if core.factory is None:
-            core.factory = WampServerFactory(core.router)
+            core.factory = WampServerFactory(
+                core.router, limits=core.limits, allowed_origins=core.allowed_origins
+            )
         return websocket_resource(core.factory)
 
     def resource(self) -> KleinResource:
@@ -291,6 +305,16 @@ class Sandstone(Klein):
 
             self.route(core.ws_path, endpoint="sandstone_websocket")(websocket)
         return super().resource()
+
+    def site(self, **kwargs: Any) -> SandstoneSite:
+        """A ``twisted.web.server.Site`` serving ``resource()`` with the app's limits (request bodies over
+        ``max_request_body`` get 413) and tracking REST requests in flight for a graceful shutdown."""
+        return SandstoneSite(self.resource(), max_request_body=self.limits.max_request_body, **kwargs)
+
+    def shutdown_service(self, site: SandstoneSite | None = None, timeout: float = 5.0) -> GracefulShutdown:
+        """A Twisted service whose stop says GOODBYE (``wamp.close.system_shutdown``) to every session
+        and waits for REST requests in flight on ``site``, for at most ``timeout`` seconds."""
+        return GracefulShutdown(self, site, timeout)
 
 
 def _published(router: Router, publication: Publication) -> int:

@@ -30,6 +30,9 @@ SYSTEM_SHUTDOWN = "wamp.close.system_shutdown"
 # sandstone's own URIs, for conditions the spec does not name.
 NO_SUCH_TOPIC = "sandstone.error.no_such_topic"
 TOPIC_HOOK_FAILED = "sandstone.error.topic_hook_failed"
+RATE_LIMITED = "sandstone.error.rate_limited"
+HELLO_TIMEOUT = "sandstone.error.hello_timeout"
+PAYLOAD_TOO_LARGE = "sandstone.error.payload_too_large"
 
 
 class WampError(Exception):

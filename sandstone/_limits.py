@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import fnmatch
+from collections.abc import Sequence
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 
 @dataclass(frozen=True)
@@ -28,3 +31,36 @@ class Limits:
     deflate_window_bits: int = 11  # permessage-deflate: at most 2**bits of window per connection (9..15)
     deflate_memory_level: int = 4  # permessage-deflate: zlib memory level (1..9)
     max_request_body: int = 1_048_576  # bytes of a REST request body; beyond it 413
+
+
+_DEFAULT_PORTS = {"http": "80", "https": "443", "ws": "80", "wss": "443"}
+
+
+def _authority(scheme: str, netloc: str) -> str:
+    """``host[:port]`` in lower case, without the scheme's default port."""
+    netloc = netloc.strip().lower()
+    host, sep, port = netloc.rpartition(":")
+    if sep and "]" not in port and port == _DEFAULT_PORTS.get(scheme):
+        return host
+    return netloc
+
+
+def origin_allowed(origin: str | None, host: str | None, patterns: Sequence[str] = ()) -> bool:
+    """May a WebSocket handshake carrying this ``Origin`` header proceed?
+
+    Allowed: no Origin at all (non-browser clients send none), an origin matching one of ``patterns``
+    (``fnmatch`` style, e.g. ``https://*.example.com`` or ``http://localhost:*``; ``*`` allows any),
+    and the app's own origin: the one whose ``host[:port]`` is the handshake's ``Host`` header. Anything
+    else, including the opaque ``null`` origin of sandboxed frames and ``file:`` pages, is refused.
+    """
+    if origin is None or not origin.strip():
+        return True
+    origin = origin.strip().lower()
+    if any(fnmatch.fnmatchcase(origin, pattern.strip().lower()) for pattern in patterns):
+        return True
+    if origin == "null" or not host:
+        return False
+    parts = urlsplit(origin)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return False
+    return _authority(parts.scheme, parts.netloc) == _authority(parts.scheme, host)

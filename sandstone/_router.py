@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from autobahn.util import generate_serial_number, rid
@@ -12,6 +14,7 @@ from ._authorization import Authorization, meta_procedures, refuse_reserved
 from ._broker import Broker
 from ._dealer import Dealer
 from ._errors import NO_SUCH_TOPIC, PROCEDURE_ALREADY_EXISTS, WampError
+from ._limits import Limits
 from ._publication import Publication
 from ._session import Session, Transport
 from ._subscriptions import EXACT, Subscription
@@ -46,6 +49,9 @@ class Router:
         self.sessions: dict[int, Session] = {}
         self._topics = topics
         self.bus: RedisBus | None = None  # set while a cluster bus is running
+        self.limits = Limits()  # the app's limits (rates here; sizes and buffers on the transport)
+        self.stats: Counter[str] = Counter()  # what the limits refused: rate_limited, oversize_skipped...
+        self.clock = time.monotonic  # seconds, for the rate limits (tests inject a fake clock)
         self.authorization = Authorization(self, topics)
         self.dealer.meta.update(meta_procedures(self))
 

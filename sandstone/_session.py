@@ -23,11 +23,13 @@ from ._errors import (
     NO_AUTH_METHOD,
     NO_SUCH_REALM,
     PROTOCOL_VIOLATION,
+    RATE_LIMITED,
     ErrorPayload,
     WampError,
     error_payload,
 )
 from ._publication import Publication, optional_set
+from ._ratelimit import SessionRates
 from ._subscriptions import EXACT, PREFIX
 
 if TYPE_CHECKING:
@@ -242,6 +244,9 @@ class Session:
         self._request(msg, lambda: self._router.unsubscribe(self, msg))
 
     def _on_publish(self, msg: message.Publish) -> None:
+        if not self._within_rate(msg):
+            return
+
         def work() -> None:
             self._check_uri(msg.topic, EXACT)
             publication = self._publication(msg)
@@ -310,6 +315,9 @@ class Session:
         self._request(msg, work)
 
     def _on_call(self, msg: message.Call) -> None:
+        if not self._within_rate(msg):
+            return
+
         def work() -> Deferred[None] | None:
             self._check_uri(msg.procedure, EXACT)
             return self._router.call(self, msg)
@@ -329,6 +337,24 @@ class Session:
             raise _ProtocolViolation(f"ERROR for a message of type {msg.request_type} sent to a router")
         _check_request_id(msg)
         self._router.dealer.failed(self, msg)
+
+    def _within_rate(self, msg: message.Publish | message.Call) -> bool:
+        """Take a token from the session's PUBLISH or CALL bucket; over the rate, answer ERROR
+        ``rate_limited`` (an unacknowledged PUBLISH is dropped and counted) and return False."""
+        rates: SessionRates | None = getattr(self, "_rates", None)
+        if rates is None:
+            rates = self._rates = SessionRates(self._router.limits, self._router.clock)
+        is_call = isinstance(msg, message.Call)
+        if (rates.call if is_call else rates.publish).allow():
+            return True
+        _check_request_id(msg)
+        kind = "CALL" if is_call else "PUBLISH"
+        self._router.stats["rate_limited"] += 1
+        if is_call or msg.acknowledge:
+            self._send_error(msg, ErrorPayload(RATE_LIMITED, [f"too many {kind} messages; slow down"], None))
+        else:
+            self._router.stats["rate_limited_dropped"] += 1
+        return False
 
     def _check_uri(self, uri: str, match: str) -> None:
         try:

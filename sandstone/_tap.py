@@ -8,13 +8,13 @@ import importlib
 import inspect
 import os
 import sys
+from dataclasses import replace
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
 from twisted.logger import Logger
 from twisted.python import usage
-from twisted.web.server import Site
 
 from sandstone._app import Sandstone
 
@@ -129,6 +129,45 @@ def _default_app() -> Sandstone:
     return make_default_app()
 
 
+#: ``twistd sandstone`` options setting a field of the app's ``Limits``: option -> (field, type, help).
+_LIMIT_OPTIONS: dict[str, tuple[str, type, str]] = {
+    "max-message-size": ("max_message_size", int, "Bytes of a WebSocket message, in (inflated) or out."),
+    "max-frame-size": ("max_frame_size", int, "Bytes of one incoming WebSocket frame."),
+    "max-connections": ("max_connections", int, "Concurrent WebSocket connections; beyond it 503."),
+    "publish-rate": ("publish_rate", float, "PUBLISH messages per second per session (0: no limit)."),
+    "publish-burst": ("publish_burst", int, "PUBLISH messages a session may send at once."),
+    "call-rate": ("call_rate", float, "CALL messages per second per session (0: no limit)."),
+    "call-burst": ("call_burst", int, "CALL messages a session may send at once."),
+    "max-outgoing-buffer": ("max_outgoing_buffer", int, "Bytes queued for a client that does not read."),
+    "max-request-body": ("max_request_body", int, "Bytes of a REST request body; beyond it 413."),
+    "hello-timeout": ("hello_timeout", float, "Seconds a new WebSocket has to open its WAMP session."),
+    "open-handshake-timeout": ("open_handshake_timeout", float, "Seconds for the WebSocket handshake."),
+    "ping-interval": ("auto_ping_interval", float, "Seconds between pings to each client (0: none)."),
+    "ping-timeout": ("auto_ping_timeout", float, "Seconds a client has to answer a ping."),
+}
+
+
+def _apply_limits(app: Sandstone, options: Any) -> None:
+    """Set the limits and allowed origins given on the command line on the app (others stay)."""
+    changes: dict[str, Any] = {}
+    for name, (field, kind, _help) in _LIMIT_OPTIONS.items():
+        value = options.get(name)
+        if value is None:
+            continue
+        try:
+            number = kind(value)
+        except ValueError:
+            raise usage.UsageError(f"--{name} expects a number, got {value!r}") from None
+        if number < 0:
+            raise usage.UsageError(f"--{name} may not be negative (0 disables the limit)")
+        changes[field] = number
+    if changes:
+        app.limits = replace(app.limits, **changes)
+    origins = options.get("allowed-origins")
+    if origins is not None:
+        app.allowed_origins = [origin.strip() for origin in origins.split(",") if origin.strip()]
+
+
 class Options(usage.Options):
     """Command-line options of ``twistd sandstone``."""
 
@@ -160,6 +199,20 @@ class Options(usage.Options):
             "Join a cluster through the Redis at this URL (redis://HOST[:PORT][/DB]): every node started "
             "with the same Redis and app behaves as one server. Default: no Redis, one process.",
         ],
+        [
+            "allowed-origins",
+            None,
+            None,
+            "Comma-separated browser origins (patterns like https://*.example.com, http://localhost:*) "
+            "allowed to open the WebSocket besides the app's own. Default: the app's own list.",
+        ],
+        *[[name, None, None, help] for name, (_field, _kind, help) in _LIMIT_OPTIONS.items()],
+        [
+            "shutdown-timeout",
+            None,
+            "5",
+            "Seconds to end connections gracefully on shutdown (GOODBYE, REST requests in flight).",
+        ],
     ]
 
     #: The loaded app, set by L{postOptions}.
@@ -174,6 +227,11 @@ class Options(usage.Options):
             app.realm = self["realm"]
         if self["ws-path"] is not None:
             app.ws_path = self["ws-path"]
+        _apply_limits(app, self)
+        try:
+            self["shutdown-timeout"] = float(self["shutdown-timeout"])
+        except ValueError:
+            raise usage.UsageError("--shutdown-timeout expects a number of seconds") from None
         self._check_listen()
         self._check_redis()
         self.app = app
@@ -243,17 +301,23 @@ def makeService(options: Options) -> IService:
             app.realm = options["realm"]
         if options.get("ws-path") is not None:
             app.ws_path = options["ws-path"]
+        _apply_limits(app, options)
 
     listen = options.get("listen") or "tcp:8080"
     root = SandstoneService(app, options.get("app") or DEFAULT_APP_LABEL, listen)
 
     endpoint = serverFromString(reactor, listen)
-    web = StreamServerEndpointService(endpoint, Site(app.resource()))
+    site = app.site()
+    web = StreamServerEndpointService(endpoint, site)
     # As twisted.application.strports.service does: if listening fails
     # (port in use...), fail startService instead of serving nothing.
     web._raiseSynchronously = True
     web.setName("web")
     web.setServiceParent(root)
+    # Stopped alongside "web" (which stops listening): GOODBYE to sessions, REST requests may finish.
+    shutdown = app.shutdown_service(site, float(options.get("shutdown-timeout") or 5.0))
+    shutdown.setName("shutdown")
+    shutdown.setServiceParent(root)
     redis = options.get("redis")
     if redis:
         bus = app.bus if app.bus is not None and app.bus.url == redis else app.use_redis(redis)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
@@ -9,10 +11,15 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.wamp import message
 from autobahn.wamp.interfaces import ISerializer
 from autobahn.wamp.serializer import CBORSerializer, JsonSerializer, MsgPackSerializer
+from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from ._codec import DecodeError, decode
+from ._errors import HELLO_TIMEOUT, PAYLOAD_TOO_LARGE, SYSTEM_SHUTDOWN
+from ._limits import Limits, origin_allowed
 from ._router import Router
 from ._session import Session
 
@@ -44,6 +51,7 @@ class WampServerProtocol(WebSocketServerProtocol):
     _wamp: Session | None = None
 
     def onConnect(self, request: ConnectionRequest) -> str:
+        self.factory.admit(request)  # limits: origin (403), concurrent connections (503)
         serializers = self.factory.serializers
         for subprotocol in request.protocols:
             serializer = serializers.get(subprotocol)
@@ -56,11 +64,13 @@ class WampServerProtocol(WebSocketServerProtocol):
         )
 
     def onOpen(self) -> None:
-        self._wamp = self.factory.router.attach(self)
+        self._attach()
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         session = self._wamp
         if session is None:
+            if self._shutting_down:
+                self.sendClose(self.CLOSE_STATUS_CODE_GOING_AWAY, "server shutting down")
             return
         try:
             messages = decode(self._serializer, payload, isBinary)
@@ -70,10 +80,16 @@ class WampServerProtocol(WebSocketServerProtocol):
         for msg in messages:
             session.on_message(msg)
             if session.has_left:
-                self._wamp = self.factory.router.attach(self) if self.state == self.STATE_OPEN else None
+                if self.state == self.STATE_OPEN:
+                    self._attach()
+                else:
+                    self._wamp = None
                 break
+        if self._hello_timer is not None and session.is_open:
+            self._cancel_hello_timer()
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self._cancel_hello_timer()
         session, self._wamp = self._wamp, None
         if session is not None:
             session.on_transport_lost()
@@ -81,16 +97,179 @@ class WampServerProtocol(WebSocketServerProtocol):
     # the session's transport interface
 
     def send_message(self, msg: message.Message) -> None:
-        """Serialize (through the shared serializer's cache) and send one WAMP message."""
+        """Serialize (through the shared serializer's cache) and send one WAMP message.
+
+        A message larger than ``max_message_size`` is not sent (counted in ``stats["oversize_skipped"]``;
+        a RESULT becomes an ERROR for the call). A client whose unsent bytes exceed
+        ``max_outgoing_buffer`` is dropped (``stats["slow_consumers_dropped"]``).
+        """
         if self.state != self.STATE_OPEN:
             return
         payload, is_binary = self._serializer.serialize(msg)
+        limit = self.factory.limits.max_message_size
+        if 0 < limit < len(payload):
+            self._skip_oversize(msg, len(payload))
+            return
         self.sendMessage(payload, is_binary)
+        backlog = self._backlog
+        if backlog is not None and backlog.paused:
+            self._check_backlog(backlog, len(payload))
 
     def close_transport(self, reason: str) -> None:
         """Close the WebSocket after an ABORT."""
         if self.state == self.STATE_OPEN:
             self.sendClose(self.CLOSE_STATUS_CODE_NORMAL, reason[:120])
+
+    # limits and lifecycle
+
+    _hello_timer: IDelayedCall | None = None
+    _backlog: _Backlog | None = None
+    _shutting_down = False
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.factory.connections.add(self)
+        if self.factory.limits.max_outgoing_buffer > 0:
+            self._watch_backlog()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.factory.connections.discard(self)
+        self._cancel_hello_timer()
+        super().connectionLost(reason)
+
+    def _attach(self) -> None:
+        """A fresh session waiting for HELLO, which must be welcomed within ``hello_timeout``."""
+        self._wamp = self.factory.router.attach(self)
+        self._cancel_hello_timer()
+        timeout = self.factory.limits.hello_timeout
+        if timeout > 0:
+            self._hello_timer = self.factory.clock.callLater(timeout, self._hello_timed_out)
+
+    def _cancel_hello_timer(self) -> None:
+        timer, self._hello_timer = self._hello_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _hello_timed_out(self) -> None:
+        self._hello_timer = None
+        session = self._wamp
+        if session is None or session.is_open or session.has_left:
+            return
+        self.factory.stats["hello_timeouts"] += 1
+        timeout = self.factory.limits.hello_timeout
+        session.abort(HELLO_TIMEOUT, f"no session opened within {timeout:g} s of connecting")
+
+    def _watch_backlog(self) -> None:
+        """Register as the transport's streaming producer, to learn when its send buffer is full.
+
+        Under ``WebSocketResource`` the transport was taken over from twisted.web's HTTP channel,
+        which is still registered as its producer: it is replaced.
+        """
+        transport = self.transport
+        try:
+            transport.unregisterProducer()
+        except RuntimeError:  # none was registered (twisted.internet.testing's transports say so)
+            pass
+        try:
+            backlog = _Backlog()
+            transport.registerProducer(backlog, True)
+        except Exception as exc:  # a transport without producer support: no slow-consumer check
+            log.debug("no slow-consumer check on {transport}: {error}", transport=transport, error=exc)
+            return
+        self._backlog = backlog
+
+    def _check_backlog(self, backlog: _Backlog, size: int) -> None:
+        backlog.written += size
+        buffered = _buffered_bytes(self.transport)
+        if buffered is None:
+            buffered = backlog.written
+        limit = self.factory.limits.max_outgoing_buffer
+        if buffered <= limit:
+            return
+        self.factory.stats["slow_consumers_dropped"] += 1
+        log.warn(
+            "dropping slow consumer {peer}: {buffered} bytes not sent yet, over max_outgoing_buffer {limit}",
+            peer=self.peer,
+            buffered=buffered,
+            limit=limit,
+        )
+        self.wasClean = False
+        self.wasNotCleanReason = "slow consumer: outgoing buffer over its limit"
+        self.dropConnection(abort=True)
+
+    def _skip_oversize(self, msg: message.Message, size: int) -> None:
+        self.factory.stats["oversize_skipped"] += 1
+        limit = self.factory.limits.max_message_size
+        log.warn(
+            "not sending a {kind} of {size} bytes to {peer}: over max_message_size {limit}",
+            kind=type(msg).__name__.upper(),
+            size=size,
+            peer=self.peer,
+            limit=limit,
+        )
+        if isinstance(msg, message.Result):
+            text = f"the result ({size} bytes) is larger than the client accepts ({limit} bytes)"
+            error = message.Error(message.Call.MESSAGE_TYPE, msg.request, PAYLOAD_TOO_LARGE, [text])
+            self.send_message(error)
+
+    def shut_down(self, grace: float = 1.0) -> None:
+        """Server shutdown: GOODBYE ``wamp.close.system_shutdown`` to an open session, then close."""
+        if self._shutting_down:
+            return
+        self._shutting_down = True
+        self._cancel_hello_timer()
+        session, self._wamp = self._wamp, None
+        if self.state != self.STATE_OPEN:
+            self.dropConnection(abort=True)
+            return
+        if session is None or not session.is_open:
+            if session is not None:
+                session.on_transport_lost()
+            self.sendClose(self.CLOSE_STATUS_CODE_GOING_AWAY, "server shutting down")
+            return
+        self.send_message(message.Goodbye(SYSTEM_SHUTDOWN, "the server is shutting down"))
+        session.on_transport_lost()  # leave the router now; the client's GOODBYE needs no answer
+        self.factory.clock.callLater(grace, self._close_after_goodbye)
+
+    def _close_after_goodbye(self) -> None:
+        if self.state == self.STATE_OPEN:
+            self.sendClose(self.CLOSE_STATUS_CODE_GOING_AWAY, "server shutting down")
+
+
+@implementer(IPushProducer)
+class _Backlog:
+    """Registered on a connection's transport: paused while the transport's send buffer is full.
+
+    ``written`` counts the bytes written since the last pause (used when the transport's buffer
+    cannot be measured directly).
+    """
+
+    paused = False
+    written = 0
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        self.written = 0
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self.written = 0
+
+    def stopProducing(self) -> None:
+        self.paused = False
+
+
+def _buffered_bytes(transport: Any) -> int | None:
+    """Bytes a transport holds that the kernel did not take yet (through TLS wrappers), if known."""
+    for _ in range(4):
+        if transport is None:
+            return None
+        data = getattr(transport, "dataBuffer", None)
+        temp = getattr(transport, "_tempDataLen", None)
+        if isinstance(data, bytes) and isinstance(temp, int):
+            return len(data) - int(getattr(transport, "offset", 0)) + temp
+        transport = getattr(transport, "transport", None)
+    return None
 
 
 class WampServerFactory(WebSocketServerFactory):
@@ -99,13 +278,91 @@ class WampServerFactory(WebSocketServerFactory):
     protocol = WampServerProtocol
 
     def __init__(
-        self, router: Router, serializers: dict[str, ISerializer] | None = None, **kwargs: Any
+        self,
+        router: Router,
+        serializers: dict[str, ISerializer] | None = None,
+        *,
+        limits: Limits | None = None,
+        allowed_origins: Sequence[str] | None = None,
+        clock: IReactorTime | None = None,
+        **kwargs: Any,
     ) -> None:
         self.serializers = serializers if serializers is not None else default_serializers()
         super().__init__(protocols=list(self.serializers), **kwargs)
         self.router = router
+        self.limits = limits if limits is not None else router.limits
+        self.allowed_origins = list(allowed_origins or ())
+        if clock is None:
+            from twisted.internet import reactor as clock  # type: ignore[assignment]
+        self.clock: IReactorTime = clock  # type: ignore[assignment]
+        self.connections: set[WampServerProtocol] = set()
+        self.stats: Counter[str] = router.stats
+        limits = self.limits
+        self.setProtocolOptions(
+            maxFramePayloadSize=limits.max_frame_size,
+            maxMessagePayloadSize=limits.max_message_size,
+            openHandshakeTimeout=limits.open_handshake_timeout,
+            autoPingInterval=limits.auto_ping_interval,
+            autoPingTimeout=limits.auto_ping_timeout,
+            perMessageCompressionAccept=self.accept_deflate,
+            failByDrop=False,  # a refused frame or message gets a close frame with its code (1009)
+            allowNullOrigin=True,  # origins are checked in admit(), which answers 403
+        )
+
+    def admit(self, request: ConnectionRequest) -> None:
+        """Refuse a WebSocket handshake: 403 for a foreign browser origin, 503 beyond ``max_connections``."""
+        headers = getattr(request, "headers", None) or {}
+        origin = getattr(request, "origin", None) or headers.get("origin")
+        if not origin_allowed(origin, headers.get("host"), self.allowed_origins):
+            self.stats["origins_refused"] += 1
+            log.info("WebSocket refused: origin {origin!r} is not allowed", origin=origin)
+            raise ConnectionDeny(ConnectionDeny.FORBIDDEN, f"origin {origin!r} is not allowed")
+        limit = self.limits.max_connections
+        if 0 < limit < len(self.connections):
+            self.stats["connections_refused"] += 1
+            log.warn("WebSocket refused: {limit} connections already open", limit=limit)
+            raise ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE, "too many connections")
+
+    def accept_deflate(self, offers: list[Any]) -> PerMessageDeflateOfferAccept | None:
+        """Accept a permessage-deflate offer whose windows fit ``deflate_window_bits`` (else none).
+
+        A client that cannot be told to use a smaller window compresses with up to 32 KiB of window,
+        which the server would need to inflate: its offer is refused (the connection goes on
+        uncompressed).
+        """
+        bits = self.limits.deflate_window_bits
+        if not bits:
+            return None
+        for offer in offers:
+            if not isinstance(offer, PerMessageDeflateOffer):
+                continue
+            if bits < 15 and not offer.accept_max_window_bits:
+                continue
+            return PerMessageDeflateOfferAccept(
+                offer,
+                request_max_window_bits=bits if bits < 15 else 0,
+                window_bits=min(bits, offer.request_max_window_bits or 15),
+                mem_level=self.limits.deflate_memory_level or None,
+                max_message_size=self.limits.max_message_size or None,
+            )
+        return None
+
+    def shutdown(self, grace: float = 1.0) -> None:
+        """Say GOODBYE (``wamp.close.system_shutdown``) to every session and close every connection."""
+        for protocol in list(self.connections):
+            protocol.shut_down(grace)
+
+
+class _WampResource(WebSocketResource):
+    """``WebSocketResource`` telling a tracking Site that an upgraded request is no REST request in flight."""
+
+    def render(self, request: Any) -> Any:
+        inflight = getattr(getattr(request, "site", None), "inflight", None)
+        if inflight is not None:
+            inflight.discard(request)
+        return super().render(request)
 
 
 def websocket_resource(factory: WampServerFactory) -> WebSocketResource:
     """A twisted.web resource that upgrades requests to WAMP-over-WebSocket connections."""
-    return WebSocketResource(factory)
+    return _WampResource(factory)

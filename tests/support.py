@@ -14,9 +14,9 @@ from twisted.internet import defer, reactor
 from twisted.internet.interfaces import IAddress, IListeningPort, ITransport
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
-from twisted.web.server import Site
 
 from sandstone import Sandstone
+from sandstone._web import SandstoneSite
 
 SERIALIZERS = {
     "json": lambda: wamp_serializer.JsonSerializer(),
@@ -105,8 +105,9 @@ class Received:
         return f"Received({self.args!r}, {self.kwargs!r})"
 
 
-class TrackingSite(Site):
-    """A Site remembering the transports of its connections (HTTP and upgraded WebSocket alike),
+class TrackingSite(SandstoneSite):
+    """The app's kind of Site (as ``app.site()`` builds) remembering the transports of its connections
+    (HTTP and upgraded WebSocket alike),
     so that a test can wait for the server side of every connection to be gone too."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -132,7 +133,7 @@ class ServerTestCase(TestCase):
     """Serves an app on an ephemeral 127.0.0.1 port and connects autobahn clients to it."""
 
     def serve(self, app: Sandstone) -> IListeningPort:
-        site = TrackingSite(app.resource())
+        site = TrackingSite(app.resource(), max_request_body=app.limits.max_request_body)
         port = reactor.listenTCP(0, site, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         # Cleanups run last-in first-out: this one runs after the clients connected later are gone.

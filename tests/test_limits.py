@@ -1,0 +1,217 @@
+"""Unit tests for the transport limits: origins, permessage-deflate, HELLO timeout, outgoing sizes and
+slow consumers, shutdown (in memory, with twisted.internet.testing fakes and a Clock)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+from autobahn.wamp import message
+from autobahn.websocket.compress import PerMessageDeflateOffer
+from autobahn.websocket.types import ConnectionDeny
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from sandstone import Sandstone
+from sandstone._limits import Limits, origin_allowed
+from sandstone._publication import Publication
+from sandstone._transport import WampServerFactory, WampServerProtocol
+
+
+class OriginTests(SynchronousTestCase):
+    def test_no_origin_is_allowed(self) -> None:
+        self.assertTrue(origin_allowed(None, "example.com"))
+        self.assertTrue(origin_allowed("", "example.com"))
+
+    def test_own_origin_is_allowed(self) -> None:
+        self.assertTrue(origin_allowed("http://localhost:8080", "localhost:8080"))
+        self.assertTrue(origin_allowed("https://Example.com", "example.com"))
+        self.assertTrue(origin_allowed("https://example.com", "example.com:443"))
+
+    def test_foreign_and_null_origins_are_refused(self) -> None:
+        self.assertFalse(origin_allowed("http://evil.example", "localhost:8080"))
+        self.assertFalse(origin_allowed("http://localhost:9999", "localhost:8080"))
+        self.assertFalse(origin_allowed("null", "localhost:8080"))
+        self.assertFalse(origin_allowed("http://localhost:8080", None))
+
+    def test_patterns(self) -> None:
+        patterns = ["https://*.example.com", "http://localhost:*"]
+        self.assertTrue(origin_allowed("https://app.example.com", "api.internal", patterns))
+        self.assertTrue(origin_allowed("http://localhost:5173", "api.internal", patterns))
+        self.assertFalse(origin_allowed("http://app.example.com", "api.internal", patterns))
+        self.assertFalse(origin_allowed("https://example.com.evil", "api.internal", patterns))
+        self.assertTrue(origin_allowed("null", "api.internal", ["null"]))
+        self.assertTrue(origin_allowed("http://anything", "api.internal", ["*"]))
+
+
+def factory(clock: Clock | None = None, **limits: Any) -> WampServerFactory:
+    # autobahn's own timers run on the global reactor: none in these in-memory tests
+    limits.setdefault("open_handshake_timeout", 0)
+    app = Sandstone(anonymous=True, open_uris=True, limits=Limits(**limits))
+    return WampServerFactory(app.router, limits=app.limits, clock=clock or Clock())
+
+
+def request(origin: str = "", host: str = "localhost:8080") -> Any:
+    return SimpleNamespace(
+        protocols=["wamp.2.json"], origin=origin, headers={"host": host, "origin": origin} if origin else {}
+    )
+
+
+class AdmitTests(SynchronousTestCase):
+    def test_foreign_origin_gets_403(self) -> None:
+        f = factory()
+        deny = self.assertRaises(ConnectionDeny, f.admit, request("http://evil.example"))
+        self.assertEqual(deny.code, 403)
+        self.assertEqual(f.stats["origins_refused"], 1)
+        f.admit(request("http://localhost:8080"))
+
+    def test_beyond_max_connections_gets_503(self) -> None:
+        f = factory(max_connections=2)
+        f.connections.update({object(), object()})  # type: ignore[arg-type]
+        f.admit(request())  # the connection being admitted is one of the two
+        f.connections.add(object())  # type: ignore[arg-type]
+        deny = self.assertRaises(ConnectionDeny, f.admit, request())
+        self.assertEqual(deny.code, 503)
+
+
+class DeflateTests(SynchronousTestCase):
+    def test_accepts_with_our_window_and_memory_level(self) -> None:
+        f = factory(deflate_window_bits=11, deflate_memory_level=4)
+        accept = f.accept_deflate([PerMessageDeflateOffer(accept_max_window_bits=True)])
+        self.assertIsNotNone(accept)
+        self.assertEqual((accept.request_max_window_bits, accept.window_bits, accept.mem_level), (11, 11, 4))
+        self.assertIn("client_max_window_bits=11", accept.get_extension_string())
+
+    def test_keeps_a_smaller_window_the_client_asked_for(self) -> None:
+        f = factory(deflate_window_bits=11)
+        offer = PerMessageDeflateOffer(accept_max_window_bits=True, request_max_window_bits=9)
+        self.assertEqual(f.accept_deflate([offer]).window_bits, 9)
+
+    def test_refuses_a_client_that_cannot_bound_its_window(self) -> None:
+        f = factory(deflate_window_bits=11)
+        self.assertIsNone(f.accept_deflate([PerMessageDeflateOffer(accept_max_window_bits=False)]))
+
+    def test_zero_bits_disables_compression(self) -> None:
+        f = factory(deflate_window_bits=0)
+        self.assertIsNone(f.accept_deflate([PerMessageDeflateOffer()]))
+
+
+class Connection:
+    """A WampServerProtocol on a StringTransport, open and speaking wamp.2.json."""
+
+    def __init__(self, f: WampServerFactory) -> None:
+        self.protocol: WampServerProtocol = f.buildProtocol(None)
+        self.transport = StringTransport()
+        self.protocol.makeConnection(self.transport)
+        self.sent: list[bytes] = []
+        self.protocol.sendMessage = lambda payload, isBinary=False, **kw: self.sent.append(payload)  # type: ignore[method-assign]
+        self.protocol.onConnect(request())
+        self.protocol.state = self.protocol.STATE_OPEN
+        self.protocol.onOpen()
+        self.serializer = f.serializers["wamp.2.json"]._serializer  # type: ignore[attr-defined]
+
+    def send(self, raw: list[Any]) -> None:
+        self.protocol.onMessage(self.serializer.serialize(raw), False)
+
+    def received(self) -> list[list[Any]]:
+        return [self.serializer.unserialize(payload)[0] for payload in self.sent]
+
+    def hello(self) -> None:
+        self.send([message.Hello.MESSAGE_TYPE, "realm1", {"roles": {"subscriber": {}, "publisher": {}}}])
+
+
+class HelloTimeoutTests(SynchronousTestCase):
+    def test_no_hello_in_time_aborts_and_closes(self) -> None:
+        clock = Clock()
+        f = factory(clock, hello_timeout=2.0)
+        connection = Connection(f)
+        closes: list[Any] = []
+        connection.protocol.sendClose = lambda *a, **kw: closes.append(a)  # type: ignore[method-assign]
+        clock.advance(1.9)
+        self.assertEqual(connection.sent, [])
+        clock.advance(0.2)
+        self.assertEqual(
+            connection.received()[0][:2],
+            [message.Abort.MESSAGE_TYPE, {"message": "no session opened within 2 s of connecting"}],
+        )
+        self.assertEqual(connection.received()[0][2], "sandstone.error.hello_timeout")
+        self.assertEqual(len(closes), 1)
+        self.assertEqual(f.stats["hello_timeouts"], 1)
+
+    def test_a_welcomed_session_has_no_timer(self) -> None:
+        clock = Clock()
+        connection = Connection(factory(clock, hello_timeout=2.0))
+        connection.hello()
+        self.assertEqual(connection.received()[0][0], message.Welcome.MESSAGE_TYPE)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_goodbye_starts_a_new_timer_for_the_next_session(self) -> None:
+        clock = Clock()
+        connection = Connection(factory(clock, hello_timeout=2.0))
+        connection.hello()
+        connection.send([message.Goodbye.MESSAGE_TYPE, {}, "wamp.close.close_realm"])
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+
+
+class OutgoingTests(SynchronousTestCase):
+    def test_oversize_event_is_skipped_for_that_subscriber_and_counted(self) -> None:
+        f = factory(max_message_size=1000)
+        connection = Connection(f)
+        connection.hello()
+        connection.send([message.Subscribe.MESSAGE_TYPE, 1, {}, "news"])
+        before = len(connection.sent)
+        f.router.publish(Publication("news", ["x" * 2000]))
+        self.assertEqual(len(connection.sent), before)
+        self.assertEqual(f.stats["oversize_skipped"], 1)
+
+    def test_oversize_result_becomes_an_error(self) -> None:
+        f = factory(max_message_size=1000)
+        connection = Connection(f)
+        connection.hello()
+        connection.protocol.send_message(message.Result(7, args=["x" * 2000]))
+        error = connection.received()[-1]
+        self.assertEqual(
+            (error[0], error[1], error[2], error[4]), (8, 48, 7, "sandstone.error.payload_too_large")
+        )
+
+    def test_slow_consumer_is_dropped_once_its_backlog_is_over_the_limit(self) -> None:
+        f = factory(max_outgoing_buffer=10_000)
+        connection = Connection(f)
+        connection.hello()
+        backlog = connection.protocol._backlog
+        self.assertIs(connection.transport.producer, backlog)
+        drops: list[bool] = []
+        connection.protocol.dropConnection = lambda abort=False: drops.append(abort)  # type: ignore[method-assign]
+        for _ in range(5):
+            connection.protocol.send_message(message.Event(1, 2, args=["x" * 3000]))
+        self.assertEqual(drops, [])  # not paused: the kernel takes it
+        backlog.pauseProducing()
+        for _ in range(3):
+            connection.protocol.send_message(message.Event(1, 2, args=["x" * 3000]))
+        self.assertEqual(drops, [])
+        connection.protocol.send_message(message.Event(1, 2, args=["x" * 3000]))
+        self.assertEqual(drops, [True])
+        self.assertEqual(f.stats["slow_consumers_dropped"], 1)
+
+
+class ShutdownTests(SynchronousTestCase):
+    def test_goodbye_system_shutdown_then_close(self) -> None:
+        clock = Clock()
+        f = factory(clock)
+        connection = Connection(f)
+        connection.hello()
+        closes: list[Any] = []
+        connection.protocol.sendClose = lambda *a, **kw: closes.append(a)  # type: ignore[method-assign]
+        f.shutdown(grace=1.0)
+        goodbye = connection.received()[-1]
+        self.assertEqual(
+            (goodbye[0], goodbye[2]), (message.Goodbye.MESSAGE_TYPE, "wamp.close.system_shutdown")
+        )
+        self.assertEqual(f.router.sessions, {})
+        connection.send(
+            [message.Goodbye.MESSAGE_TYPE, {}, "wamp.close.goodbye_and_out"]
+        )  # the client's reply
+        self.assertEqual(len(closes), 1)
+        self.assertEqual(connection.received()[-1][0], message.Goodbye.MESSAGE_TYPE)  # not answered again
+        self.assertEqual(len(connection.sent), 2)
