@@ -5,22 +5,29 @@ import txaio
 txaio.use_twisted()  # before any autobahn import binds txaio's helpers to "no framework"
 
 from ._app import Sandstone  # noqa: E402
+from ._auth import CraUser, Credentials, Identity  # noqa: E402
 from ._dispatcher import DispatchResult, EventDispatcher, ListenerError, StopPropagation  # noqa: E402
 from ._errors import WampError  # noqa: E402
 from ._limits import Limits  # noqa: E402
+from ._login import MemorySessionStore, SessionStore  # noqa: E402
 from ._pattern import TopicPatternError  # noqa: E402
 from ._publication import Publication  # noqa: E402
 from ._session import Session  # noqa: E402
 from ._topic import Topic, on_event  # noqa: E402
 
 __all__ = [
+    "CraUser",
+    "Credentials",
     "DispatchResult",
     "EventDispatcher",
+    "Identity",
     "Limits",
     "ListenerError",
+    "MemorySessionStore",
     "Publication",
     "Sandstone",
     "Session",
+    "SessionStore",
     "StopPropagation",
     "Topic",
     "TopicPatternError",

@@ -9,6 +9,8 @@ from klein import Klein
 from twisted.internet.defer import Deferred
 from twisted.web.resource import IResource
 
+from . import _login
+from ._auth import Authenticator, CraUserLookup, Identity
 from ._authorization import Authorizer, principal
 from ._dispatcher import DispatchResult, EventDispatcher
 from ._envelope import EventCodec
@@ -281,6 +283,53 @@ class Sandstone(Klein):
             return function
 
         return register
+
+    # authentication
+
+    def authenticator(self, hook: Authenticator) -> Authenticator:
+        """Decorate the app's ``ticket`` authenticator: ``f(credentials) -> Identity | None``.
+
+        It gets a ``Credentials`` (``method``, ``authid`` from HELLO or ``None``, ``secret``: the ticket,
+        ``authextra``) and returns the session's ``Identity``, or ``None`` to refuse; plain, ``async def`` or
+        Deferred-returning. Compare secrets with ``credentials.secret_is(expected)`` (constant time).
+        """
+        self._core.router.auth.authenticator = hook
+        return hook
+
+    def wampcra_user(self, hook: CraUserLookup) -> CraUserLookup:
+        """Decorate the app's WAMP-CRA user lookup: ``f(authid) -> CraUser | None``.
+
+        Plain, ``async def`` or Deferred-returning. The router needs the secret before the client signs,
+        hence a lookup rather than a check.
+        """
+        self._core.router.auth.wampcra_user = hook
+        return hook
+
+    @property
+    def session_store(self) -> _login.SessionStore:
+        """Where REST sessions live (``MemorySessionStore`` by default; any ``SessionStore`` will do)."""
+        return self._core.router.auth.sessions
+
+    @session_store.setter
+    def session_store(self, store: _login.SessionStore) -> None:
+        self._core.router.auth.sessions = store
+
+    def login(self, request: Any, identity: Identity) -> str:
+        """Start a REST session for ``identity`` in a Klein handler.
+
+        Sets an HttpOnly, SameSite=Lax cookie (Secure over TLS) and returns the session's token, which
+        non-browser clients send as ``Authorization: Bearer TOKEN``. The app's WebSocket accepts either
+        as WAMP auth method ``cookie``, with no second login.
+        """
+        return _login.login(self.session_store, request, identity)
+
+    def logout(self, request: Any) -> None:
+        """End the REST session the request carries (cookie or bearer token) and clear its cookie."""
+        _login.logout(self.session_store, request)
+
+    def identity(self, request: Any) -> Identity | None:
+        """The identity of the request's REST session (bearer token or cookie), or ``None``."""
+        return _login.lookup(self.session_store, _login.request_tokens(request))
 
     # serving
 

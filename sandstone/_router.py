@@ -10,11 +10,13 @@ from autobahn.util import generate_serial_number, rid
 from autobahn.wamp import message
 from twisted.internet.defer import Deferred
 
+from ._auth import Authentication
 from ._authorization import Authorization, meta_procedures, refuse_reserved
 from ._broker import Broker
 from ._dealer import Dealer
 from ._errors import NO_SUCH_TOPIC, PROCEDURE_ALREADY_EXISTS, WampError
 from ._limits import Limits
+from ._login import MemorySessionStore
 from ._publication import Publication
 from ._session import Session, Transport
 from ._subscriptions import EXACT, Subscription
@@ -41,7 +43,7 @@ class Router:
         anonymous: bool = False,
     ) -> None:
         self.realm = realm
-        self.anonymous = anonymous
+        self.auth = Authentication(MemorySessionStore(), anonymous=anonymous)
         self.open_uris = open_uris
         self.strict_uris = strict_uris
         self.broker = Broker()
@@ -63,7 +65,7 @@ class Router:
 
     def join(self, session: Session) -> None:
         """Give a welcomed session its id and make it reachable."""
-        session_id = rid()
+        session_id = session.id or rid()  # the id announced during authentication, if any
         while session_id in self.sessions:
             session_id = rid()
         session.id = session_id
@@ -76,6 +78,15 @@ class Router:
         for subscription in self.broker.unsubscribe_all(session):
             self._unsubscribed(session, subscription)
         self.dealer.session_lost(session)
+
+    @property
+    def anonymous(self) -> bool:
+        """Whether sessions may join without credentials."""
+        return self.auth.anonymous
+
+    @anonymous.setter
+    def anonymous(self, allowed: bool) -> None:
+        self.auth.anonymous = allowed
 
     def anonymous_authid(self) -> str:
         """A fresh authid for an anonymous session."""

@@ -9,18 +9,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from autobahn.util import rid
 from autobahn.wamp import message, role
 from autobahn.wamp.exception import InvalidUriError
 from autobahn.wamp.message import check_or_raise_uri
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
+from ._auth import DENIED_TEXT, Accepted, AuthFailure, Challenge, Hello
 from ._codec import disclosed
 from ._errors import (
     AUTHENTICATION_DENIED,
     GOODBYE_AND_OUT,
     INVALID_URI,
-    NO_AUTH_METHOD,
     NO_SUCH_REALM,
     PROTOCOL_VIOLATION,
     RATE_LIMITED,
@@ -42,6 +44,8 @@ log = Logger()
 MAX_ID = 2**53
 
 _WAITING_HELLO = "waiting-hello"
+_AUTHENTICATING = "authenticating"  # an app hook is deciding; nothing but ABORT may arrive
+_CHALLENGED = "challenged"  # a CHALLENGE waits for its AUTHENTICATE
 _ESTABLISHED = "established"
 _CLOSED = "closed"
 
@@ -84,6 +88,8 @@ class Session:
         self._router = router
         self._transport = transport
         self._state = _WAITING_HELLO
+        self._challenge: Challenge | None = None
+        self._auth_pending: Deferred[Any] | None = None  # the app hook being awaited, if any
         self.id: int = 0
         self.realm: str | None = None
         self.authid: str | None = None
@@ -112,9 +118,11 @@ class Session:
         """Handle one message from the client; a protocol violation aborts the session."""
         if self._state == _CLOSED:
             return
-        table = _ESTABLISHED_HANDLERS if self._state == _ESTABLISHED else _OPENING_HANDLERS
+        table = _HANDLERS_BY_STATE[self._state]
         handler = table.get(type(msg))
         try:
+            if handler is None and isinstance(msg, message.Authenticate):
+                raise _ProtocolViolation("AUTHENTICATE with no CHALLENGE pending")
             if handler is None:
                 raise _ProtocolViolation(
                     f"unexpected {type(msg).__name__.upper()} message in state {self._state}"
@@ -171,6 +179,9 @@ class Session:
             return
         was_open = self._state == _ESTABLISHED
         self._state = _CLOSED
+        pending, self._auth_pending, self._challenge = self._auth_pending, None, None
+        if pending is not None:
+            pending.cancel()  # nothing is welcomed once the transport is gone
         if was_open:
             self._router.leave(self)
 
@@ -180,17 +191,59 @@ class Session:
         if hello.realm != self._router.realm:
             self.abort(NO_SUCH_REALM, f"no realm {hello.realm!r} on this router")
             return
-        if not self._router.anonymous:
-            self.abort(AUTHENTICATION_DENIED, "this realm does not accept anonymous sessions")
-            return
-        if hello.authmethods and "anonymous" not in hello.authmethods:
-            self.abort(NO_AUTH_METHOD, f"none of the auth methods {hello.authmethods} is offered here")
-            return
         self.realm = hello.realm
         self._roles = hello.roles
-        self.authid = self._router.anonymous_authid()
-        self.authrole = "anonymous"
-        self.authmethod = "anonymous"
+        self.id = rid()  # announced in a WAMP-CRA challenge; the router keeps it on join if still free
+        headers = getattr(self._transport, "handshake_headers", None)
+        auth = Hello(list(hello.authmethods or []), hello.authid, hello.authextra or {}, headers, self.id)
+        self._authenticate(self._router.auth.start(auth), self._authentication_step)
+
+    def _authenticate(self, step: Deferred[Any], then: Callable[[Any], None]) -> None:
+        """Wait for an authentication step (an app hook may be asynchronous), then go on with ``then``.
+
+        Meanwhile only ABORT may arrive; a step that fails aborts the session (``AuthFailure`` says with
+        what), and a step finishing after the session ended does nothing.
+        """
+        self._state = _AUTHENTICATING
+        self._auth_pending = step
+
+        def done(result: Any) -> None:
+            if self._auth_pending is not step:
+                return
+            self._auth_pending = None
+            then(result)
+
+        def failed(failure: Failure) -> None:
+            if self._auth_pending is not step:
+                return
+            self._auth_pending = None
+            if failure.check(AuthFailure):
+                self.abort(failure.value.reason, failure.value.text)
+                return
+            log.failure("authentication of session {session_id} failed", failure, session_id=self.id)
+            self.abort(AUTHENTICATION_DENIED, DENIED_TEXT)
+
+        step.addCallbacks(done, failed).addErrback(
+            lambda f: log.failure("opening session {session_id}", f, session_id=self.id)
+        )
+
+    def _authentication_step(self, step: Accepted | Challenge) -> None:
+        if isinstance(step, Accepted):
+            self._welcome(step)
+            return
+        self._challenge = step
+        self._state = _CHALLENGED
+        self._send(message.Challenge(step.method, step.extra))
+
+    def _on_authenticate(self, msg: message.Authenticate) -> None:
+        challenge, self._challenge = self._challenge, None
+        assert challenge is not None
+        self._authenticate(challenge.verify(msg.signature, msg.extra or {}), self._welcome)
+
+    def _welcome(self, accepted: Accepted) -> None:
+        self.authid = accepted.identity.authid
+        self.authrole = accepted.identity.authrole
+        self.authmethod = accepted.method
         self._state = _ESTABLISHED
         self._router.join(self)
         self._send(
@@ -201,7 +254,7 @@ class Session:
                 authid=self.authid,
                 authrole=self.authrole,
                 authmethod=self.authmethod,
-                authprovider="static",
+                authprovider=accepted.provider,
             )
         )
 
@@ -382,6 +435,15 @@ _OPENING_HANDLERS: dict[type, Callable[[Session, Any], None]] = {
     message.Abort: Session._on_abort,
 }
 
+_AUTHENTICATING_HANDLERS: dict[type, Callable[[Session, Any], None]] = {
+    message.Abort: Session._on_abort,
+}
+
+_CHALLENGED_HANDLERS: dict[type, Callable[[Session, Any], None]] = {
+    message.Authenticate: Session._on_authenticate,
+    message.Abort: Session._on_abort,
+}
+
 _ESTABLISHED_HANDLERS: dict[type, Callable[[Session, Any], None]] = {
     message.Subscribe: Session._on_subscribe,
     message.Unsubscribe: Session._on_unsubscribe,
@@ -394,4 +456,12 @@ _ESTABLISHED_HANDLERS: dict[type, Callable[[Session, Any], None]] = {
     message.Error: Session._on_error,
     message.Goodbye: Session._on_goodbye,
     message.Abort: Session._on_abort,
+}
+
+_HANDLERS_BY_STATE: dict[str, dict[type, Callable[[Session, Any], None]]] = {
+    _WAITING_HELLO: _OPENING_HANDLERS,
+    _AUTHENTICATING: _AUTHENTICATING_HANDLERS,
+    _CHALLENGED: _CHALLENGED_HANDLERS,
+    _ESTABLISHED: _ESTABLISHED_HANDLERS,
+    _CLOSED: {},
 }

@@ -52,6 +52,8 @@ class WampServerProtocol(WebSocketServerProtocol):
 
     def onConnect(self, request: ConnectionRequest) -> str:
         self.factory.admit(request)  # limits: origin (403), concurrent connections (503)
+        # The session reads a REST session's cookie or bearer token from these (WAMP auth method "cookie").
+        self.handshake_headers: dict[str, str] = dict(request.headers)
         serializers = self.factory.serializers
         for subprotocol in request.protocols:
             serializer = serializers.get(subprotocol)

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import itertools
 import json as jsonlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from autobahn.wamp import message
+from autobahn.wamp.auth import compute_wcs, derive_key
 from autobahn.wamp.exception import ApplicationError
 from autobahn.wamp.interfaces import ISerializer
 from autobahn.wamp.serializer import CBORSerializer, JsonSerializer, MsgPackSerializer
@@ -32,6 +33,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 
 from ._app import Sandstone
 from ._codec import DecodeError, decode
+from ._login import SESSION_COOKIE
 from ._session import Session
 
 __all__ = ["Event", "TestClient", "TestResponse", "TestSession", "TestSubscription", "SessionClosed"]
@@ -101,13 +103,26 @@ class TestResponse:
         """The body decoded as JSON."""
         return jsonlib.loads(self.body)
 
+    @property
+    def cookies(self) -> dict[str, str]:
+        """The cookies the response sets (name → value; an empty value clears one)."""
+        jar: dict[str, str] = {}
+        for name, values in self.headers.items():
+            if name.lower() == "set-cookie":
+                for value in values:
+                    key, _, rest = value.partition("=")
+                    jar[key.strip()] = rest.split(";", 1)[0]
+        return jar
+
 
 class _MemoryTransport:
     """The router side of an in-memory connection: serializes what the router sends to the client."""
 
-    def __init__(self, client: TestSession) -> None:
+    def __init__(self, client: TestSession, headers: Mapping[str, str] | None) -> None:
         self._client = client
         self.closed = False
+        # What a WebSocket transport keeps of the opening handshake (header names in lower case).
+        self.handshake_headers = {k.lower(): v for k, v in (headers or {}).items()}
 
     def send_message(self, msg: message.Message) -> None:
         if self.closed:
@@ -126,9 +141,11 @@ class TestSession:
 
     __test__ = False  # not a test case, whatever trial or pytest think of the name
 
-    def __init__(self, app: Sandstone, serializer: str = "json") -> None:
+    def __init__(
+        self, app: Sandstone, serializer: str = "json", *, headers: Mapping[str, str] | None = None
+    ) -> None:
         self._serializer = _SERIALIZERS[serializer]()
-        self._transport = _MemoryTransport(self)
+        self._transport = _MemoryTransport(self, headers)
         self._router = app.router
         self._session: Session = app.router.attach(self._transport)
         self._requests = itertools.count(1)
@@ -141,16 +158,26 @@ class TestSession:
         self.id = 0
         self.authid: str | None = None
         self.authrole: str | None = None
+        self.authmethod: str | None = None
         self.transport_closed = False
+        self._ticket: str | None = None
+        self._secret: str | bytes | None = None
+        self._delivering = 0  # > 0 while the router handles a frame from this client
+        self._unanswered: message.Challenge | None = None
 
     # connection
 
-    def join(self, realm: str, **details: Any) -> TestSession:
+    def join(
+        self, realm: str, *, ticket: str | None = None, secret: str | bytes | None = None, **details: Any
+    ) -> TestSession:
         """Send HELLO; raises ``SessionClosed`` when the router answers ABORT.
 
-        After a GOODBYE the connection stays open, and ``join`` starts a new session on it.
+        A CHALLENGE is answered with ``ticket`` (method ``ticket``) or signed with ``secret`` (``wampcra``,
+        the password when the challenge is salted). After a GOODBYE the connection stays open, and ``join``
+        starts a new session on it.
         """
         hello_details = {"roles": _CLIENT_ROLES, **details}
+        self._ticket, self._secret = ticket, secret
         self.closed = None
         self.send_raw([message.Hello.MESSAGE_TYPE, realm, hello_details])
         if self.closed is not None:
@@ -246,6 +273,16 @@ class TestSession:
         """Hand the router one frame, exactly as a transport would."""
         if self._transport.closed:
             raise SessionClosed("transport closed", None)
+        self._delivering += 1
+        try:
+            self._deliver(payload, is_binary)
+        finally:
+            self._delivering -= 1
+        challenge, self._unanswered = self._unanswered, None
+        if challenge is not None and not self._delivering:
+            self._answer(challenge)
+
+    def _deliver(self, payload: bytes, is_binary: bool) -> None:
         try:
             messages = decode(self._serializer, payload, is_binary)
         except DecodeError as exc:
@@ -281,6 +318,29 @@ class TestSession:
 
     def _on_welcome(self, msg: message.Welcome) -> None:
         self.id, self.authid, self.authrole = msg.session, msg.authid, msg.authrole
+        self.authmethod = msg.authmethod
+
+    def _on_challenge(self, msg: message.Challenge) -> None:
+        if self._delivering:
+            self._unanswered = msg  # answered once the router is done with the frame it is handling
+        else:
+            self._answer(msg)  # a challenge sent later, after an asynchronous hook
+
+    def _answer(self, challenge: message.Challenge) -> None:
+        """AUTHENTICATE with the credentials given to ``join``; with none, the challenge is not answered."""
+        if self._transport.closed:
+            return
+        if challenge.method == "ticket" and self._ticket is not None:
+            signature = self._ticket
+        elif challenge.method == "wampcra" and self._secret is not None:
+            key: str | bytes = self._secret
+            extra = challenge.extra
+            if "salt" in extra:
+                key = derive_key(key, extra["salt"], extra["iterations"], extra["keylen"])
+            signature = compute_wcs(key, extra["challenge"]).decode("ascii")
+        else:
+            return
+        self.send_raw([message.Authenticate.MESSAGE_TYPE, signature, {}])
 
     def _on_abort(self, msg: message.Abort) -> None:
         self.closed = SessionClosed(msg.reason, msg.message)
@@ -356,6 +416,7 @@ def _settle(session: TestSession, request: int, value: Any) -> None:
 
 _CLIENT_HANDLERS: dict[type, Callable[[TestSession, Any], None]] = {
     message.Welcome: TestSession._on_welcome,
+    message.Challenge: TestSession._on_challenge,
     message.Abort: TestSession._on_abort,
     message.Goodbye: TestSession._on_goodbye,
     message.Event: TestSession._on_event,
@@ -382,10 +443,46 @@ class TestClient:
         self.serializer = serializer
         self.rest = StubTreq(app.resource())
 
-    def connect(self, realm: str | None = None, **details: Any) -> TestSession:
-        """A joined session (HELLO/WELCOME done); raises ``SessionClosed`` on ABORT."""
-        session = TestSession(self.app, self.serializer)
-        return session.join(realm or self.app.realm, **details)
+    def connect(
+        self,
+        realm: str | None = None,
+        *,
+        authid: str | None = None,
+        ticket: str | None = None,
+        secret: str | bytes | None = None,
+        cookie: str | None = None,
+        bearer: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        **details: Any,
+    ) -> TestSession:
+        """A joined session (HELLO/WELCOME done); raises ``SessionClosed`` on ABORT.
+
+        Without credentials the session is anonymous. ``ticket`` authenticates with method ``ticket``,
+        ``secret`` with ``wampcra`` (the password for salted users), ``cookie``/``bearer`` (a token returned
+        by ``app.login``) with ``cookie``, sent in the WebSocket handshake's headers as a browser or a
+        script would. ``authmethods=[...]`` overrides the methods offered; other ``details`` go to HELLO.
+        """
+        handshake = dict(headers or {})
+        if cookie is not None:
+            handshake["Cookie"] = f"{SESSION_COOKIE}={cookie}"
+        if bearer is not None:
+            handshake["Authorization"] = f"Bearer {bearer}"
+        if "authmethods" not in details:
+            offered = [
+                method
+                for method, given in (
+                    ("ticket", ticket),
+                    ("wampcra", secret),
+                    ("cookie", cookie or bearer),
+                )
+                if given is not None
+            ]
+            if offered:
+                details["authmethods"] = offered
+        if authid is not None:
+            details["authid"] = authid
+        session = TestSession(self.app, self.serializer, headers=handshake)
+        return session.join(realm or self.app.realm, ticket=ticket, secret=secret, **details)
 
     def request(
         self,

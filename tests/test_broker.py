@@ -628,7 +628,8 @@ class ProtocolSerializeOnceTests(SynchronousTestCase):
         protocol = self.factory.buildProtocol(None)
         sent: list[bytes] = []
         protocol.sendMessage = lambda payload, isBinary=False: sent.append(payload)  # type: ignore[method-assign]
-        self.assertEqual(protocol.onConnect(SimpleNamespace(protocols=["wamp.2.json"])), "wamp.2.json")
+        request = SimpleNamespace(protocols=["wamp.2.json"], headers={})
+        self.assertEqual(protocol.onConnect(request), "wamp.2.json")
         protocol.state = protocol.STATE_OPEN
         protocol.onOpen()
         self.send(protocol, [message.Hello.MESSAGE_TYPE, "realm1", {"roles": {"subscriber": {}}}])

@@ -1,0 +1,312 @@
+"""Authentication: who a client is, and how the router finds out while opening a WAMP session.
+
+Methods, in the order the client lists them in HELLO (the first one the app supports wins):
+
+- ``anonymous``: when the app allows it (``Sandstone(anonymous=True)``); a HELLO offering no method at all
+  means anonymous.
+- ``ticket``: CHALLENGE, then the client's ticket goes to the app's ``@app.authenticator`` hook.
+- ``wampcra``: the app's ``@app.wampcra_user`` hook gives the user's secret (optionally salted), the router
+  sends a fresh signed-challenge string and checks the client's HMAC-SHA256 signature.
+- ``cookie``: no CHALLENGE; the WebSocket handshake carried a REST session (cookie or bearer token) started
+  by ``app.login`` (see ``_login.py``).
+
+Every refusal of credentials is the same ABORT (``wamp.error.authentication_denied`` with ``DENIED_TEXT``),
+whether the user exists or not, the secret is wrong, or a hook failed.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import inspect
+import json
+import secrets
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from autobahn.util import generate_serial_number
+from autobahn.wamp.auth import compute_wcs, derive_key
+from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ._errors import AUTHENTICATION_DENIED, NO_AUTH_METHOD
+from ._login import SessionStore, identity_from_headers
+
+log = Logger()
+
+ANONYMOUS = "anonymous"
+TICKET = "ticket"
+WAMPCRA = "wampcra"
+COOKIE = "cookie"
+
+DENIED_TEXT = "authentication failed"
+"""The one text of every ``authentication_denied`` ABORT, so that a refusal tells nothing about the user."""
+
+PROVIDER = "dynamic"  # identities that came from the app's hooks
+COOKIE_PROVIDER = "cookie"  # identities that came from a REST session
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a client is: its WAMP ``authid`` and ``authrole``."""
+
+    authid: str
+    authrole: str
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What a client presented to authenticate, as given to ``@app.authenticator``.
+
+    ``method`` is the WAMP auth method (``"ticket"``), ``authid`` the one announced in HELLO (``None`` if the
+    client sent none), ``secret`` the ticket, ``authextra`` the HELLO's ``authextra`` (never trust it).
+    """
+
+    method: str
+    authid: str | None
+    secret: str
+    authextra: Mapping[str, Any] = field(default_factory=dict)
+
+    def secret_is(self, expected: str) -> bool:
+        """Compare the presented secret with ``expected`` in constant time."""
+        return hmac.compare_digest(self.secret.encode("utf-8"), expected.encode("utf-8"))
+
+
+@dataclass(frozen=True)
+class CraUser:
+    """A WAMP-CRA user, as ``@app.wampcra_user`` returns it.
+
+    Without ``salt``, ``secret`` is the shared secret itself. With ``salt``, ``secret`` is the key derived
+    from the user's password by PBKDF2 (``autobahn.wamp.auth.derive_key(password, salt, iterations,
+    keylen)``, what ``CraUser.from_password`` computes): store that, never the password. The client gets
+    ``salt``, ``iterations`` and ``keylen`` in the CHALLENGE and derives the same key from the password.
+    """
+
+    secret: str | bytes
+    authrole: str
+    salt: str | None = None
+    iterations: int = 1000
+    keylen: int = 32
+
+    @classmethod
+    def from_password(
+        cls,
+        password: str,
+        authrole: str,
+        salt: str | None = None,
+        iterations: int = 1000,
+        keylen: int = 32,
+    ) -> CraUser:
+        """A salted user whose stored secret is derived from ``password`` (a random salt unless given)."""
+        salt = salt if salt is not None else secrets.token_urlsafe(16)
+        key = derive_key(password, salt, iterations, keylen).decode("ascii")
+        return cls(key, authrole, salt, iterations, keylen)
+
+
+Authenticator = Callable[[Credentials], Any]
+"""``f(credentials) -> Identity | None``, plain, ``async def`` or returning a Deferred."""
+CraUserLookup = Callable[[str], Any]
+"""``f(authid) -> CraUser | None``, plain, ``async def`` or returning a Deferred."""
+
+
+class AuthFailure(Exception):
+    """Opening the session failed: ABORT with ``reason`` and ``text``."""
+
+    def __init__(self, reason: str, text: str) -> None:
+        super().__init__(reason, text)
+        self.reason = reason
+        self.text = text
+
+
+def denied() -> AuthFailure:
+    """The one refusal of credentials."""
+    return AuthFailure(AUTHENTICATION_DENIED, DENIED_TEXT)
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """Authentication succeeded: WELCOME with this identity, method and provider."""
+
+    identity: Identity
+    method: str
+    provider: str
+
+
+@dataclass(frozen=True)
+class Challenge:
+    """A CHALLENGE to send; ``verify(signature, extra)`` checks the client's AUTHENTICATE.
+
+    ``verify`` returns a Deferred firing with ``Accepted`` or failing with ``AuthFailure``.
+    """
+
+    method: str
+    extra: dict[str, Any]
+    verify: Callable[[str, Mapping[str, Any]], Deferred[Accepted]]
+
+
+@dataclass(frozen=True)
+class Hello:
+    """What HELLO says about authentication, and what the connection carried."""
+
+    authmethods: list[str]
+    authid: str | None
+    authextra: Mapping[str, Any]
+    headers: Mapping[str, str] | None
+    session_id: int
+
+
+class Authentication:
+    """An app's authentication setup: the methods it supports, its hooks and its REST session store."""
+
+    def __init__(self, sessions: SessionStore, *, anonymous: bool = False) -> None:
+        self.anonymous = anonymous
+        self.sessions = sessions
+        self.authenticator: Authenticator | None = None
+        self.wampcra_user: CraUserLookup | None = None
+        self._decoy = CraUser("", "user")  # what an unknown WAMP-CRA user's challenge looks like
+
+    def methods(self) -> list[str]:
+        """The auth methods this app supports now."""
+        supported = [ANONYMOUS] if self.anonymous else []
+        if self.authenticator is not None:
+            supported.append(TICKET)
+        if self.wampcra_user is not None:
+            supported.append(WAMPCRA)
+        return [*supported, COOKIE]
+
+    def start(self, hello: Hello) -> Deferred[Accepted | Challenge]:
+        """Pick the first method the client offers that the app supports and begin it.
+
+        Fires with ``Accepted`` (WELCOME at once) or a ``Challenge``; fails with ``AuthFailure``.
+        """
+        offered = hello.authmethods or [ANONYMOUS]
+        for method in offered:
+            if method == ANONYMOUS and self.anonymous:
+                authid = f"anonymous-{generate_serial_number()}"
+                return succeed(Accepted(Identity(authid, ANONYMOUS), ANONYMOUS, "static"))
+            if method == TICKET and self.authenticator is not None:
+                return succeed(Challenge(TICKET, {}, self._ticket_verifier(hello)))
+            if method == WAMPCRA and self.wampcra_user is not None:
+                return self._wampcra_challenge(self.wampcra_user, hello)
+            if method == COOKIE:
+                identity = identity_from_headers(self.sessions, hello.headers)
+                if identity is not None:
+                    return succeed(Accepted(identity, COOKIE, COOKIE_PROVIDER))
+        if COOKIE in offered:
+            return fail(denied())  # the method is supported; the handshake carried no valid session
+        return fail(AuthFailure(NO_AUTH_METHOD, f"none of the auth methods {offered} is offered here"))
+
+    # ticket
+
+    def _ticket_verifier(self, hello: Hello) -> Callable[[str, Mapping[str, Any]], Deferred[Accepted]]:
+        hook = self.authenticator
+
+        def verify(ticket: str, extra: Mapping[str, Any]) -> Deferred[Accepted]:
+            credentials = Credentials(TICKET, hello.authid, ticket, dict(hello.authextra))
+            d = call_hook(hook, credentials)
+
+            def checked(identity: object) -> Accepted:
+                if identity is None:
+                    raise denied()
+                if not isinstance(identity, Identity):
+                    log.error(
+                        "the authenticator {hook!r} returned {value!r}, not an Identity or None",
+                        hook=hook,
+                        value=identity,
+                    )
+                    raise denied()
+                return Accepted(identity, TICKET, PROVIDER)
+
+            return d.addCallback(checked).addErrback(_hook_failed, hook)
+
+        return verify
+
+    # WAMP-CRA
+
+    def _wampcra_challenge(self, lookup: CraUserLookup, hello: Hello) -> Deferred[Accepted | Challenge]:
+        authid = hello.authid
+        if not authid:
+            return fail(denied())
+
+        def found(user: object) -> Challenge:
+            if user is not None and not isinstance(user, CraUser):
+                log.error(
+                    "the wampcra_user hook {hook!r} returned {value!r}, not a CraUser or None",
+                    hook=lookup,
+                    value=user,
+                )
+                raise denied()
+            if user is not None:
+                self._decoy = CraUser("", user.authrole, user.salt, user.iterations, user.keylen)
+            return self._cra_challenge(authid, user, hello.session_id)
+
+        d = call_hook(lookup, authid).addCallback(found).addErrback(_hook_failed, lookup)
+        return d  # type: ignore[return-value]
+
+    def _cra_challenge(self, authid: str, user: CraUser | None, session_id: int) -> Challenge:
+        """A challenge for a known user, or an identical-looking one for an unknown user (always refused)."""
+        shown = user if user is not None else self._decoy
+        challenge = json.dumps(
+            {
+                "authid": authid,
+                "authrole": shown.authrole,
+                "authmethod": WAMPCRA,
+                "authprovider": PROVIDER,
+                "nonce": secrets.token_urlsafe(24),
+                "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                "session": session_id,
+            }
+        )
+        extra: dict[str, Any] = {"challenge": challenge}
+        if shown.salt is not None:
+            salt = shown.salt if user is not None else _decoy_salt(authid)
+            extra.update(salt=salt, iterations=shown.iterations, keylen=shown.keylen)
+
+        def verify(signature: str, _extra: Mapping[str, Any]) -> Deferred[Accepted]:
+            if user is None:
+                return fail(denied())
+            expected = compute_wcs(user.secret, challenge)
+            if not hmac.compare_digest(expected, signature.encode("utf-8")):
+                return fail(denied())
+            return succeed(Accepted(Identity(authid, user.authrole), WAMPCRA, PROVIDER))
+
+        return Challenge(WAMPCRA, extra, verify)
+
+
+_DECOY_KEY = secrets.token_bytes(32)
+
+
+def _decoy_salt(authid: str) -> str:
+    """A salt for an unknown user that stays the same across attempts (as a real user's does)."""
+    digest = hmac.new(_DECOY_KEY, authid.encode("utf-8"), "sha256").digest()
+    return base64.urlsafe_b64encode(digest[:16]).rstrip(b"=").decode("ascii")
+
+
+def call_hook(hook: Callable[..., Any] | None, *args: Any) -> Deferred[Any]:
+    """Call an app hook that may be plain, ``async def`` or return a Deferred; always a Deferred."""
+    if hook is None:
+        return fail(denied())
+
+    def run() -> Any:
+        result = hook(*args)
+        if inspect.isawaitable(result) and not isinstance(result, Deferred):
+            return Deferred.fromCoroutine(_await(result))
+        return result
+
+    return maybeDeferred(run)
+
+
+async def _await(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
+
+
+def _hook_failed(failure: Failure, hook: object) -> Failure:
+    """An exception in an app hook is logged and becomes the usual refusal."""
+    if failure.check(AuthFailure):
+        return failure
+    if not failure.check(CancelledError):
+        log.failure("authentication hook {hook!r} failed", failure, hook=hook)
+    return Failure(denied())
