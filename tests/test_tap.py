@@ -357,3 +357,75 @@ class PluginTests(TestCase):
 
         names = [p.tapname for p in getPlugins(IServiceMaker)]
         self.assertIn("sandstone", names)
+
+
+class LimitOptionsTests(_FixtureMixin, TestCase):
+    """``twistd sandstone`` options for the app's limits, allowed origins and shutdown."""
+
+    def service_for(self, *args):
+        mod = self.app_module()
+        options = Options()
+        options.parseOptions(["--app", f"{mod}:app", "--listen", "tcp:0", *args])
+        return sys.modules[mod].app, makeService(options)
+
+    def test_defaults_leave_the_apps_limits(self):
+        from sandstone._limits import Limits
+
+        app, _ = self.service_for()
+        self.assertEqual(app.limits, Limits())
+        self.assertEqual(app.allowed_origins, [])
+
+    def test_limit_options_set_the_apps_limits(self):
+        app, service = self.service_for(
+            "--allowed-origins",
+            "https://*.example.com, http://localhost:*",
+            "--max-message-size",
+            "65536",
+            "--max-connections",
+            "50",
+            "--publish-rate",
+            "2.5",
+            "--call-rate",
+            "7",
+            "--max-outgoing-buffer",
+            "100000",
+            "--max-request-body",
+            "2048",
+            "--hello-timeout",
+            "3",
+            "--ping-interval",
+            "0",
+        )
+        limits = app.limits
+        self.assertEqual(app.allowed_origins, ["https://*.example.com", "http://localhost:*"])
+        self.assertEqual(
+            (limits.max_message_size, limits.max_connections, limits.publish_rate, limits.call_rate),
+            (65536, 50, 2.5, 7.0),
+        )
+        self.assertEqual(
+            (limits.max_outgoing_buffer, limits.max_request_body, limits.hello_timeout),
+            (100000, 2048, 3.0),
+        )
+        self.assertEqual(limits.auto_ping_interval, 0)
+        self.assertEqual(limits.publish_burst, 200)  # not given: the app's own
+        site = service.getServiceNamed("web").factory
+        self.assertEqual(site.max_request_body, 2048)
+        app.websocket_resource()
+        factory = app._core.factory
+        self.assertEqual((factory.maxMessagePayloadSize, factory.autoPingInterval), (65536, 0))
+        self.assertEqual(factory.allowed_origins, ["https://*.example.com", "http://localhost:*"])
+
+    def test_bad_numbers_are_usage_errors(self):
+        mod = self.app_module()
+        for args in (["--max-connections", "many"], ["--publish-rate", "-1"], ["--shutdown-timeout", "x"]):
+            err = self.assertRaises(usage.UsageError, Options().parseOptions, ["--app", f"{mod}:app", *args])
+            self.assertIn(args[0], str(err))
+
+    def test_shutdown_service(self):
+        from sandstone._web import GracefulShutdown
+
+        _, service = self.service_for("--shutdown-timeout", "2.5")
+        shutdown = service.getServiceNamed("shutdown")
+        self.assertIsInstance(shutdown, GracefulShutdown)
+        self.assertEqual(shutdown.timeout, 2.5)
+        self.assertIs(shutdown.site, service.getServiceNamed("web").factory)

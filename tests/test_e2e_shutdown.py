@@ -1,0 +1,30 @@
+"""End-to-end: SIGTERM to ``twistd sandstone`` says GOODBYE wamp.close.system_shutdown to every session,
+lets REST requests in flight finish, and exits within its bound."""
+
+from __future__ import annotations
+
+import time
+
+from tests.support import sleep, wait_until
+from tests.test_e2e_twistd import TwistdTestCase
+
+
+class ShutdownTests(TwistdTestCase):
+    async def test_sigterm_says_goodbye_and_lets_requests_finish(self) -> None:
+        process = await self.start("--app", "tests.shutdown_app:app", "--shutdown-timeout", "5")
+        first, second = await self.connect("json"), await self.connect("cbor")
+        response = self.http().get(f"{self.base_url}/slow")
+        await sleep(0.3)  # the request is in flight
+
+        started = time.monotonic()
+        process.transport.signalProcess("TERM")
+        details = await first.left
+        self.assertEqual(details.reason, "wamp.close.system_shutdown")
+        self.assertEqual((await second.left).reason, "wamp.close.system_shutdown")
+        answered = await response
+        self.assertEqual((answered.code, await answered.content()), (200, b"done"))
+        await wait_until(lambda: not process.running, timeout=10.0)
+        self.assertLess(time.monotonic() - started, 6.0, process.output)
+        self.assertIn("Main loop terminated.", process.output)
+        await first.disconnected
+        await second.disconnected
