@@ -1,0 +1,833 @@
+"""Side-by-side benchmark: sandstone vs Crossbar.io vs a raw Autobahn fan-out ceiling, in one command.
+
+    /work/venv/bin/python bench/runner.py [--runs 5] [--quick] [--only sat,lat,rest,idle]
+
+It installs Crossbar into ``bench/.venv-crossbar`` (pip, Python 3.11; reused when present) and the Node load
+generator's ``ws`` package into ``bench/node_modules`` (npm), then, for each run, starts in turn sandstone
+(``twistd -n sandstone``: the open router; ``--app examples.blog:app`` for REST -> EVENT), Crossbar (open
+``realm1``, anonymous role allowed everything, WebSocket at /ws, HTTP publisher at /publish) and the raw
+ceiling (bench/raw_ceiling.py), each on a free 127.0.0.1 port, and drives the same workloads against each
+from separate Node.js processes (bench/load/wamp.js, WAMP v2 JSON spoken directly):
+
+- sat S=N: fan-out saturation, 1 publisher keeping ``--window`` acknowledged PUBLISHes in flight, S
+  subscribers; delivered EVENTs/s at the subscribers;
+- lat R/s: fan-out latency, R publishes/s x ``--lat-subscribers`` subscribers; publish -> receive percentiles;
+- rest: REST -> EVENT, POST /api/articles (sandstone, examples.blog) or POST /publish (Crossbar's HTTP
+  publisher), subscribers of ``articles``; requests/s at saturation and delivery percentiles at a fixed rate;
+- idle N: N sessions each subscribed to its own topic; server RSS per session, sessions connected per second.
+
+Results: a table of medians over the runs with ratios, ``bench/results/runner-<timestamp>.json``,
+``bench/results/runner-<timestamp>.png`` (matplotlib) and ``BENCHMARKS.md``. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import resource
+import select
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from cluster_latency import (
+    Child,
+    cpu_seconds,
+    free_port,
+    git_commit,
+    machine_busy_seconds,
+    twistd_argv,
+    uncommitted_changes,
+    wait_for,
+)
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+RESULTS_DIR = BENCH / "results"
+CROSSBAR_VENV = BENCH / ".venv-crossbar"
+CROSSBAR_PYTHON = "/root/.pyenv/versions/3.11.7/bin/python"
+CROSSBAR_REQUIREMENT = "crossbar"
+GENERATOR = BENCH / "load" / "wamp.js"
+REALM = "realm1"
+SERVERS = ("sandstone", "crossbar", "raw")
+SCENARIOS = ("sat", "lat", "rest", "idle")
+# A generator process above this share of one core is (near) the bottleneck: its figure is a lower bound.
+GENERATOR_BUSY = 85.0
+# The server below this share of one core at saturation was not the bottleneck either.
+SERVER_BUSY = 85.0
+
+
+def log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# setup: Crossbar's virtualenv, the Node generator's dependency, matplotlib
+
+
+def ensure_crossbar(python: str) -> Path:
+    """``bench/.venv-crossbar/bin/crossbar``, installing Crossbar with pip first if it is not there."""
+    crossbar = CROSSBAR_VENV / "bin" / "crossbar"
+    if crossbar.exists():
+        return crossbar
+    if not Path(python).exists():
+        raise RuntimeError(f"{python} not found: pass --crossbar-python with a Python 3.11 interpreter")
+    log(f"installing Crossbar into {CROSSBAR_VENV.relative_to(REPO)} (pip, takes a few minutes) ...")
+    subprocess.run([python, "-m", "venv", str(CROSSBAR_VENV)], check=True)
+    pip = [str(CROSSBAR_VENV / "bin" / "python"), "-m", "pip", "install", "-q"]
+    subprocess.run([*pip, "--upgrade", "pip"], check=True)
+    subprocess.run([*pip, CROSSBAR_REQUIREMENT], check=True)
+    if not crossbar.exists():
+        raise RuntimeError("pip installed Crossbar but bench/.venv-crossbar/bin/crossbar is missing")
+    return crossbar
+
+
+def ensure_node() -> str:
+    """The ``node`` executable, with ``ws`` installed into bench/node_modules (``npm ci``/``npm install``)."""
+    node = shutil.which("node")
+    if node is None:
+        raise RuntimeError("node not found: the load generator needs Node.js (>= 18) on the PATH")
+    if not (BENCH / "node_modules" / "ws").exists():
+        npm = shutil.which("npm")
+        if npm is None:
+            raise RuntimeError("npm not found: run 'npm install --prefix bench ws' by hand")
+        log("installing the generator's dependency (npm install --prefix bench) ...")
+        subprocess.run([npm, "install", "--prefix", str(BENCH)], check=True, cwd=REPO)
+    return node
+
+
+def crossbar_version(crossbar: Path) -> str | None:
+    try:
+        out = subprocess.run(
+            [str(crossbar.with_name("python")), "-c", "import crossbar; print(crossbar.__version__)"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the servers
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (Crossbar runs a controller and a router worker)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        todo.extend(children.get(p, []))
+    return found
+
+
+def rss_kib(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+class Server:
+    """A running server: its name, process, port, WebSocket URL and REST -> EVENT target."""
+
+    def __init__(self, name: str, child: Child, port: int, ws_path: str, rest: dict[str, str] | None) -> None:
+        self.name = name
+        self.child = child
+        self.port = port
+        self.ws_url = f"ws://127.0.0.1:{port}{ws_path}"
+        self.rest = rest
+
+    def pids(self) -> list[int]:
+        return descendants(self.child.pid)
+
+    def cpu(self) -> float:
+        return sum(cpu_seconds(p) or 0.0 for p in self.pids())
+
+    def rss_kib(self) -> int:
+        return sum(rss_kib(p) or 0 for p in self.pids())
+
+
+@contextlib.contextmanager
+def sandstone(app: str | None) -> Iterator[Server]:
+    port = free_port()
+    argv = [*twistd_argv(), "-n", "--pidfile=", "sandstone", "--listen", f"tcp:{port}:interface=127.0.0.1"]
+    # No per-session rate limits, no connection cap and no slow-consumer drop: Crossbar has none of them
+    # by default, and a benchmark publisher is meant to go as fast as it can.
+    argv += [
+        "--publish-rate",
+        "0",
+        "--call-rate",
+        "0",
+        "--max-connections",
+        "0",
+        "--max-outgoing-buffer",
+        "0",
+    ]
+    if app:
+        argv += ["--app", app]
+    child = Child("sandstone", argv)
+    try:
+        wait_for(lambda: upgrades(port, "/ws"), child, "no WebSocket handshake on /ws")
+        rest = (
+            {"url": f"http://127.0.0.1:{port}/api/articles", "body": '{"title": "bench @T@"}'}
+            if app
+            else None
+        )
+        yield Server("sandstone", child, port, "/ws", rest)
+    finally:
+        child.stop()
+
+
+def upgrades(port: int, path: str) -> bool:
+    """Does ws://127.0.0.1:port/path accept a WAMP WebSocket handshake (101) right now?"""
+    request = (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Protocol: wamp.2.json\r\n\r\n"
+    )
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0) as s:
+            s.sendall(request.encode())
+            return s.recv(64).startswith(b"HTTP/1.1 101")
+    except OSError:
+        return False
+
+
+def crossbar_config(port: int) -> dict[str, Any]:
+    """An open ``realm1`` (anonymous may do everything), WebSocket at /ws, HTTP publisher at /publish."""
+    everything = {"call": True, "register": True, "publish": True, "subscribe": True}
+    return {
+        "version": 2,
+        "controller": {},
+        "workers": [
+            {
+                "type": "router",
+                "realms": [
+                    {
+                        "name": REALM,
+                        "roles": [
+                            {
+                                "name": "anonymous",
+                                "permissions": [
+                                    {
+                                        "uri": "",
+                                        "match": "prefix",
+                                        "allow": everything,
+                                        "disclose": {"caller": False, "publisher": False},
+                                        "cache": True,
+                                    }
+                                ],
+                            }
+                        ],
+                    }
+                ],
+                "transports": [
+                    {
+                        "type": "web",
+                        "endpoint": {"type": "tcp", "port": port, "interface": "127.0.0.1", "backlog": 1024},
+                        "paths": {
+                            # a leaf resource at "/" (like "nodeinfo") would hide /ws: a static directory
+                            "/": {"type": "static", "directory": ".."},
+                            "ws": {"type": "websocket", "serializers": ["json"]},
+                            "publish": {"type": "publisher", "realm": REALM, "role": "anonymous"},
+                        },
+                    }
+                ],
+            }
+        ],
+    }
+
+
+@contextlib.contextmanager
+def crossbar(executable: Path) -> Iterator[Server]:
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="crossbar-") as tmp:
+        cbdir = Path(tmp) / ".crossbar"
+        cbdir.mkdir()
+        (cbdir / "config.json").write_text(json.dumps(crossbar_config(port), indent=2))
+        argv = [str(executable), "start", "--cbdir", str(cbdir), "--loglevel", "warn"]
+        child = Child("crossbar", argv)
+        try:
+            wait_for(lambda: upgrades(port, "/ws"), child, "no WebSocket handshake on /ws")
+            rest = {
+                "url": f"http://127.0.0.1:{port}/publish",
+                "body": '{"topic": "articles", "args": [{"article": {"title": "bench @T@"}}]}',
+            }
+            yield Server("crossbar", child, port, "/ws", rest)
+        finally:
+            child.stop()
+
+
+@contextlib.contextmanager
+def raw() -> Iterator[Server]:
+    port = free_port()
+    child = Child("raw", [sys.executable, str(BENCH / "raw_ceiling.py"), str(port)])
+    try:
+        wait_for(lambda: upgrades(port, "/ws"), child, "no WebSocket handshake on /ws")
+        yield Server("raw", child, port, "/ws", None)
+    finally:
+        child.stop()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the generators
+
+
+class Generator:
+    """One Node process of bench/load/wamp.js, driven by stdin lines, answering JSON lines on stdout."""
+
+    def __init__(self, node: str, config: dict[str, Any]) -> None:
+        self.config = config
+        self.process = subprocess.Popen(
+            [node, str(GENERATOR), json.dumps(config)],
+            cwd=REPO,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def send(self, command: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+
+    def read(self, timeout: float) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
+        line = self.process.stdout.readline() if ready else ""
+        if not line:
+            self.close()
+            raise RuntimeError(
+                f"generator {self.config['role']} gave no answer (exit {self.process.returncode})"
+            )
+        return dict(json.loads(line))
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            with contextlib.suppress(OSError, ValueError):
+                self.send("quit")
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def split(total: int, parts: int) -> list[int]:
+    parts = max(1, min(parts, total))
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+def subscriber_procs(count: int, args: argparse.Namespace) -> int:
+    return 1 if count < 100 else args.sub_procs
+
+
+@contextlib.contextmanager
+def generators(node: str, configs: list[dict[str, Any]], timeout: float) -> Iterator[list[Generator]]:
+    """Start the generators together, wait for each one's "ready" line; always stop them."""
+    gens = [Generator(node, c) for c in configs]
+    try:
+        for g in gens:
+            g.ready = g.read(timeout)  # type: ignore[attr-defined]
+        yield gens
+    finally:
+        for g in gens:
+            g.close()
+
+
+def measure(
+    server: Server, gens: list[Generator], pub: Generator, warmup: float, duration: float
+) -> dict[str, Any]:
+    """go, warm up, open the window on every generator, wait, close it; server and machine CPU meanwhile."""
+    pub.send("go")
+    time.sleep(warmup)
+    cpu0, machine0, t0 = server.cpu(), machine_busy_seconds(), time.perf_counter()
+    for g in gens:
+        g.send("start")
+    time.sleep(duration)
+    for g in gens:
+        g.send("stop")
+    results = [g.read(30) for g in gens]
+    wall = time.perf_counter() - t0
+    cpu1, machine1 = server.cpu(), machine_busy_seconds()
+    pub.send("halt")
+    machine = None if machine0 is None or machine1 is None else round((machine1 - machine0) / wall * 100, 1)
+    return {
+        "server_cpu_percent": round((cpu1 - cpu0) / wall * 100, 1),
+        "machine_cpu_percent": machine,
+        "generators": results,
+    }
+
+
+def sub_configs(server: Server, count: int, procs: int, **extra: Any) -> list[dict[str, Any]]:
+    configs, offset = [], 0
+    for n in split(count, procs):
+        configs.append(
+            {"role": "sub", "url": server.ws_url, "realm": REALM, "count": n, "index_offset": offset, **extra}
+        )
+        offset += n
+    return configs
+
+
+def summarize_generators(m: dict[str, Any]) -> dict[str, Any]:
+    subs = [g for g in m["generators"] if g["role"] == "sub"]
+    pubs = [g for g in m["generators"] if g["role"] != "sub"]
+    gen_cpu = [round(g["cpu_percent"], 1) for g in m["generators"]]
+    return {
+        "events_per_s": round(sum(g["events_per_s"] for g in subs), 1),
+        "acked_per_s": round(sum(g["acked_per_s"] for g in pubs), 1),
+        "errors": sum(g["errors"] for g in m["generators"]),
+        "non_event_messages": sum(g["other"] for g in subs),
+        "generator_cpu_percent": gen_cpu,
+        "server_cpu_percent": m["server_cpu_percent"],
+        "machine_cpu_percent": m["machine_cpu_percent"],
+        "lower_bound": max(gen_cpu) >= GENERATOR_BUSY,
+    }
+
+
+def fanout_saturation(node: str, server: Server, s: int, args: argparse.Namespace) -> dict[str, Any]:
+    topic = "bench.fanout"
+    subs = sub_configs(server, s, subscriber_procs(s, args), topic=topic, mode="count")
+    pub = {
+        "role": "pub",
+        "url": server.ws_url,
+        "realm": REALM,
+        "topic": topic,
+        "mode": "sat",
+        "window": args.window,
+        "payload_bytes": args.payload_bytes,
+    }
+    with generators(node, [*subs, pub], 120) as gens:
+        m = measure(server, gens, gens[-1], args.warmup, args.duration)
+    result = summarize_generators(m)
+    result["subscribers"] = s
+    result["server_saturated"] = m["server_cpu_percent"] >= SERVER_BUSY
+    return result
+
+
+def fanout_latency(node: str, server: Server, rate: float, args: argparse.Namespace) -> dict[str, Any]:
+    topic = "bench.latency"
+    s = args.lat_subscribers
+    subs = sub_configs(server, s, 1, topic=topic, mode="latency")
+    pub = {
+        "role": "pub",
+        "url": server.ws_url,
+        "realm": REALM,
+        "topic": topic,
+        "mode": "rate",
+        "rate": rate,
+        "payload_bytes": args.payload_bytes,
+    }
+    with generators(node, [*subs, pub], 120) as gens:
+        m = measure(server, gens, gens[-1], args.warmup, args.duration)
+    result = summarize_generators(m)
+    result.update(
+        rate=rate,
+        subscribers=s,
+        latency_ms=m["generators"][0]["latency_ms"],
+        send_lag_ms=m["generators"][-1]["send_lag_ms"],
+    )
+    return result
+
+
+def rest_to_event(node: str, server: Server, mode: str, args: argparse.Namespace) -> dict[str, Any]:
+    assert server.rest is not None
+    s = args.rest_subscribers
+    subs = sub_configs(server, s, 1, topic="articles", mode="latency")
+    post = {"role": "http", **server.rest, "mode": mode, "window": args.rest_inflight, "rate": args.rest_rate}
+    with generators(node, [*subs, post], 120) as gens:
+        m = measure(server, gens, gens[-1], args.warmup, args.duration)
+    result = summarize_generators(m)
+    result.update(
+        mode=mode,
+        rate=args.rest_rate if mode == "rate" else None,
+        inflight=args.rest_inflight if mode == "sat" else None,
+        subscribers=s,
+        latency_ms=m["generators"][0]["latency_ms"],
+        post_rtt_ms=m["generators"][-1].get("rtt_ms"),
+    )
+    return result
+
+
+def idle_sessions(node: str, server: Server, n: int, args: argparse.Namespace) -> dict[str, Any]:
+    time.sleep(0.5)
+    before = server.rss_kib()
+    procs = max(1, -(-n // 5000))
+    configs = sub_configs(
+        server, n, procs, topic_prefix="bench.idle.", mode="count", concurrency=args.idle_concurrency
+    )
+    started = time.perf_counter()
+    with generators(node, configs, 300) as gens:
+        connect_s = time.perf_counter() - started
+        time.sleep(1.0)
+        after = server.rss_kib()
+        gen_connect = max(g.ready["connect_s"] for g in gens)  # type: ignore[attr-defined]
+    return {
+        "sessions": n,
+        "connect_s": round(connect_s, 2),
+        "generator_connect_s": round(gen_connect, 2),
+        "sessions_per_s": round(n / connect_s, 1),
+        "rss_before_kib": before,
+        "rss_after_kib": after,
+        "kib_per_session": round((after - before) / n, 2),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# one run of one server, the flat metrics, medians and the report
+
+
+def run_server(name: str, node: str, cb: Path | None, args: argparse.Namespace) -> dict[str, Any]:
+    """Every selected scenario against one server; a fresh server process per scenario group."""
+
+    def start(app: str | None = None) -> contextlib.AbstractContextManager[Server]:
+        if name == "sandstone":
+            return sandstone(app)
+        if name == "crossbar":
+            assert cb is not None
+            return crossbar(cb)
+        return raw()
+
+    detail: dict[str, Any] = {}
+    if "sat" in args.only or "lat" in args.only:
+        with start() as server:
+            for s in args.subscribers if "sat" in args.only else []:
+                log(f"  {name}: fan-out saturation S={s}")
+                detail[f"sat S={s}"] = fanout_saturation(node, server, s, args)
+            for rate in args.lat_rates if "lat" in args.only else []:
+                log(f"  {name}: fan-out latency {rate:g}/s x {args.lat_subscribers}")
+                detail[f"lat {rate:g}/s"] = fanout_latency(node, server, rate, args)
+    if "rest" in args.only and name != "raw":
+        # sandstone: examples.blog (POST /api/articles dispatches, the articles topic broadcasts);
+        # Crossbar: its HTTP publisher bridge (POST /publish).
+        with start("examples.blog:app") as server:
+            for mode in ("sat", "rate"):
+                log(f"  {name}: REST -> EVENT ({mode})")
+                detail[f"rest {mode}"] = rest_to_event(node, server, mode, args)
+    for n in args.idle if "idle" in args.only else []:
+        with start() as server:
+            log(f"  {name}: idle sessions {n}")
+            detail[f"idle {n}"] = idle_sessions(node, server, n, args)
+    return detail
+
+
+def flat(detail: dict[str, Any]) -> dict[str, float | None]:
+    """The figures of the table, from one server's run."""
+    metrics: dict[str, float | None] = {}
+    for key, r in detail.items():
+        if key.startswith("sat "):
+            metrics[f"{key}: EVENTs/s"] = r["events_per_s"]
+            metrics[f"{key}: publishes/s"] = r["acked_per_s"]
+        elif key.startswith("lat "):
+            for p in ("p50", "p90", "p99", "max"):
+                metrics[f"{key}: latency {p} ms"] = r["latency_ms"][p]
+        elif key == "rest sat":
+            metrics[f"rest sat ({r['inflight']} in flight): requests/s"] = r["acked_per_s"]
+            metrics[f"rest sat ({r['inflight']} in flight): EVENTs/s"] = r["events_per_s"]
+        elif key == "rest rate":
+            for p in ("p50", "p99"):
+                metrics[f"rest {r['rate']:g}/s: delivery {p} ms"] = r["latency_ms"][p]
+        elif key.startswith("idle "):
+            metrics[f"{key}: KiB/session"] = r["kib_per_session"]
+            metrics[f"{key}: sessions/s"] = r["sessions_per_s"]
+    return metrics
+
+
+def medians(runs: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, float | None]]:
+    out: dict[str, dict[str, float | None]] = {}
+    for name in SERVERS:
+        values: dict[str, list[float]] = {}
+        for run in runs:
+            for k, v in flat(run.get(name, {})).items():
+                if v is not None:
+                    values.setdefault(k, []).append(v)
+        out[name] = {k: round(statistics.median(v), 3) for k, v in values.items()}
+    return out
+
+
+def lower_bounds(runs: list[dict[str, dict[str, Any]]]) -> list[str]:
+    """Where a generator was (near) saturated or the server was not the bottleneck at saturation."""
+    notes = set()
+    for run in runs:
+        for name, detail in run.items():
+            for key, r in detail.items():
+                if r.get("lower_bound"):
+                    notes.add(
+                        f"{name} {key}: a generator process reached "
+                        f"{max(r['generator_cpu_percent']):.0f}% of a core: the figure is a lower bound"
+                    )
+                if key.startswith("sat ") and not r.get("server_saturated") and not r.get("lower_bound"):
+                    notes.add(
+                        f"{name} {key}: the server used only {r['server_cpu_percent']:.0f}% of a core: "
+                        "something else (the generators, the other core's load) limited it; a lower bound"
+                    )
+    return sorted(notes)
+
+
+def fmt(v: float | None) -> str:
+    if v is None:
+        return "-"
+    if abs(v) >= 100:
+        return f"{v:,.0f}"
+    return f"{v:.2f}"
+
+
+def table(med: dict[str, dict[str, float | None]], markdown: bool = False) -> str:
+    keys: list[str] = []
+    for name in SERVERS:
+        keys.extend(k for k in med[name] if k not in keys)
+    header = ["metric (median)", "sandstone", "crossbar", "raw", "sandstone/crossbar", "sandstone/raw"]
+    rows = [header]
+    for k in keys:
+        s, c, r = (med[n].get(k) for n in SERVERS)
+        rows.append(
+            [
+                k,
+                fmt(s),
+                fmt(c),
+                fmt(r),
+                f"{s / c:.2f}" if s is not None and c else "-",
+                f"{s / r:.2f}" if s is not None and r else "-",
+            ]
+        )
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows[1:]]
+        return "\n".join(lines)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "\n".join(
+        "  ".join([row[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True))])
+        for row in rows
+    )
+
+
+def plot(med: dict[str, dict[str, float | None]], args: argparse.Namespace, path: Path) -> str | None:
+    """Latency percentiles vs publish rate, one line per server and percentile. None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("no plot: matplotlib is missing (install it with '/work/venv/bin/pip install matplotlib')")
+        return None
+    fig, ax = plt.subplots(figsize=(8, 5))
+    styles = {"p50": ":", "p90": "--", "p99": "-"}
+    colors = {"sandstone": "tab:orange", "crossbar": "tab:blue", "raw": "tab:gray"}
+    rates = args.lat_rates
+    for name in SERVERS:
+        for p, style in styles.items():
+            ys = [med[name].get(f"lat {r:g}/s: latency {p} ms") for r in rates]
+            pts = [(r * args.lat_subscribers, y) for r, y in zip(rates, ys, strict=True) if y is not None]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), style, marker="o", color=colors[name], label=f"{name} {p}")
+    ax.set_xlabel(f"EVENTs/s delivered (publishes/s x {args.lat_subscribers} subscribers)")
+    ax.set_ylabel("publish -> receive latency (ms)")
+    ax.set_yscale("log")
+    ax.set_title(f"Fan-out latency, medians of {args.runs} run(s)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, ncol=3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return str(path.relative_to(REPO))
+
+
+def machine_info() -> dict[str, Any]:
+    model = None
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem = None
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        mem = round(int(Path("/proc/meminfo").read_text().split()[1]) / 1024**2, 1)
+    node = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
+    return {
+        "cores": os.cpu_count(),
+        "cpu": model,
+        "memory_gib": mem,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "node": node,
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def write_markdown(
+    results: dict[str, Any], med: dict[str, dict[str, float | None]], notes: list[str]
+) -> Path:
+    m = results["machine"]
+    v = results["versions"]
+    lines = [
+        "# Benchmarks",
+        "",
+        "sandstone vs Crossbar.io vs a raw Autobahn/Twisted fan-out of one pre-serialized frame (the "
+        "ceiling), same machine, same run, generated by `bench/runner.py` (see bench/README.md for what "
+        "each scenario does and how to read it).",
+        "",
+        f"Latest run: {results['timestamp']}, {results['settings']['runs']} run(s) per server, alternating "
+        f"(medians){' — **quick smoke run, not a measurement**' if results['settings']['quick'] else ''}; "
+        f"sandstone commit `{(results['sandstone_commit'] or '?')[:10]}`"
+        f"{' (with uncommitted changes)' if results['sandstone_uncommitted_changes'] else ''}.",
+        "",
+        f"Machine: {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, {m['platform']}; "
+        f"Python {m['python']} (sandstone, raw), Crossbar {v.get('crossbar')} on its own Python 3.11 venv; "
+        f"Node {m['node']} for the "
+        "load generators. Everything (servers and generators) shares the cores.",
+        "",
+        "Command:",
+        "",
+        f"    {results['command']}",
+        "",
+        table(med, markdown=True),
+        "",
+        f"Raw results: `{results['json']}`" + (f"; plot: `{results['plot']}`" if results.get("plot") else ""),
+        "",
+    ]
+    if results.get("plot"):
+        lines += [f"![latency vs load]({results['plot']})", ""]
+    if notes:
+        lines += ["Notes (lower bounds):", ""] + [f"- {n}" for n in notes] + [""]
+    path = REPO / "BENCHMARKS.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ints = lambda text: [int(x) for x in text.split(",") if x]  # noqa: E731
+    floats = lambda text: [float(x) for x in text.split(",") if x]  # noqa: E731
+    parser.add_argument(
+        "--runs", type=int, default=5, help="runs per server (alternating); medians are reported"
+    )
+    parser.add_argument("--quick", action="store_true", help="a fast smoke: short windows, fewer sizes")
+    parser.add_argument("--only", default=",".join(SCENARIOS), help="scenarios: sat,lat,rest,idle")
+    parser.add_argument("--servers", default=",".join(SERVERS), help="servers: sandstone,crossbar,raw")
+    parser.add_argument("--subscribers", type=ints, default=[1, 10, 100, 1000], help="fan-out saturation S")
+    parser.add_argument("--lat-rates", type=floats, default=[100, 200, 400, 800], help="publishes/s")
+    parser.add_argument("--lat-subscribers", type=int, default=100)
+    parser.add_argument("--rest-subscribers", type=int, default=100)
+    parser.add_argument("--rest-inflight", type=int, default=16)
+    parser.add_argument("--rest-rate", type=float, default=200.0)
+    parser.add_argument("--idle", type=ints, default=[1000, 5000, 10000], help="idle session counts")
+    parser.add_argument("--idle-concurrency", type=int, default=50, help="handshakes at a time per process")
+    parser.add_argument(
+        "--window", type=int, default=16, help="acknowledged PUBLISHes in flight at saturation"
+    )
+    parser.add_argument("--payload-bytes", type=int, default=100)
+    parser.add_argument("--sub-procs", type=int, default=2, help="subscriber processes when S >= 100")
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--duration", type=float, default=5.0, help="measured seconds per scenario")
+    parser.add_argument("--crossbar-python", default=CROSSBAR_PYTHON)
+    parser.add_argument("--no-markdown", action="store_true", help="do not rewrite BENCHMARKS.md")
+    parser.add_argument("--output-dir", type=Path, default=RESULTS_DIR)
+    args = parser.parse_args(argv)
+    args.only = [s for s in args.only.split(",") if s]
+    args.servers = [s for s in args.servers.split(",") if s]
+    if unknown := set(args.only) - set(SCENARIOS):
+        parser.error(f"unknown scenario(s) {sorted(unknown)}")
+    if unknown := set(args.servers) - set(SERVERS):
+        parser.error(f"unknown server(s) {sorted(unknown)}")
+    if args.quick:
+        defaults = {
+            "subscribers": [1, 100, 1000],
+            "lat_rates": [100, 400],
+            "idle": [1000],
+            "warmup": 1.0,
+            "duration": 2.0,
+        }
+        for k, v in defaults.items():
+            if getattr(args, k) == parser.get_default(k):
+                setattr(args, k, v)
+    return args
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # children inherit it (10,000 idle sessions)
+    node = ensure_node()
+    cb = ensure_crossbar(args.crossbar_python) if "crossbar" in args.servers else None
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    from importlib.metadata import version
+
+    results: dict[str, Any] = {
+        "benchmark": "runner",
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": " ".join(["/work/venv/bin/python", "bench/runner.py", *argv]),
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "machine": machine_info(),
+        "sandstone_commit": git_commit(),
+        "sandstone_uncommitted_changes": uncommitted_changes(),
+        "versions": {
+            "twisted": version("twisted"),
+            "autobahn": version("autobahn"),
+            "crossbar": crossbar_version(cb) if cb else None,
+        },
+        "runs": [],
+    }
+    started = time.monotonic()
+    for i in range(args.runs):
+        run: dict[str, dict[str, Any]] = {}
+        for name in args.servers:
+            log(f"run {i + 1}/{args.runs}: {name}")
+            run[name] = run_server(name, node, cb, args)
+        results["runs"].append(run)
+    med = medians(results["runs"])
+    notes = lower_bounds(results["runs"])
+    results["medians"] = med
+    results["notes"] = notes
+    results["elapsed_s"] = round(time.monotonic() - started, 1)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    json_path = args.output_dir / f"runner-{stamp}.json"
+    results["json"] = str(json_path.relative_to(REPO)) if json_path.is_relative_to(REPO) else str(json_path)
+    if "lat" in args.only:
+        results["plot"] = plot(med, args, args.output_dir / f"runner-{stamp}.png")
+    json_path.write_text(json.dumps(results, indent=2) + "\n")
+    print(table(med))
+    for n in notes:
+        print(f"note: {n}")
+    if not args.no_markdown:
+        print(f"wrote {write_markdown(results, med, notes).relative_to(REPO)}")
+    print(f"results: {results['json']}" + (f", plot: {results['plot']}" if results.get("plot") else ""))
+    print(f"({results['elapsed_s']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except KeyboardInterrupt:
+        log("interrupted; everything stopped")
+        sys.exit(130)
