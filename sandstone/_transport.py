@@ -43,6 +43,32 @@ def default_serializers() -> dict[str, ISerializer]:
     return {f"wamp.2.{s.SERIALIZER_ID}": s for s in serializers}
 
 
+def framed(msg: message.Message, serializer: ISerializer) -> tuple[bytes, bytes]:
+    """The serialized message and its unmasked, unfragmented WebSocket frame, both built once per message and
+    serializer: every subscriber of a broadcast on the same serializer gets the same bytes."""
+    objects = serializer._serializer  # type: ignore[attr-defined]
+    internal = msg._router_internal
+    if internal is None:
+        internal = msg._router_internal = {}
+    frames = internal.get("frames")
+    if frames is None:
+        frames = internal["frames"] = {}
+    cached = frames.get(objects)
+    if cached is None:
+        payload = msg.serialize(objects)
+        cached = frames[objects] = (payload, _frame_header(len(payload), objects.BINARY) + payload)
+    return cached
+
+
+def _frame_header(length: int, binary: bool) -> bytes:
+    first = 0x82 if binary else 0x81  # FIN + binary/text opcode
+    if length < 126:
+        return bytes((first, length))
+    if length < 65536:
+        return bytes((first, 126)) + length.to_bytes(2, "big")
+    return bytes((first, 127)) + length.to_bytes(8, "big")
+
+
 class WampServerProtocol(WebSocketServerProtocol):
     """One WebSocket connection carrying one WAMP session at a time."""
 
@@ -107,12 +133,16 @@ class WampServerProtocol(WebSocketServerProtocol):
         """
         if self.state != self.STATE_OPEN:
             return
-        payload, is_binary = self._serializer.serialize(msg)
+        payload, frame = framed(msg, self._serializer)
         limit = self.factory.limits.max_message_size
         if 0 < limit < len(payload):
             self._skip_oversize(msg, len(payload))
             return
-        self.sendMessage(payload, is_binary)
+        if getattr(self, "_perMessageCompress", None) is None and not getattr(self, "send_queue", None):
+            # The hot path of a broadcast: the frame was built once for every subscriber on this serializer.
+            self.transport.write(frame)
+        else:
+            self.sendMessage(payload, self._serializer._serializer.BINARY)  # type: ignore[attr-defined]
         backlog = self._backlog
         if backlog is not None and backlog.paused:
             self._check_backlog(backlog, len(payload))

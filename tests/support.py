@@ -242,3 +242,20 @@ def sleep(seconds: float) -> defer.Deferred[None]:
     d: defer.Deferred[None] = defer.Deferred()
     reactor.callLater(seconds, d.callback, None)
     return d
+
+
+def websocket_payloads(data: bytes) -> list[bytes]:
+    """The payloads of the text and binary frames in bytes a server wrote (unmasked, unfragmented frames)."""
+    payloads = []
+    offset = 0
+    while offset < len(data):
+        opcode, length = data[offset] & 0x0F, data[offset + 1] & 0x7F
+        offset += 2
+        if length == 126:
+            length, offset = int.from_bytes(data[offset : offset + 2], "big"), offset + 2
+        elif length == 127:
+            length, offset = int.from_bytes(data[offset : offset + 8], "big"), offset + 8
+        if opcode in (1, 2):
+            payloads.append(data[offset : offset + length])
+        offset += length
+    return payloads

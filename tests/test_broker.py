@@ -16,6 +16,7 @@ from sandstone._broker import Broker
 from sandstone._subscriptions import EXACT, PREFIX
 from sandstone._transport import WampServerFactory, WampServerProtocol
 from sandstone.testing import TestClient, TestSession
+from tests.support import websocket_payloads
 
 EVENT = message.Event.MESSAGE_TYPE
 PUBLISH = message.Publish.MESSAGE_TYPE
@@ -614,6 +615,16 @@ class SerializeOnceTests(SynchronousTestCase):
         self.assertEqual(self.counter.events, 2)
 
 
+class FrameRecorder:
+    """A transport keeping the payloads of the WebSocket frames written to it."""
+
+    def __init__(self, payloads: list[bytes]) -> None:
+        self.payloads = payloads
+
+    def write(self, data: bytes) -> None:
+        self.payloads.extend(websocket_payloads(data))
+
+
 class ProtocolSerializeOnceTests(SynchronousTestCase):
     """Through the real WampServerProtocol: connections share their factory's serializers."""
 
@@ -627,7 +638,7 @@ class ProtocolSerializeOnceTests(SynchronousTestCase):
         """An open WebSocket connection that negotiated wamp.2.json and joined the realm."""
         protocol = self.factory.buildProtocol(None)
         sent: list[bytes] = []
-        protocol.sendMessage = lambda payload, isBinary=False: sent.append(payload)  # type: ignore[method-assign]
+        protocol.transport = FrameRecorder(sent)  # every message goes out as a ready-made frame
         request = SimpleNamespace(protocols=["wamp.2.json"], headers={})
         self.assertEqual(protocol.onConnect(request), "wamp.2.json")
         protocol.state = protocol.STATE_OPEN

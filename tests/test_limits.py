@@ -17,6 +17,7 @@ from sandstone import Sandstone
 from sandstone._limits import Limits, origin_allowed
 from sandstone._publication import Publication
 from sandstone._transport import WampServerFactory, WampServerProtocol
+from tests.support import websocket_payloads
 
 
 class OriginTests(SynchronousTestCase):
@@ -104,8 +105,6 @@ class Connection:
         self.protocol: WampServerProtocol = f.buildProtocol(None)
         self.transport = StringTransport()
         self.protocol.makeConnection(self.transport)
-        self.sent: list[bytes] = []
-        self.protocol.sendMessage = lambda payload, isBinary=False, **kw: self.sent.append(payload)  # type: ignore[method-assign]
         self.protocol.onConnect(request())
         self.protocol.state = self.protocol.STATE_OPEN
         self.protocol.onOpen()
@@ -114,8 +113,13 @@ class Connection:
     def send(self, raw: list[Any]) -> None:
         self.protocol.onMessage(self.serializer.serialize(raw), False)
 
+    @property
+    def sent(self) -> list[bytes]:
+        """The payloads of the WebSocket messages the server wrote."""
+        return websocket_payloads(self.transport.value())
+
     def received(self) -> list[list[Any]]:
-        return [self.serializer.unserialize(payload)[0] for payload in self.sent]
+        return [self.serializer.unserialize(p)[0] for p in websocket_payloads(self.transport.value())]
 
     def hello(self) -> None:
         self.send([message.Hello.MESSAGE_TYPE, "realm1", {"roles": {"subscriber": {}, "publisher": {}}}])
