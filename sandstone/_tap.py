@@ -213,6 +213,13 @@ class Options(usage.Options):
             "5",
             "Seconds to end connections gracefully on shutdown (GOODBYE, REST requests in flight).",
         ],
+        [
+            "workers",
+            None,
+            "1",
+            "Reactor processes accepting on the --listen socket (tcp: endpoints), each a node of the "
+            "cluster: needs --redis. This process is worker 1 and restarts the others if they die.",
+        ],
     ]
 
     #: The loaded app, set by L{postOptions}.
@@ -234,7 +241,30 @@ class Options(usage.Options):
             raise usage.UsageError("--shutdown-timeout expects a number of seconds") from None
         self._check_listen()
         self._check_redis()
+        self._check_workers(app)
         self.app = app
+
+    def _check_workers(self, app: Sandstone) -> None:
+        value = self["workers"]
+        try:
+            workers = int(value)
+        except (TypeError, ValueError):
+            workers = 0
+        if workers < 1:
+            raise usage.UsageError(f"--workers expects a number of processes (1 or more), got {value!r}")
+        self["workers"] = workers
+        if workers == 1:
+            return
+        if self["redis"] is None and app.bus is None:
+            raise usage.UsageError(
+                f"--workers {workers} needs --redis URL: the workers share events, broadcasts and calls "
+                "through Redis"
+            )
+        if not _is_tcp(self["listen"]):
+            raise usage.UsageError(
+                f"--workers {workers} needs a tcp: or tcp6: --listen endpoint (the workers share one "
+                f"listening TCP socket), got {self['listen']!r}"
+            )
 
     def _check_redis(self) -> None:
         if self["redis"] is None:
@@ -259,6 +289,17 @@ class Options(usage.Options):
                 f"--listen {self['listen']!r} is not a valid server endpoint: "
                 f"{type(err).__name__}: {_one_line(str(err))}"
             ) from None
+
+
+def _is_tcp(listen: str) -> bool:
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, serverFromString
+
+    try:
+        endpoint = serverFromString(reactor, listen)
+    except Exception:
+        return False
+    return isinstance(endpoint, TCP4ServerEndpoint | TCP6ServerEndpoint)
 
 
 class SandstoneService(MultiService):
@@ -286,13 +327,25 @@ class SandstoneService(MultiService):
         super().startService()
 
 
-def makeService(options: Options) -> IService:
+def makeService(options: Options, *, inherited_fd: int | None = None) -> IService:
     """
     Build the service tree: a L{SandstoneService} named "sandstone" holding a
     child "web" that serves C{app.resource()} on C{options["listen"]}.
+
+    With C{--workers N} (N > 1) a child "workers" (a L{WorkerSupervisor}) runs
+    workers 2..N on the socket "web" listens on. A worker itself is built with
+    C{inherited_fd}: its "web" accepts on that inherited listening socket.
     """
     from twisted.internet import reactor
     from twisted.internet.endpoints import serverFromString
+
+    from sandstone._workers import (
+        KILL_GRACE,
+        InheritedPortService,
+        SharedListener,
+        WorkerSupervisor,
+        worker_arguments,
+    )
 
     app = getattr(options, "app", None)
     if app is None:  # options not parsed by twistd; load the app here
@@ -306,18 +359,34 @@ def makeService(options: Options) -> IService:
     listen = options.get("listen") or "tcp:8080"
     root = SandstoneService(app, options.get("app") or DEFAULT_APP_LABEL, listen)
 
-    endpoint = serverFromString(reactor, listen)
+    workers = 1 if inherited_fd is not None else int(options.get("workers") or 1)
+    if workers > 1 and not _is_tcp(listen):
+        raise usage.UsageError(f"--workers {workers} needs a tcp: or tcp6: --listen endpoint, got {listen!r}")
     site = app.site()
-    web = StreamServerEndpointService(endpoint, site)
-    # As twisted.application.strports.service does: if listening fails
-    # (port in use...), fail startService instead of serving nothing.
-    web._raiseSynchronously = True
+    if inherited_fd is not None:
+        web: IService = InheritedPortService(inherited_fd, site)
+    elif workers > 1:
+        web = listener = SharedListener(serverFromString(reactor, listen), workers, site)
+    else:
+        web = StreamServerEndpointService(serverFromString(reactor, listen), site)
+        # As twisted.application.strports.service does: if listening fails
+        # (port in use...), fail startService instead of serving nothing.
+        web._raiseSynchronously = True
     web.setName("web")
     web.setServiceParent(root)
     # Stopped alongside "web" (which stops listening): GOODBYE to sessions, REST requests may finish.
-    shutdown = app.shutdown_service(site, float(options.get("shutdown-timeout") or 5.0))
+    shutdown_timeout = float(options.get("shutdown-timeout") or 5.0)
+    shutdown = app.shutdown_service(site, shutdown_timeout)
     shutdown.setName("shutdown")
     shutdown.setServiceParent(root)
+    if workers > 1:
+        supervisor = WorkerSupervisor(
+            workers,
+            worker_arguments(options, Options.optParameters),
+            listener,
+            shutdown_timeout + KILL_GRACE,
+        )
+        supervisor.setServiceParent(root)
     redis = options.get("redis")
     if redis:
         bus = app.bus if app.bus is not None and app.bus.url == redis else app.use_redis(redis)

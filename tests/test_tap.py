@@ -429,3 +429,100 @@ class LimitOptionsTests(_FixtureMixin, TestCase):
         self.assertIsInstance(shutdown, GracefulShutdown)
         self.assertEqual(shutdown.timeout, 2.5)
         self.assertIs(shutdown.site, service.getServiceNamed("web").factory)
+
+
+class WorkersOptionTests(_FixtureMixin, TestCase):
+    """``--workers N``: N processes on one listening socket, which must share a Redis."""
+
+    REDIS = "redis://127.0.0.1:6379/0"
+
+    def parse(self, *args):
+        mod = self.app_module()
+        options = Options()
+        options.parseOptions(["--app", f"{mod}:app", *args])
+        return options
+
+    def test_default_is_one_process(self):
+        options = self.parse()
+        self.assertEqual(options["workers"], 1)
+        service = makeService(options)
+        self.assertIsInstance(service.getServiceNamed("web"), StreamServerEndpointService)
+        self.assertNotIn("workers", [child.name for child in service])
+
+    def test_workers_need_redis(self):
+        err = self.assertRaises(usage.UsageError, self.parse, "--workers", "2")
+        self.assertEqual(
+            str(err),
+            "--workers 2 needs --redis URL: the workers share events, broadcasts and calls through Redis",
+        )
+        self.assertEqual(self.parse("--workers", "1")["workers"], 1)
+
+    def test_bad_numbers(self):
+        for value in ("0", "-3", "two", "1.5"):
+            err = self.assertRaises(usage.UsageError, self.parse, "--workers", value, "--redis", self.REDIS)
+            self.assertEqual(
+                str(err), f"--workers expects a number of processes (1 or more), got {value!r}", value
+            )
+
+    def test_tcp_endpoints_only(self):
+        err = self.assertRaises(
+            usage.UsageError,
+            self.parse,
+            "--workers",
+            "3",
+            "--redis",
+            self.REDIS,
+            "--listen",
+            "unix:/tmp/s.sock",
+        )
+        self.assertEqual(
+            str(err),
+            "--workers 3 needs a tcp: or tcp6: --listen endpoint (the workers share one listening TCP "
+            "socket), got 'unix:/tmp/s.sock'",
+        )
+        self.assertEqual(
+            self.parse("--workers", "2", "--redis", self.REDIS, "--listen", "tcp6:0")["workers"], 2
+        )
+
+    def test_service_tree(self):
+        from sandstone._workers import SharedListener, WorkerSupervisor
+
+        options = self.parse(
+            "--workers", "3", "--redis", self.REDIS, "--listen", "tcp:0:interface=127.0.0.1", "--realm", "r5"
+        )
+        service = makeService(options)
+        web, supervisor = service.getServiceNamed("web"), service.getServiceNamed("workers")
+        self.assertIsInstance(web, SharedListener)
+        self.assertIsInstance(supervisor, WorkerSupervisor)
+        self.assertIs(supervisor.listener, web)
+        self.assertEqual((web.count, supervisor.count), (3, 3))
+        self.assertEqual(service.getServiceNamed("shutdown").site, web.factory)
+        # the workers get every option given, except --workers
+        self.assertEqual(
+            supervisor.arguments,
+            [
+                f"--app={options['app']}",
+                "--listen=tcp:0:interface=127.0.0.1",
+                "--realm=r5",
+                f"--redis={self.REDIS}",
+                "--shutdown-timeout=5.0",
+            ],
+        )
+        self.assertEqual(
+            supervisor.command(2)[-len(supervisor.arguments) - 3 :][:3], ["sandstone._worker", "2", "3"]
+        )
+
+    def test_shared_listener_binds_one_socket_per_worker(self):
+        from sandstone._workers import SharedListener
+
+        options = self.parse("--workers", "2", "--redis", self.REDIS, "--listen", "tcp:0:interface=127.0.0.1")
+        web = makeService(options).getServiceNamed("web")
+        web.startService()
+        self.addCleanup(web.stopService)
+        self.assertIsInstance(web, SharedListener)
+        self.assertEqual(len(web.sockets), 2)
+        [(host1, port1), (host2, port2)] = [sock.getsockname() for sock in web.sockets]
+        self.assertEqual((host1, host2), ("127.0.0.1", "127.0.0.1"))
+        self.assertEqual(port1, port2)
+        self.assertEqual(web.port.getHost().port, port1)
+        self.assertNotEqual(web.fileno(1), web.fileno(2))
