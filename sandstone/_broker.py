@@ -55,11 +55,16 @@ class Broker:
         """Send a publication to every admitted session of every matching subscription; returns the count."""
         delivered = 0
         gate = self.gate
+        simple = publication.only_excludes_publisher
+        skipped = publication.publisher if publication.exclude_me else None
         for subscription in self.subscriptions.match(publication.topic):
             event = None
             check = None if subscription.match == EXACT else gate
             for session in subscription.sessions:
-                if not publication.admits(session):
+                if simple:
+                    if session.id == skipped:
+                        continue
+                elif not publication.admits(session):
                     continue
                 if check is not None and not check(session, publication.topic):
                     continue

@@ -60,6 +60,12 @@ class Publication:
         return self._admits_identity(session) if self._has_identity_rules else True
 
     @property
+    def only_excludes_publisher(self) -> bool:
+        """True when no exclude/eligible rule applies beyond excluding the publisher (the common case,
+        which the broker delivers without asking ``admits`` for every subscriber)."""
+        return self.exclude is None and self.eligible is None and not self._has_identity_rules
+
+    @property
     def _has_identity_rules(self) -> bool:
         return not (
             self.exclude_authid is None
