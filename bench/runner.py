@@ -698,7 +698,13 @@ def write_markdown(
         f"Latest run: {results['timestamp']}, {results['settings']['runs']} run(s) per server, alternating "
         f"(medians){' — **quick smoke run, not a measurement**' if results['settings']['quick'] else ''}; "
         f"sandstone commit `{(results['sandstone_commit'] or '?')[:10]}`"
-        f"{' (with uncommitted changes)' if results['sandstone_uncommitted_changes'] else ''}.",
+        + (
+            " with uncommitted changes in the measured working tree: "
+            + ", ".join(f"`{c.strip()}`" for c in results["sandstone_uncommitted_changes"])
+            if results["sandstone_uncommitted_changes"]
+            else ""
+        )
+        + ".",
         "",
         f"Machine: {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, {m['platform']}; "
         f"Python {m['python']} (sandstone, raw), Crossbar {v.get('crossbar')} on its own Python 3.11 venv; "
