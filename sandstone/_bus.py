@@ -208,7 +208,7 @@ class _Commands(txredisapi.RedisProtocol):
 class _RemoteCaller:
     """Stands in for a caller on another node: the dealer answers it, the bus carries the answer back."""
 
-    __slots__ = ("_bus", "_node", "_call", "id", "authid", "authrole", "_roles")
+    __slots__ = ("_bus", "_node", "_call", "id", "authid", "authrole", "_interruptible")
 
     def __init__(self, bus: RedisBus, node: str, call: str, body: dict[str, Any]) -> None:
         self._bus = bus
@@ -217,7 +217,7 @@ class _RemoteCaller:
         self.id = body.get("caller") or 0
         self.authid = body.get("caller_authid")
         self.authrole = body.get("caller_authrole")
-        self._roles: dict[str, Any] = {}
+        self._interruptible = False
 
     def _send(self, msg: message.Message) -> None:
         if isinstance(msg, message.Result):

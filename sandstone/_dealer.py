@@ -313,8 +313,7 @@ class Dealer:
 
 
 def _can_be_interrupted(callee: Session) -> bool:
-    features = callee._roles.get("callee")
-    return bool(getattr(features, "call_canceling", False))
+    return callee._interruptible
 
 
 def _pop_nested(index: dict[Session, dict[int, _Call]], session: Session, key: int) -> None:

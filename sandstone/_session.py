@@ -97,7 +97,7 @@ class Session:
         self.authmethod: str | None = None
         self._subscriptions: dict[int, Subscription] = {}
         self._registrations: dict[int, Registration] = {}
-        self._roles: dict[str, Any] = {}
+        self._interruptible = False  # the client's callee role announced call canceling
 
     def __repr__(self) -> str:
         return f"<Session {self.id} authid={self.authid!r} authrole={self.authrole!r} {self._state}>"
@@ -192,7 +192,8 @@ class Session:
             self.abort(NO_SUCH_REALM, f"no realm {hello.realm!r} on this router")
             return
         self.realm = hello.realm
-        self._roles = hello.roles
+        # Only what the router uses of the client's roles: the role objects would cost ~3 KB a session.
+        self._interruptible = bool(getattr(hello.roles.get("callee"), "call_canceling", False))
         self.id = rid()  # announced in a WAMP-CRA challenge; the router keeps it on join if still free
         headers = getattr(self._transport, "handshake_headers", None)
         auth = Hello(list(hello.authmethods or []), hello.authid, hello.authextra or {}, headers, self.id)

@@ -43,6 +43,10 @@ def default_serializers() -> dict[str, ISerializer]:
     return {f"wamp.2.{s.SERIALIZER_ID}": s for s in serializers}
 
 
+# The only handshake headers kept past the handshake (per connection memory): a REST session's credentials.
+_CREDENTIAL_HEADERS = frozenset(("cookie", "authorization"))
+
+
 def framed(msg: message.Message, serializer: ISerializer) -> tuple[bytes, bytes]:
     """The serialized message and its unmasked, unfragmented WebSocket frame, both built once per message and
     serializer: every subscriber of a broadcast on the same serializer gets the same bytes."""
@@ -79,7 +83,9 @@ class WampServerProtocol(WebSocketServerProtocol):
     def onConnect(self, request: ConnectionRequest) -> str:
         self.factory.admit(request)  # limits: origin (403), concurrent connections (503)
         # The session reads a REST session's cookie or bearer token from these (WAMP auth method "cookie").
-        self.handshake_headers: dict[str, str] = dict(request.headers)
+        self.handshake_headers: dict[str, str] = {
+            name: value for name, value in request.headers.items() if name in _CREDENTIAL_HEADERS
+        }
         serializers = self.factory.serializers
         for subprotocol in request.protocols:
             serializer = serializers.get(subprotocol)
@@ -92,6 +98,11 @@ class WampServerProtocol(WebSocketServerProtocol):
         )
 
     def onOpen(self) -> None:
+        # What autobahn kept of the handshake is not needed any more: ~2.5 KB per idle connection.
+        self.http_headers = {}
+        self.http_request_data = b""
+        self.http_response_data = ""
+        self.websocket_protocols = []
         self._attach()
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
