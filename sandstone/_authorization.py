@@ -239,11 +239,7 @@ class Authorization:
         self, checks: list[Check], action: str, uri: str, cleanup: Callable[[], None]
     ) -> Deferred[None] | None:
         """Run checks outside any session's order (REST side); same contract as ``run_checks``."""
-        try:
-            pending = run_checks(checks, action, uri)
-        except BaseException:
-            cleanup()
-            raise
+        pending = _checked(checks, action, uri, cleanup)
         if pending is None:
             cleanup()
             return None
@@ -270,11 +266,7 @@ class Authorization:
             result: Deferred[Any] = Deferred()
             queue.append(_Queued(checks, action, uri, then, cleanup, result))
             return result
-        try:
-            pending = run_checks(checks, action, uri)
-        except BaseException:
-            cleanup()
-            raise
+        pending = _checked(checks, action, uri, cleanup)
         if pending is None:
             try:
                 return then()
@@ -437,3 +429,14 @@ def meta_procedures(router: Router) -> dict[str, Callable[..., Any]]:
         }
 
     return {"wamp.session.count": count, "wamp.session.list": session_list, "wamp.session.get": get}
+
+
+def _checked(
+    checks: list[Check], action: str, uri: str, cleanup: Callable[[], None]
+) -> Deferred[None] | None:
+    """``run_checks``, running ``cleanup`` if it raises."""
+    try:
+        return run_checks(checks, action, uri)
+    except BaseException:
+        cleanup()
+        raise
