@@ -12,6 +12,7 @@ from autobahn.wamp import message
 from autobahn.wamp.interfaces import ISerializer
 from autobahn.wamp.serializer import CBORSerializer, JsonSerializer, MsgPackSerializer
 from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
+from autobahn.websocket.protocol import TrafficStats
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
@@ -171,6 +172,8 @@ class WampServerProtocol(WebSocketServerProtocol):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        # One set of autobahn traffic counters for all connections (nothing reads them per connection).
+        self.trafficStats = self.factory.traffic
         self.factory.connections.add(self)
         if self.factory.limits.max_outgoing_buffer > 0:
             self._watch_backlog()
@@ -355,6 +358,7 @@ class WampServerFactory(WebSocketServerFactory):
     ) -> None:
         self.serializers = serializers if serializers is not None else default_serializers()
         super().__init__(protocols=list(self.serializers), **kwargs)
+        self.traffic = TrafficStats()  # autobahn's counters, summed over every connection
         self.router = router
         self.limits = limits if limits is not None else router.limits
         self.allowed_origins = list(allowed_origins or ())
