@@ -92,6 +92,18 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def rss_kib(pid: int) -> int | None:
+    """Resident set size of a process in KiB (VmRSS), None when unavailable."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
 def machine_busy_seconds() -> float | None:
     """CPU seconds spent busy (not idle/iowait) on all cores since boot, from /proc/stat."""
     try:

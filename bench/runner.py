@@ -47,6 +47,7 @@ from cluster_latency import (
     free_port,
     git_commit,
     machine_busy_seconds,
+    rss_kib,
     twistd_argv,
     uncommitted_changes,
     wait_for,
@@ -142,17 +143,6 @@ def descendants(pid: int) -> list[int]:
         found.append(p)
         todo.extend(children.get(p, []))
     return found
-
-
-def rss_kib(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
 
 
 class Server:

@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import queue
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +31,8 @@ import time
 from array import array
 from pathlib import Path
 from typing import IO, Any
+
+from cluster_latency import accepts, cpu_seconds, free_port, percentiles, rss_kib
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / "bench" / "results"
@@ -45,50 +45,6 @@ TOPIC_PREFIX = "soak.topic"
 
 # ---------------------------------------------------------------------------------------------------------
 # shared helpers
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 nobody listens on right now (bound to port 0, then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def percentiles(samples: Any) -> dict[str, Any]:
-    """Nearest-rank p50/p90/p99/max/mean of durations in seconds, in milliseconds."""
-    if not len(samples):
-        return {"samples": 0, "p50": None, "p90": None, "p99": None, "max": None, "mean": None}
-    ordered = sorted(samples)
-
-    def rank(p: float) -> float:
-        return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
-
-    ms = {"p50": rank(50), "p90": rank(90), "p99": rank(99), "max": ordered[-1]}
-    ms["mean"] = sum(ordered) / len(ordered)
-    return {"samples": len(ordered), **{k: round(v * 1000, 3) for k, v in ms.items()}}
-
-
-def rss_kib(pid: int) -> int | None:
-    """Resident set size of a process in KiB (VmRSS), None when unavailable."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of a process so far, from /proc (None when unavailable)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    # after "pid (comm)": fields[0] is field 3 (state); utime and stime are fields 14 and 15
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -419,14 +375,6 @@ class Child:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-
-
-def accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1.0).close()
-    except OSError:
-        return False
-    return True
 
 
 def raise_fd_limit(needed: int) -> int:
