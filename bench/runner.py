@@ -69,6 +69,11 @@ GENERATOR_BUSY = 85.0
 SERVER_BUSY = 85.0
 
 
+def shown(path: Path) -> str:
+    """A path relative to the repository when it is inside it (as results record them), else absolute."""
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
 def log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
@@ -648,7 +653,7 @@ def plot(med: dict[str, dict[str, float | None]], args: argparse.Namespace, path
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-    return str(path.relative_to(REPO))
+    return shown(path)
 
 
 def machine_info() -> dict[str, Any]:
@@ -807,7 +812,7 @@ def main(argv: list[str]) -> int:
     results["elapsed_s"] = round(time.monotonic() - started, 1)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     json_path = args.output_dir / f"runner-{stamp}.json"
-    results["json"] = str(json_path.relative_to(REPO)) if json_path.is_relative_to(REPO) else str(json_path)
+    results["json"] = shown(json_path)
     if "lat" in args.only:
         results["plot"] = plot(med, args, args.output_dir / f"runner-{stamp}.png")
     json_path.write_text(json.dumps(results, indent=2) + "\n")

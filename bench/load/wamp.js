@@ -175,23 +175,29 @@ async function runPub() {
   return {
     go() {
       running = true;
-      if (config.mode === "sat") {
-        for (let i = 0; i < config.window; i++) publish();
-      } else {
-        const start = nowMs();
-        let n = 0;
-        const tick = () => {
-          if (!running) return;
-          const now = nowMs();
-          while (start + (n * 1000) / config.rate <= now) publish(start + (n++ * 1000) / config.rate);
-          setTimeout(tick, Math.max(0, start + (n * 1000) / config.rate - nowMs()));
-        };
-        tick();
-      }
+      startSending(publish, () => running);
     },
     halt() { running = false; },
     close() { running = false; ws.markClosing(); ws.close(); },
   };
+}
+
+// Keep `config.window` requests in flight (saturation) or send `config.rate` a second on a fixed schedule,
+// passing each scheduled send its due time so that send lag can be measured.
+function startSending(send, isRunning) {
+  if (config.mode === "sat") {
+    for (let i = 0; i < config.window; i++) send();
+    return;
+  }
+  const start = nowMs();
+  let n = 0;
+  const tick = () => {
+    if (!isRunning()) return;
+    const now = nowMs();
+    while (start + (n * 1000) / config.rate <= now) send(start + (n++ * 1000) / config.rate);
+    setTimeout(tick, Math.max(0, start + (n * 1000) / config.rate - nowMs()));
+  };
+  tick();
 }
 
 async function runHttp() {
@@ -226,19 +232,7 @@ async function runHttp() {
   return {
     go() {
       running = true;
-      if (config.mode === "sat") {
-        for (let i = 0; i < config.window; i++) post();
-      } else {
-        const start = nowMs();
-        let n = 0;
-        const tick = () => {
-          if (!running) return;
-          const now = nowMs();
-          while (start + (n * 1000) / config.rate <= now) post(start + (n++ * 1000) / config.rate);
-          setTimeout(tick, Math.max(0, start + (n * 1000) / config.rate - nowMs()));
-        };
-        tick();
-      }
+      startSending(post, () => running);
     },
     halt() { running = false; },
     close() { running = false; agent.destroy(); },
