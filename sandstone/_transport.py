@@ -172,7 +172,7 @@ class WampServerProtocol(WebSocketServerProtocol):
         if 0 < limit < len(payload):
             self._skip_oversize(msg, len(payload))
             return
-        if getattr(self, "_perMessageCompress", None) is None and not getattr(self, "send_queue", None):
+        if self._perMessageCompress is None and not self.send_queue:
             # The hot path of a broadcast: the frame was built once for every subscriber on this serializer.
             self.transport.write(frame)
         else:

@@ -9,9 +9,11 @@ from autobahn.wamp import message
 from autobahn.wamp.exception import ApplicationError
 from autobahn.wamp.interfaces import ISerializer
 from autobahn.wamp.serializer import JsonSerializer, MsgPackSerializer
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from sandstone import Publication, Sandstone, Topic
+from sandstone import Limits, Publication, Sandstone, Topic
 from sandstone._broker import Broker
 from sandstone._subscriptions import EXACT, PREFIX
 from sandstone._transport import WampServerFactory, WampServerProtocol
@@ -615,36 +617,27 @@ class SerializeOnceTests(SynchronousTestCase):
         self.assertEqual(self.counter.events, 2)
 
 
-class FrameRecorder:
-    """A transport keeping the payloads of the WebSocket frames written to it."""
-
-    def __init__(self, payloads: list[bytes]) -> None:
-        self.payloads = payloads
-
-    def write(self, data: bytes) -> None:
-        self.payloads.extend(websocket_payloads(data))
-
-
 class ProtocolSerializeOnceTests(SynchronousTestCase):
     """Through the real WampServerProtocol: connections share their factory's serializers."""
 
     def setUp(self) -> None:
-        self.app = Sandstone(anonymous=True, open_uris=True)
-        self.factory = WampServerFactory(self.app.router)
+        # no timers on the global reactor: autobahn's handshake timeout off, ours on a fake clock
+        self.app = Sandstone(anonymous=True, open_uris=True, limits=Limits(open_handshake_timeout=0))
+        self.factory = WampServerFactory(self.app.router, clock=Clock())
         self.serializer = self.factory.serializers["wamp.2.json"]
         self.counter = CountingSerializer(self, self.serializer)
 
-    def connect(self) -> tuple[WampServerProtocol, list[bytes]]:
+    def connect(self) -> tuple[WampServerProtocol, StringTransport]:
         """An open WebSocket connection that negotiated wamp.2.json and joined the realm."""
         protocol = self.factory.buildProtocol(None)
-        sent: list[bytes] = []
-        protocol.transport = FrameRecorder(sent)  # every message goes out as a ready-made frame
+        transport = StringTransport()
+        protocol.makeConnection(transport)
         request = SimpleNamespace(protocols=["wamp.2.json"], headers={})
         self.assertEqual(protocol.onConnect(request), "wamp.2.json")
         protocol.state = protocol.STATE_OPEN
         protocol.onOpen()
         self.send(protocol, [message.Hello.MESSAGE_TYPE, "realm1", {"roles": {"subscriber": {}}}])
-        return protocol, sent
+        return protocol, transport
 
     def send(self, protocol: WampServerProtocol, raw: list[Any]) -> None:
         protocol.onMessage(self.serializer._serializer.serialize(raw), False)  # type: ignore[attr-defined]
@@ -655,7 +648,7 @@ class ProtocolSerializeOnceTests(SynchronousTestCase):
             self.send(protocol, [message.Subscribe.MESSAGE_TYPE, 1, {}, "news"])
         publisher, _ = self.connect()
         self.send(publisher, [PUBLISH, 1, {}, "news", ["hello"]])
-        frames = [sent[-1] for _, sent in connections]
+        frames = [websocket_payloads(transport.value())[-1] for _, transport in connections]
         self.assertEqual(self.counter.events, 1)
         self.assertEqual(len(set(frames)), 1)
         self.assertEqual(self.serializer._serializer.unserialize(frames[0])[0][0], EVENT)  # type: ignore[attr-defined]
