@@ -6,7 +6,7 @@ import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-from autobahn.util import generate_serial_number, rid
+from autobahn.util import rid
 from autobahn.wamp import message
 from twisted.internet.defer import Deferred
 
@@ -87,10 +87,6 @@ class Router:
     @anonymous.setter
     def anonymous(self, allowed: bool) -> None:
         self.auth.anonymous = allowed
-
-    def anonymous_authid(self) -> str:
-        """A fresh authid for an anonymous session."""
-        return f"anonymous-{generate_serial_number()}"
 
     # pub/sub
 
