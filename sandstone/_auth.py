@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import base64
 import hmac
-import inspect
 import json
 import secrets
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -32,6 +31,7 @@ from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ._calling import invoke
 from ._errors import AUTHENTICATION_DENIED, NO_AUTH_METHOD
 from ._login import SessionStore, identity_from_headers
 
@@ -290,17 +290,7 @@ def call_hook(hook: Callable[..., Any] | None, *args: Any) -> Deferred[Any]:
     if hook is None:
         return fail(denied())
 
-    def run() -> Any:
-        result = hook(*args)
-        if inspect.isawaitable(result) and not isinstance(result, Deferred):
-            return Deferred.fromCoroutine(_await(result))
-        return result
-
-    return maybeDeferred(run)
-
-
-async def _await(awaitable: Awaitable[Any]) -> Any:
-    return await awaitable
+    return maybeDeferred(invoke, hook, *args)
 
 
 def _hook_failed(failure: Failure, hook: object) -> Failure:

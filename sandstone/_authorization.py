@@ -23,6 +23,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ._calling import as_deferred, invoke
 from ._errors import AUTHORIZATION_FAILED, INVALID_URI, NOT_AUTHORIZED, WampError
 from ._subscriptions import EXACT
 
@@ -86,20 +87,6 @@ class Check(NamedTuple):
     run: Callable[[], Any]
 
 
-def _as_deferred(value: Any) -> Deferred[Any] | None:
-    if isinstance(value, Deferred):
-        return value
-    if inspect.iscoroutine(value):
-        return Deferred.fromCoroutine(value)
-    if inspect.isawaitable(value):
-
-        async def wait() -> Any:
-            return await value
-
-        return Deferred.fromCoroutine(wait())
-    return None
-
-
 def _judge(verdict: Any, check: Check, action: str, uri: str) -> None:
     if not verdict:  # False, and also None: a hook that forgot to answer denies
         raise WampError(NOT_AUTHORIZED, f"not authorized to {action} {uri!r}")
@@ -128,7 +115,7 @@ def run_checks(checks: Sequence[Check], action: str, uri: str) -> Deferred[None]
     for index, check in enumerate(checks):
         try:
             verdict = check.run()
-            waiting = _as_deferred(verdict)
+            waiting = as_deferred(verdict)
         except Exception:
             _failed(Failure(), check, action, uri).raiseException()
         if waiting is None:
@@ -217,14 +204,12 @@ class Authorization:
         held: list[Topic] = []
 
         def run_hook() -> Any:
-            from ._topic import _call_hook
-
             topic = topics.hold(uri)
             held.append(topic)
             method = getattr(topic, hook)
             if hook == "may_publish":
-                return _call_hook(method, session, payload)
-            return _call_hook(method, session)
+                return invoke(method, session, payload)
+            return invoke(method, session)
 
         def cleanup() -> None:
             while held:

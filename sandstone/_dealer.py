@@ -15,6 +15,7 @@ from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ._calling import invoke
 from ._codec import disclosed
 from ._errors import (
     CANCELED,
@@ -171,7 +172,7 @@ class Dealer:
             pass  # no signature available (some builtins): let the call itself decide
         tracked = _Call(caller, call.request, False)
         self._track(tracked)
-        tracked.running = d = maybeDeferred(_run, function, args, kwargs)
+        tracked.running = d = maybeDeferred(invoke, function, *args, **kwargs)
         d.addBoth(self._function_done, tracked)
         d.addCallbacks(
             lambda result: caller._send_result(call.request, result),
@@ -322,13 +323,6 @@ def _pop_nested(index: dict[Session, dict[int, _Call]], session: Session, key: i
         calls.pop(key, None)
         if not calls:
             del index[session]
-
-
-def _run(function: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]) -> Any:
-    result = function(*args, **kwargs)
-    if inspect.isawaitable(result) and not isinstance(result, Deferred):
-        return Deferred.fromCoroutine(result)  # type: ignore[arg-type]
-    return result
 
 
 def result_message(request: int, result: Any) -> message.Result:

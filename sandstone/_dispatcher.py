@@ -11,10 +11,9 @@ stop the propagation of the event to the later ones.
 from __future__ import annotations
 
 import contextvars
-import inspect
 from bisect import bisect_left, insort
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import count
 from typing import Any
@@ -22,6 +21,8 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+from ._calling import as_deferred
 
 __all__ = [
     "DispatchResult",
@@ -87,22 +88,6 @@ def _listener_name(listener: _Listener) -> str:
     return f"{module}.{qualname}" if module else qualname
 
 
-async def _await(awaitable: Awaitable[object]) -> object:
-    """Turn any awaitable into a coroutine L{Deferred.fromCoroutine} accepts."""
-    return await awaitable
-
-
-def _as_deferred(returned: object) -> Deferred[object] | None:
-    """The Deferred to wait on for a listener's return value, or None if it is plain."""
-    if isinstance(returned, Deferred):
-        return returned
-    if inspect.iscoroutine(returned):
-        return Deferred.fromCoroutine(returned)
-    if inspect.isawaitable(returned):
-        return Deferred.fromCoroutine(_await(returned))
-    return None
-
-
 class _Dispatch:
     """
     One running dispatch: calls a snapshot of the listeners in a loop (not by
@@ -135,7 +120,7 @@ class _Dispatch:
         except Exception:
             self._record(entry, Failure())
             return False
-        waiting = _as_deferred(returned)
+        waiting = as_deferred(returned)
         if waiting is None:
             return False
         outcomes: list[object] = []

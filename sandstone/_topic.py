@@ -11,6 +11,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ._calling import invoke
 from ._dispatcher import EventDispatcher
 from ._errors import RUNTIME_ERROR, WampError, error_payload
 from ._pattern import TopicPattern, TopicRoutes
@@ -227,11 +228,9 @@ class TopicHost:
         self._busy[topic.uri] = self._busy.get(topic.uri, 0) + 1
         if topic._publish_takes_publication:
             # by keyword: an override may take it as ``publication`` or through ``**kwargs``
-            d = maybeDeferred(
-                _call_hook, topic.on_publish, session, publication.payload, publication=publication
-            )
+            d = maybeDeferred(invoke, topic.on_publish, session, publication.payload, publication=publication)
         else:
-            d = maybeDeferred(_call_hook, topic.on_publish, session, publication.payload)
+            d = maybeDeferred(invoke, topic.on_publish, session, publication.payload)
         d.addErrback(self._hook_failed, topic, "on_publish")
         d.addBoth(self._done_publishing, topic)
         return d
@@ -289,7 +288,7 @@ class TopicHost:
             self._events.remove_listener(name, getattr(topic, attribute))
 
     def _run_hook(self, topic: Topic, hook: str, session: Session) -> None:
-        d = maybeDeferred(_call_hook, getattr(topic, hook), session)
+        d = maybeDeferred(invoke, getattr(topic, hook), session)
         d.addErrback(self._hook_failed, topic, hook)
         d.addErrback(lambda _: None)
 
@@ -318,10 +317,3 @@ def _may_define(factory: Any, hook: str) -> bool:
     if isinstance(factory, type) and issubclass(factory, Topic):
         return getattr(factory, hook) is not getattr(Topic, hook)
     return True
-
-
-def _call_hook(hook: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    result = hook(*args, **kwargs)
-    if inspect.isawaitable(result) and not isinstance(result, Deferred):
-        return Deferred.fromCoroutine(result)  # type: ignore[arg-type]
-    return result
