@@ -355,10 +355,22 @@ class Sandstone(Klein):
             self.route(core.ws_path, endpoint="sandstone_websocket")(websocket)
         return super().resource()
 
-    def site(self, **kwargs: Any) -> SandstoneSite:
+    def site(self, site_class: type[SandstoneSite] = SandstoneSite, **kwargs: Any) -> SandstoneSite:
         """A ``twisted.web.server.Site`` serving ``resource()`` with the app's limits (request bodies over
-        ``max_request_body`` get 413) and tracking REST requests in flight for a graceful shutdown."""
-        return SandstoneSite(self.resource(), max_request_body=self.limits.max_request_body, **kwargs)
+        ``max_request_body`` get 413) and tracking REST requests in flight for a graceful shutdown.
+
+        WebSocket connections to ``ws_path`` go to the WAMP router without passing through twisted.web.
+        """
+        resource = self.resource()
+        core = self._core
+        assert core.factory is not None and core.mounted_at is not None
+        return site_class(
+            resource,
+            max_request_body=self.limits.max_request_body,
+            websocket=(core.mounted_at, core.factory),
+            handshake_timeout=self.limits.open_handshake_timeout,
+            **kwargs,
+        )
 
     def shutdown_service(self, site: SandstoneSite | None = None, timeout: float = 5.0) -> GracefulShutdown:
         """A Twisted service whose stop says GOODBYE (``wamp.close.system_shutdown``) to every session

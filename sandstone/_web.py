@@ -6,8 +6,10 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IAddress, IDelayedCall, IProtocol, IProtocolFactory, IReactorTime
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.web.server import Request, Site
 
 if TYPE_CHECKING:
@@ -82,14 +84,106 @@ class LimitedRequest(Request):
 
 class SandstoneSite(Site):
     """A Site for a sandstone app (see ``Sandstone.site()``): ``LimitedRequest``s, and ``inflight``,
-    the REST requests being served (WebSocket upgrades leave it once upgraded)."""
+    the REST requests being served (WebSocket upgrades leave it once upgraded).
+
+    Given ``websocket=(path, factory)``, a connection whose first request line is ``GET path`` goes
+    straight to ``factory``'s WebSocket protocol, which parses the handshake itself: no twisted.web
+    request, resource lookup or transport takeover for it. Any other connection is served by the Site.
+    """
 
     requestFactory = LimitedRequest
 
-    def __init__(self, resource: Any, *, max_request_body: int = 0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        resource: Any,
+        *,
+        max_request_body: int = 0,
+        websocket: tuple[str, IProtocolFactory] | None = None,
+        handshake_timeout: float = 10.0,
+        clock: IReactorTime | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(resource, **kwargs)
         self.max_request_body = max_request_body
         self.inflight: set[Request] = set()
+        self.websocket = websocket
+        self._upgrade_line = b"GET " + websocket[0].encode("ascii") if websocket is not None else b""
+        self.handshake_timeout = handshake_timeout
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.clock: IReactorTime = clock  # type: ignore[assignment]
+
+    def buildProtocol(self, addr: IAddress) -> IProtocol | None:
+        if self.websocket is None:
+            return super().buildProtocol(addr)
+        return _FirstLine(self, addr)
+
+    def _protocol_for(self, request_line: bytes, addr: IAddress) -> IProtocol | None:
+        """The WebSocket protocol for ``GET <ws_path>[?query] HTTP/...``, else the Site's HTTP channel."""
+        assert self.websocket is not None
+        target, _, _ = request_line.partition(b" HTTP/")
+        path = target.partition(b"?")[0]
+        if path == self._upgrade_line:
+            return self.websocket[1].buildProtocol(addr)
+        return super().buildProtocol(addr)
+
+
+# The longest first line waited for before the connection is handed to the HTTP channel (which answers it).
+_MAX_FIRST_LINE = 8192
+
+
+class _FirstLine(Protocol):
+    """A new connection's protocol until its first request line says who serves it (see ``SandstoneSite``).
+
+    It then hands the transport and the bytes received so far to that protocol. A peer sending no
+    complete line within the site's ``handshake_timeout`` is disconnected.
+    """
+
+    def __init__(self, site: SandstoneSite, addr: IAddress) -> None:
+        self.site = site
+        self.addr = addr
+        self.buffer = b""
+        self.timer: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        if self.site.handshake_timeout > 0:
+            self.timer = self.site.clock.callLater(self.site.handshake_timeout, self._timed_out)
+
+    def dataReceived(self, data: bytes) -> None:
+        buffer = self.buffer + data
+        end = buffer.find(b"\r\n")
+        if end < 0 and len(buffer) < _MAX_FIRST_LINE:
+            self.buffer = buffer
+            return
+        self.buffer = b""
+        self._cancel_timer()
+        protocol = self.site._protocol_for(buffer[:end] if end >= 0 else b"", self.addr)
+        transport = self.transport
+        if protocol is None:
+            transport.loseConnection()
+            return
+        if isinstance(transport, ProtocolWrapper):  # TLS and other wrapping transports
+            transport.wrappedProtocol = protocol
+        else:
+            transport.protocol = protocol
+        protocol.makeConnection(transport)
+        protocol.dataReceived(buffer)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self._cancel_timer()
+
+    def _timed_out(self) -> None:
+        self.timer = None
+        log.info(
+            "closing a connection that sent no request line within {timeout} s",
+            timeout=self.site.handshake_timeout,
+        )
+        self.transport.abortConnection()
+
+    def _cancel_timer(self) -> None:
+        timer, self.timer = self.timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
 
 
 class GracefulShutdown(Service):

@@ -133,7 +133,7 @@ class ServerTestCase(TestCase):
     """Serves an app on an ephemeral 127.0.0.1 port and connects autobahn clients to it."""
 
     def serve(self, app: Sandstone) -> IListeningPort:
-        site = TrackingSite(app.resource(), max_request_body=app.limits.max_request_body)
+        site = app.site(TrackingSite)
         port = reactor.listenTCP(0, site, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         # Cleanups run last-in first-out: this one runs after the clients connected later are gone.
