@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from autobahn.util import generate_serial_number
 from autobahn.wamp.auth import compute_wcs, derive_key
 from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred, succeed
 from twisted.logger import Logger
@@ -185,7 +184,7 @@ class Authentication:
         offered = hello.authmethods or [ANONYMOUS]
         for method in offered:
             if method == ANONYMOUS and self.anonymous:
-                authid = f"anonymous-{generate_serial_number()}"
+                authid = f"anonymous-{secrets.token_hex(8)}"
                 return succeed(Accepted(Identity(authid, ANONYMOUS), ANONYMOUS, "static"))
             if method == TICKET and self.authenticator is not None:
                 return succeed(Challenge(TICKET, {}, self._ticket_verifier(hello)))

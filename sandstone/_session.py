@@ -65,6 +65,44 @@ ROUTER_ROLES = {
 }
 
 
+
+class _Welcome(message.Welcome):
+    """WELCOME with the router's roles marshalled once: autobahn's own checks each role's type and walks
+    its features for every WELCOME (a tenth of a connection's setup time). Same wire message."""
+
+    __slots__ = ()
+
+    ROLES = message.Welcome(1, ROUTER_ROLES).marshal()[2]["roles"]
+
+    def __init__(
+        self, session: int, realm: str, authid: str, authrole: str, authmethod: str, authprovider: str
+    ) -> None:
+        message.Message.__init__(self)
+        self.session = session
+        self.roles = ROUTER_ROLES
+        self.realm = realm
+        self.authid = authid
+        self.authrole = authrole
+        self.authmethod = authmethod
+        self.authprovider = authprovider
+        self.authextra = None
+        self.resumed = None
+        self.resumable = None
+        self.resume_token = None
+        self.custom = {}
+
+    def marshal(self) -> list[Any]:
+        details = {
+            "realm": self.realm,
+            "authid": self.authid,
+            "authrole": self.authrole,
+            "authmethod": self.authmethod,
+            "authprovider": self.authprovider,
+            "roles": self.ROLES,
+        }
+        return [self.MESSAGE_TYPE, self.session, details]
+
+
 class Transport(Protocol):
     """What a session needs from the connection carrying it."""
 
@@ -248,15 +286,7 @@ class Session:
         self._state = _ESTABLISHED
         self._router.join(self)
         self._send(
-            message.Welcome(
-                self.id,
-                ROUTER_ROLES,
-                realm=self.realm,
-                authid=self.authid,
-                authrole=self.authrole,
-                authmethod=self.authmethod,
-                authprovider=accepted.provider,
-            )
+            _Welcome(self.id, self.realm, self.authid, self.authrole, self.authmethod, accepted.provider)
         )
 
     def _on_abort(self, abort: message.Abort) -> None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pprint import pformat
 from typing import Any
 
+from autobahn.twisted import websocket as _autobahn_twisted_websocket
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.wamp import message
@@ -29,24 +30,35 @@ from ._session import Session
 log = Logger()
 
 
-class _LazyPformat:
-    """``pprint.pformat`` deferred until the text is actually wanted."""
+class _Lazy:
+    """``render(value)``, deferred until the text is actually wanted."""
 
-    __slots__ = ("_value",)
+    __slots__ = ("_render", "_value")
 
-    def __init__(self, value: Any) -> None:
+    def __init__(self, render: Callable[[Any], Any], value: Any) -> None:
+        self._render = render
         self._value = value
 
     def __str__(self) -> str:
-        return pformat(self._value)
+        return str(self._render(self._value))
 
     def __format__(self, spec: str) -> str:
         return format(str(self), spec)
 
 
-# autobahn pretty-prints every connection's ~30 options for a debug line on each connect, before its logger
-# drops the line: a third of a connection's setup time. The same text when a debug observer does want it.
-_autobahn_protocol.pformat = _LazyPformat  # type: ignore[attr-defined]
+def _deferred_text(render: Callable[[Any], Any]) -> Callable[[Any], _Lazy]:
+    def lazy(value: Any) -> _Lazy:
+        return _Lazy(render, value)
+
+    return lazy
+
+
+# autobahn formats the arguments of its debug lines before its logger drops them: pretty-printing every
+# connection's ~30 options on connect (a third of a connection's setup time), and a highlighted
+# qualified name on every dataReceived. The same text when a debug observer does want it.
+_autobahn_protocol.pformat = _deferred_text(pformat)  # type: ignore[attr-defined]
+_autobahn_protocol.hltype = _deferred_text(_autobahn_protocol.hltype)  # type: ignore[attr-defined]
+_autobahn_twisted_websocket.hltype = _deferred_text(_autobahn_twisted_websocket.hltype)  # type: ignore[attr-defined]
 
 
 def default_serializers() -> dict[str, ISerializer]:
@@ -340,29 +352,6 @@ def _buffered_bytes(transport: Any) -> int | None:
     return None
 
 
-def _factory_option(name: str) -> property:
-    """A protocol option read from the factory unless set on the connection itself.
-
-    autobahn copies ~30 options from the factory into every connection's ``__dict__`` unless the class
-    already has them; serving them from the factory keeps an idle connection ~1.5 KB smaller.
-    """
-
-    def get(self: WampServerProtocol) -> Any:
-        try:
-            return self.__dict__[name]
-        except KeyError:
-            return getattr(self.factory, name)
-
-    def set_(self: WampServerProtocol, value: Any) -> None:
-        self.__dict__[name] = value
-
-    return property(get, set_)
-
-
-for _option in WebSocketServerProtocol.CONFIG_ATTRS:
-    setattr(WampServerProtocol, _option, _factory_option(_option))
-
-
 class WampServerFactory(WebSocketServerFactory):
     """Builds WAMP connections for one router."""
 
@@ -390,6 +379,7 @@ class WampServerFactory(WebSocketServerFactory):
         self.connections: set[WampServerProtocol] = set()
         self.stats: Counter[str] = router.stats
         limits = self.limits
+        self._protocol_base: type[WampServerProtocol] = self.protocol
         self.setProtocolOptions(
             maxFramePayloadSize=limits.max_frame_size,
             maxMessagePayloadSize=limits.max_message_size,
@@ -400,6 +390,24 @@ class WampServerFactory(WebSocketServerFactory):
             failByDrop=False,  # a refused frame or message gets a close frame with its code (1009)
             allowNullOrigin=True,  # origins are checked in admit(), which answers 403
         )
+
+    def setProtocolOptions(self, **options: Any) -> None:
+        """autobahn's protocol options; connections read them from their class (see ``_options_class``)."""
+        super().setProtocolOptions(**options)
+        self._options_class()
+
+    def _options_class(self) -> None:
+        """Build connections from a subclass of the protocol holding the factory's options in the class.
+
+        autobahn copies ~30 options from the factory into every connection's ``__dict__`` unless the
+        connection already has them: as class attributes they cost an idle connection nothing (~1.5 KB
+        saved) and are read as fast as instance attributes.
+        """
+        base = getattr(self, "_protocol_base", None)
+        if base is None:  # autobahn's own __init__ sets options before ours runs
+            return
+        options = {name: getattr(self, name) for name in WebSocketServerProtocol.CONFIG_ATTRS}
+        self.protocol = type(base.__name__, (base,), {"__module__": base.__module__, **options})
 
     def admit(self, request: ConnectionRequest) -> None:
         """Refuse a WebSocket handshake: 403 for a foreign browser origin, 503 beyond ``max_connections``."""

@@ -59,6 +59,33 @@ def request(origin: str = "", host: str = "localhost:8080") -> Any:
     )
 
 
+class ProtocolOptionTests(SynchronousTestCase):
+    """autobahn's options live on the connection's class, not in every connection's ``__dict__``."""
+
+    def test_options_are_not_copied_into_connections(self) -> None:
+        f = factory(max_frame_size=4096)
+        connection = Connection(f)
+        copied = set(WampServerProtocol.CONFIG_ATTRS) & set(vars(connection.protocol))
+        self.assertEqual(copied, set())
+        self.assertEqual(connection.protocol.maxFramePayloadSize, 4096)
+        self.assertIsInstance(connection.protocol, WampServerProtocol)
+
+    def test_options_set_later_apply_to_new_connections(self) -> None:
+        f = factory(auto_ping_interval=0)
+        before = Connection(f)
+        f.setProtocolOptions(autoPingInterval=7.5, maxMessagePayloadSize=1234)
+        after = Connection(f)
+        self.assertEqual((after.protocol.autoPingInterval, after.protocol.maxMessagePayloadSize), (7.5, 1234))
+        self.assertEqual(before.protocol.autoPingInterval, 0)
+
+    def test_a_connection_may_override_an_option_for_itself(self) -> None:
+        f = factory()
+        one, two = Connection(f), Connection(f)
+        one.protocol.maxMessagePayloadSize = 99
+        self.assertEqual(one.protocol.maxMessagePayloadSize, 99)
+        self.assertEqual(two.protocol.maxMessagePayloadSize, f.maxMessagePayloadSize)
+
+
 class AdmitTests(SynchronousTestCase):
     def test_foreign_origin_gets_403(self) -> None:
         f = factory()

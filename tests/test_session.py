@@ -94,6 +94,23 @@ class WelcomeTests(SynchronousTestCase):
         self.assertNotEqual(other.session, self.welcome.session)
         self.assertNotEqual(other.authid, self.welcome.authid)
 
+    def test_welcome_marshals_like_autobahns_own(self) -> None:
+        """The prebuilt WELCOME is the message autobahn's Welcome would put on the wire."""
+        from sandstone._session import ROUTER_ROLES, _Welcome
+
+        ours = _Welcome(7, "sandbox", "alice", "admin", "ticket", "static").marshal()
+        theirs = message.Welcome(
+            7,
+            ROUTER_ROLES,
+            realm="sandbox",
+            authid="alice",
+            authrole="admin",
+            authmethod="ticket",
+            authprovider="static",
+        ).marshal()
+        self.assertEqual(ours, theirs)
+        self.assertEqual(ours[2]["roles"]["dealer"]["features"]["call_canceling"], True)
+
     def test_hello_offering_anonymous_among_authmethods_is_welcomed(self) -> None:
         session = TestClient(self.app).connect(authmethods=["ticket", "anonymous"])
         self.assertIsInstance(session.messages[0], message.Welcome)
