@@ -12,7 +12,7 @@ from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.wamp import message
 from autobahn.wamp.interfaces import ISerializer
-from autobahn.wamp.serializer import CBORSerializer, JsonSerializer, MsgPackSerializer
+from autobahn.wamp.serializer import CBORSerializer, MsgPackSerializer
 from autobahn.websocket import protocol as _autobahn_protocol
 from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
 from autobahn.websocket.protocol import TrafficStats
@@ -23,6 +23,7 @@ from zope.interface import implementer
 
 from ._codec import DecodeError, decode
 from ._errors import HELLO_TIMEOUT, PAYLOAD_TOO_LARGE, SYSTEM_SHUTDOWN
+from ._json import json_serializer
 from ._limits import Limits, origin_allowed
 from ._router import Router
 from ._session import Session
@@ -72,8 +73,8 @@ def default_serializers() -> dict[str, ISerializer]:
         CBORSerializer(batched=True),
         MsgPackSerializer(),
         MsgPackSerializer(batched=True),
-        JsonSerializer(),
-        JsonSerializer(batched=True),
+        json_serializer(),
+        json_serializer(batched=True),
     ]
     return {f"wamp.2.{s.SERIALIZER_ID}": s for s in serializers}
 
