@@ -30,7 +30,7 @@ setup(
         "txredisapi>=1.6",
     ],
     extras_require={
-        "test": ["hypothesis", "kosoku", "redis>=5"],
+        "test": ["hypothesis", "kosoku", "redis>=5", "twisted[tls]"],
         "push": ["redis>=5"],
         "lint": ["ruff"],
     },
