@@ -128,8 +128,10 @@ class SandstoneSite(Site):
         return super().buildProtocol(addr)
 
 
-# The longest first line waited for before the connection is handed to the HTTP channel (which answers it).
+# The longest first line waited for: longer, the connection is answered 400 and closed, as twisted.web
+# answers an oversized request head (its HTTP channel would wait for up to 16 KiB and then close silently).
 _MAX_FIRST_LINE = 8192
+_BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 
 
 class _FirstLine(Protocol):
@@ -157,7 +159,11 @@ class _FirstLine(Protocol):
             return
         self.buffer = b""
         self._cancel_timer()
-        protocol = self.site._protocol_for(buffer[:end] if end >= 0 else b"", self.addr)
+        if end < 0:
+            self.transport.write(_BAD_REQUEST)
+            self.transport.loseConnection()
+            return
+        protocol = self.site._protocol_for(buffer[:end], self.addr)
         transport = self.transport
         if protocol is None:
             transport.loseConnection()

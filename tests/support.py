@@ -12,6 +12,7 @@ from autobahn.wamp.types import ComponentConfig
 from treq.client import HTTPClient
 from twisted.internet import defer, reactor
 from twisted.internet.interfaces import IAddress, IListeningPort, ITransport
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
@@ -126,7 +127,9 @@ class TrackingSite(SandstoneSite):
         return channel
 
     def open_transports(self) -> list[ITransport]:
-        return [t for t in self.transports if not getattr(t, "disconnected", True)]
+        """The connections still open; a TLS transport is judged by the TCP transport under it."""
+        inner = [t.transport if isinstance(t, ProtocolWrapper) else t for t in self.transports]
+        return [t for t in inner if not getattr(t, "disconnected", True)]
 
 
 class ServerTestCase(TestCase):
