@@ -365,7 +365,10 @@ class _TurnWriter:
         self.scheduled = False
         queued, self.queued = self.queued, {}
         for protocol, chunks in queued.items():
-            _send_now(protocol.transport, chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            try:
+                _send_now(protocol.transport, chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            except Exception:  # one broken connection must not keep the others' frames
+                log.failure("writing to {peer} failed", peer=getattr(protocol, "peer", None))
 
     def flush_one(self, protocol: WampServerProtocol) -> None:
         chunks = self.queued.pop(protocol, None)
@@ -464,7 +467,8 @@ class WampServerFactory(WebSocketServerFactory):
         )
 
     def setProtocolOptions(self, **options: Any) -> None:
-        """autobahn's protocol options; connections read them from their class (see ``_options_class``)."""
+        """autobahn's protocol options, for the connections made from now on (they read them from their
+        class, see ``_options_class``: set options through this method, not as factory attributes)."""
         super().setProtocolOptions(**options)
         self._options_class()
 

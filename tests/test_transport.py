@@ -127,3 +127,19 @@ class BurstOverTCPTests(ServerTestCase):
         await wait_until(lambda: len(received) == count and len(other) == count, timeout=10)
         self.assertEqual(received, list(range(count)))
         self.assertEqual(other, list(range(count)))
+
+
+class BrokenTCP(FakeTCP):
+    def writeSomeData(self, data: bytes) -> Any:
+        raise RuntimeError("broken transport")
+
+
+class TurnWriterFailureTests(TestCase):
+    async def test_a_failing_connection_does_not_keep_the_others_frames(self) -> None:
+        writer = _TurnWriter()
+        broken, fine = FakeProtocol(BrokenTCP()), FakeProtocol(FakeTCP())
+        writer.write(broken, b"a")  # type: ignore[arg-type]
+        writer.write(fine, b"b")  # type: ignore[arg-type]
+        await next_turn()
+        self.assertEqual(fine.transport.sent, [b"b"])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
