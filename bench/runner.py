@@ -1,6 +1,6 @@
 """Side-by-side benchmark: sandstone vs Crossbar.io vs a raw Autobahn fan-out ceiling, in one command.
 
-    /work/venv/bin/python bench/runner.py [--runs 5] [--quick] [--only sat,lat,rest,idle]
+    /work/venv/bin/python bench/runner.py [--runs 5] [--quick] [--only sat,lat,rest,idle,cross,workers]
 
 It installs Crossbar into ``bench/.venv-crossbar`` (pip, Python 3.11; reused when present) and the Node load
 generator's ``ws`` package into ``bench/node_modules`` (npm), then, for each run, starts in turn sandstone
@@ -16,6 +16,17 @@ from separate Node.js processes (bench/load/wamp.js, WAMP v2 JSON spoken directl
   publisher), subscribers of ``articles``; requests/s at saturation and delivery percentiles at a fixed rate;
 - idle N: N sessions each subscribed to its own topic; server RSS per session, sessions connected per second.
 
+Two more, sandstone only (Crossbar OSS has no clustering, the raw ceiling none), each with its own
+redis-server (``--save '' --appendonly no``) on a free port:
+
+- cross: nodes A and B (open router, ``--redis``); fan-out saturation with the publisher on A and every
+  subscriber on B (``--scale-subscribers``), then fan-out latency at ``--cross-rate``/s, same split;
+- workers: ``--redis URL --workers N`` for each of ``--worker-counts`` (1,2): fan-out saturation (open router)
+  and REST -> EVENT saturation (examples.blog), every client on the one port.
+
+They report each process's CPU (nodes or workers, redis-server, generators) and, in a second table, the
+ratio to the single-node figure of the same run and the workers speed-up.
+
 Results: a table of medians over the runs with ratios, ``bench/results/runner-<timestamp>.json``,
 ``bench/results/runner-<timestamp>.png`` (matplotlib) and ``BENCHMARKS.md``. See bench/README.md.
 """
@@ -27,6 +38,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import resource
 import select
 import shutil
@@ -37,7 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +59,12 @@ from cluster_latency import (
     free_port,
     git_commit,
     machine_busy_seconds,
+    redis_server,
     rss_kib,
     twistd_argv,
     uncommitted_changes,
     wait_for,
+    wait_for_cluster,
 )
 
 BENCH = Path(__file__).resolve().parent
@@ -62,11 +76,17 @@ CROSSBAR_REQUIREMENT = "crossbar"
 GENERATOR = BENCH / "load" / "wamp.js"
 REALM = "realm1"
 SERVERS = ("sandstone", "crossbar", "raw")
-SCENARIOS = ("sat", "lat", "rest", "idle")
+SCENARIOS = ("sat", "lat", "rest", "idle", "cross", "workers")
+# sandstone only (Crossbar OSS has no clustering, the raw ceiling none): nodes or workers sharing a Redis bus.
+SCALEOUT = ("cross", "workers")
 # A generator process above this share of one core is (near) the bottleneck: its figure is a lower bound.
 GENERATOR_BUSY = 85.0
 # The server below this share of one core at saturation was not the bottleneck either.
 SERVER_BUSY = 85.0
+# The supervisor's log line for each worker it spawns (sandstone/_workers.py).
+WORKER_STARTED = re.compile(r"worker (\d+) started \(pid (\d+)\)")
+# Processes to sample over a measured window: label -> (pid, port whose established connections to count).
+Watch = dict[str, tuple[int, int | None]]
 
 
 def shown(path: Path) -> str:
@@ -111,6 +131,16 @@ def ensure_node() -> str:
         log("installing the generator's dependency (npm install --prefix bench) ...")
         subprocess.run([npm, "install", "--prefix", str(BENCH)], check=True, cwd=REPO)
     return node
+
+
+def optional_version(package: str) -> str | None:
+    """The installed version of ``package`` in this interpreter (the servers'), None when it is missing."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
 
 
 def crossbar_version(crossbar: Path) -> str | None:
@@ -171,7 +201,15 @@ class Server:
 
 
 @contextlib.contextmanager
-def sandstone(app: str | None) -> Iterator[Server]:
+def sandstone(
+    app: str | None, redis_url: str | None = None, workers: int = 1, label: str = "sandstone"
+) -> Iterator[Server]:
+    """``twistd -n sandstone`` on a free port, optionally on a Redis bus (``--redis``) with ``--workers N``.
+
+    Ready when /ws answers a handshake and, with workers, when workers 2..N accept connections (until then
+    the connections the kernel hashes to their sockets wait). Whether the bus is up is the caller's business
+    (``wait_for_cluster``, ``bus_probe``).
+    """
     port = free_port()
     argv = [*twistd_argv(), "-n", "--pidfile=", "sandstone", "--listen", f"tcp:{port}:interface=127.0.0.1"]
     # No per-session rate limits, no connection cap and no slow-consumer drop: Crossbar has none of them
@@ -188,9 +226,18 @@ def sandstone(app: str | None) -> Iterator[Server]:
     ]
     if app:
         argv += ["--app", app]
-    child = Child("sandstone", argv)
+    if redis_url:
+        argv += ["--redis", redis_url]
+    if workers > 1:
+        argv += ["--workers", str(workers)]
+    child = Child(label, argv)
     try:
         wait_for(lambda: upgrades(port, "/ws"), child, "no WebSocket handshake on /ws")
+        wait_for(
+            lambda: child.output().count("accepting connections") >= workers - 1,
+            child,
+            f"workers 2..{workers} not accepting connections",
+        )
         rest = (
             {"url": f"http://127.0.0.1:{port}/api/articles", "body": '{"title": "bench @T@"}'}
             if app
@@ -199,6 +246,37 @@ def sandstone(app: str | None) -> Iterator[Server]:
         yield Server("sandstone", child, port, "/ws", rest)
     finally:
         child.stop()
+
+
+def worker_pids(server: Server, workers: int) -> dict[str, int]:
+    """``{"worker 1": supervisor pid, "worker K": pid}`` from the supervisor's "worker K started (pid P)"."""
+    pids = {"worker 1": server.child.pid}
+    pids.update({f"worker {k}": int(pid) for k, pid in WORKER_STARTED.findall(server.child.output())})
+    if len(pids) != workers:
+        raise RuntimeError(f"expected {workers} workers, the supervisor's log names {sorted(pids)}")
+    return pids
+
+
+def tcp_connections(pid: int, port: int) -> int | None:
+    """Established TCP connections a process holds on local ``port``: its socket descriptors (/proc/PID/fd)
+    matched with /proc/net/tcp{,6}. None without /proc."""
+    inodes = set()
+    for table_path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table_path).read_text().splitlines()[1:]:
+                fields = line.split()
+                # local_address is HEXIP:HEXPORT, st 01 is ESTABLISHED, field 9 the socket's inode
+                if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(f"socket:[{fields[9]}]")
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return None
+    count = 0
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            count += os.readlink(f"/proc/{pid}/fd/{fd}") in inodes
+    return count
 
 
 def upgrades(port: int, path: str) -> bool:
@@ -359,12 +437,23 @@ def generators(node: str, configs: list[dict[str, Any]], timeout: float) -> Iter
 
 
 def measure(
-    server: Server, gens: list[Generator], pub: Generator, warmup: float, duration: float
+    server_cpu: Callable[[], float],
+    gens: list[Generator],
+    pub: Generator,
+    warmup: float,
+    duration: float,
+    watch: Watch | None = None,
 ) -> dict[str, Any]:
-    """go, warm up, open the window on every generator, wait, close it; server and machine CPU meanwhile."""
+    """go, warm up, open the window on every generator, wait, close it; server and machine CPU meanwhile.
+
+    ``server_cpu`` is the CPU seconds of every server process; ``watch`` adds each listed process's CPU
+    (``cpu_percent``) and, for those with a port, its established connections at the end of the window.
+    """
+    watch = watch or {}
     pub.send("go")
     time.sleep(warmup)
-    cpu0, machine0, t0 = server.cpu(), machine_busy_seconds(), time.perf_counter()
+    each0 = {label: cpu_seconds(pid) for label, (pid, _) in watch.items()}
+    cpu0, machine0, t0 = server_cpu(), machine_busy_seconds(), time.perf_counter()
     for g in gens:
         g.send("start")
     time.sleep(duration)
@@ -372,14 +461,23 @@ def measure(
         g.send("stop")
     results = [g.read(30) for g in gens]
     wall = time.perf_counter() - t0
-    cpu1, machine1 = server.cpu(), machine_busy_seconds()
+    cpu1, machine1 = server_cpu(), machine_busy_seconds()
+    each1 = {label: cpu_seconds(pid) for label, (pid, _) in watch.items()}
+    connections = {label: tcp_connections(pid, port) for label, (pid, port) in watch.items() if port}
     pub.send("halt")
     machine = None if machine0 is None or machine1 is None else round((machine1 - machine0) / wall * 100, 1)
-    return {
+    measured: dict[str, Any] = {
         "server_cpu_percent": round((cpu1 - cpu0) / wall * 100, 1),
         "machine_cpu_percent": machine,
         "generators": results,
     }
+    if watch:
+        measured["cpu_percent"] = {
+            label: None if a is None or b is None else round((b - a) / wall * 100, 1)
+            for label, a, b in ((label, each0[label], each1[label]) for label in watch)
+        }
+        measured["connections"] = connections
+    return measured
 
 
 def sub_configs(server: Server, count: int, procs: int, **extra: Any) -> list[dict[str, Any]]:
@@ -405,44 +503,77 @@ def summarize_generators(m: dict[str, Any]) -> dict[str, Any]:
         "server_cpu_percent": m["server_cpu_percent"],
         "machine_cpu_percent": m["machine_cpu_percent"],
         "lower_bound": max(gen_cpu) >= GENERATOR_BUSY,
+        **{k: m[k] for k in ("cpu_percent", "connections") if k in m},
     }
 
 
-def fanout_saturation(node: str, server: Server, s: int, args: argparse.Namespace) -> dict[str, Any]:
+def mark_saturation(result: dict[str, Any], m: dict[str, Any]) -> None:
+    """Was the server the bottleneck? One process: >= SERVER_BUSY of a core. Several (nodes, workers): the
+    busiest sandstone process (not redis-server) decides, and is recorded."""
+    busy = m["server_cpu_percent"]
+    if "cpu_percent" in m:
+        ours = {k: v for k, v in m["cpu_percent"].items() if k != "redis" and v is not None}
+        if ours:
+            label = max(ours, key=lambda k: ours[k])
+            busy = ours[label]
+            result["busiest_process"] = label
+            result["busiest_cpu_percent"] = busy
+    result["server_saturated"] = busy >= SERVER_BUSY
+
+
+def pub_config(server: Server, topic: str, **extra: Any) -> dict[str, Any]:
+    return {"role": "pub", "url": server.ws_url, "realm": REALM, "topic": topic, **extra}
+
+
+def total_cpu(*servers: Server) -> Callable[[], float]:
+    return lambda: sum(s.cpu() for s in servers)
+
+
+def fanout_saturation(
+    node: str,
+    server: Server,
+    s: int,
+    args: argparse.Namespace,
+    pub_server: Server | None = None,
+    watch: Watch | None = None,
+) -> dict[str, Any]:
+    """Subscribers on ``server``, the publisher on ``pub_server`` (another node) or ``server``."""
     topic = "bench.fanout"
     subs = sub_configs(server, s, subscriber_procs(s, args), topic=topic, mode="count")
-    pub = {
-        "role": "pub",
-        "url": server.ws_url,
-        "realm": REALM,
-        "topic": topic,
-        "mode": "sat",
-        "window": args.window,
-        "payload_bytes": args.payload_bytes,
-    }
+    pub = pub_config(
+        pub_server or server, topic, mode="sat", window=args.window, payload_bytes=args.payload_bytes
+    )
+    cpu = total_cpu(server, pub_server) if pub_server else server.cpu
     with generators(node, [*subs, pub], 120) as gens:
-        m = measure(server, gens, gens[-1], args.warmup, args.duration)
+        m = measure(cpu, gens, gens[-1], args.warmup, args.duration, watch)
     result = summarize_generators(m)
     result["subscribers"] = s
-    result["server_saturated"] = m["server_cpu_percent"] >= SERVER_BUSY
+    if watch:
+        # EVENTs per acknowledged PUBLISH: S when every subscriber keeps up with the publisher
+        acked = result["acked_per_s"]
+        result["events_per_publish"] = round(result["events_per_s"] / acked, 2) if acked else None
+        mark_saturation(result, m)
+    else:
+        result["server_saturated"] = m["server_cpu_percent"] >= SERVER_BUSY
     return result
 
 
-def fanout_latency(node: str, server: Server, rate: float, args: argparse.Namespace) -> dict[str, Any]:
+def fanout_latency(
+    node: str,
+    server: Server,
+    rate: float,
+    args: argparse.Namespace,
+    pub_server: Server | None = None,
+    watch: Watch | None = None,
+) -> dict[str, Any]:
+    """Subscribers on ``server``, the publisher on ``pub_server`` (another node) or ``server``."""
     topic = "bench.latency"
     s = args.lat_subscribers
     subs = sub_configs(server, s, 1, topic=topic, mode="latency")
-    pub = {
-        "role": "pub",
-        "url": server.ws_url,
-        "realm": REALM,
-        "topic": topic,
-        "mode": "rate",
-        "rate": rate,
-        "payload_bytes": args.payload_bytes,
-    }
+    pub = pub_config(pub_server or server, topic, mode="rate", rate=rate, payload_bytes=args.payload_bytes)
+    cpu = total_cpu(server, pub_server) if pub_server else server.cpu
     with generators(node, [*subs, pub], 120) as gens:
-        m = measure(server, gens, gens[-1], args.warmup, args.duration)
+        m = measure(cpu, gens, gens[-1], args.warmup, args.duration, watch)
     result = summarize_generators(m)
     result.update(
         rate=rate,
@@ -453,14 +584,20 @@ def fanout_latency(node: str, server: Server, rate: float, args: argparse.Namesp
     return result
 
 
-def rest_to_event(node: str, server: Server, mode: str, args: argparse.Namespace) -> dict[str, Any]:
+def rest_to_event(
+    node: str, server: Server, mode: str, args: argparse.Namespace, watch: Watch | None = None
+) -> dict[str, Any]:
     assert server.rest is not None
     s = args.rest_subscribers
     subs = sub_configs(server, s, 1, topic="articles", mode="latency")
     post = {"role": "http", **server.rest, "mode": mode, "window": args.rest_inflight, "rate": args.rest_rate}
     with generators(node, [*subs, post], 120) as gens:
-        m = measure(server, gens, gens[-1], args.warmup, args.duration)
+        m = measure(server.cpu, gens, gens[-1], args.warmup, args.duration, watch)
     result = summarize_generators(m)
+    if watch and mode == "sat":
+        acked = result["acked_per_s"]
+        result["events_per_request"] = round(result["events_per_s"] / acked, 2) if acked else None
+        mark_saturation(result, m)
     result.update(
         mode=mode,
         rate=args.rest_rate if mode == "rate" else None,
@@ -494,6 +631,173 @@ def idle_sessions(node: str, server: Server, n: int, args: argparse.Namespace) -
         "rss_after_kib": after,
         "kib_per_session": round((after - before) / n, 2),
     }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# sandstone scale-out: two nodes on the Redis bus ("cross"), --workers N ("workers")
+
+
+def bus_check(
+    node: str, pub_server: Server, sub_server: Server, count: int, timeout: float = 30.0
+) -> dict[str, Any]:
+    """Is the path through the bus up, and does it deliver every publication exactly once?
+
+    ``count`` subscribers on ``sub_server``, a publisher on ``pub_server`` (WAMP PUBLISH, or POST
+    /api/articles for an app server) at 50/s. First until the subscribers get (nearly) every publication in
+    a 0.4 s window (the nodes are on the bus), then the check: counters reset, 1 s of publishing, and once
+    the publisher is acknowledged and the subscribers stop receiving, EVENTs received must equal
+    publications x ``count``. With workers on one port the subscribers land on the workers as the kernel
+    hashes them (with 2 workers, all 100 on the publisher's: 2 in 2^100)."""
+    topic = "articles" if pub_server.rest else "bench.probe"
+    subs = sub_configs(sub_server, count, 1, topic=topic, mode="count")
+    if pub_server.rest:
+        pub = {"role": "http", **pub_server.rest, "mode": "rate", "rate": 50.0, "window": 1}
+    else:
+        pub = pub_config(pub_server, topic, mode="rate", rate=50.0, payload_bytes=50)
+    deadline = time.monotonic() + timeout
+    with generators(node, [*subs, pub], 60) as (sub, publisher):
+        publisher.send("go")
+        while True:
+            for g in (sub, publisher):
+                g.send("start")
+            time.sleep(0.4)
+            for g in (sub, publisher):
+                g.send("stop")
+            got, sent = sub.read(10)["events"], publisher.read(10)["acked"]
+            if sent >= 5 and got >= 0.9 * sent * count:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"bus probe: {got} EVENTs for {sent} publishes x {count} subscribers after {timeout:g} s"
+                )
+        publisher.send("halt")
+        time.sleep(0.5)  # the last scheduled publishes are answered and delivered
+        for g in (sub, publisher):
+            g.send("start")
+        publisher.send("go")
+        time.sleep(1.0)
+        publisher.send("halt")
+        # "stop" reports the counters without resetting them: poll until nothing changes for 1 s
+        last: tuple[int, ...] = ()
+        quiet_since = time.monotonic()
+        while time.monotonic() - quiet_since < 1.0 and time.monotonic() < deadline + 10:
+            time.sleep(0.2)
+            for g in (sub, publisher):
+                g.send("stop")
+            r_sub, r_pub = sub.read(10), publisher.read(10)
+            now = (r_sub["events"], r_sub["other"], r_pub["sent"], r_pub["acked"], r_pub["errors"])
+            if now != last:
+                last, quiet_since = now, time.monotonic()
+    events, other, sent, acked, errors = last
+    return {
+        "subscribers": count,
+        "publications": acked,
+        "sent": sent,
+        "errors": errors,
+        "expected_events": acked * count,
+        "events": events,
+        "non_event_messages": other,
+        "exact": events == acked * count and sent == acked and not errors and not other and acked > 0,
+    }
+
+
+def checked(check: dict[str, Any], what: str) -> dict[str, Any]:
+    log(
+        f"  sandstone: {what}: delivery check {check['publications']} publications x {check['subscribers']} "
+        f"subscribers -> {check['events']:,} EVENTs: {'exact' if check['exact'] else 'NOT EXACT'}"
+    )
+    return check
+
+
+def wait_idle(pids: list[int], timeout: float = 30.0) -> None:
+    """Wait until each process uses under 20 % of a core over 0.5 s: a node that fell behind the bus at
+    saturation (the backlog waits in socket buffers and redis-server's output buffer) has caught up."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        before = [cpu_seconds(p) or 0.0 for p in pids]
+        time.sleep(0.5)
+        if all((cpu_seconds(p) or 0.0) - b < 0.1 for p, b in zip(pids, before, strict=True)):
+            return
+    log(f"    still busy {timeout:g} s after the window: measuring anyway")
+
+
+def log_warnings(*children: Child) -> list[str]:
+    """Warning/error lines the servers logged so far (the result records them; none is expected), and
+    redis-server closing a client over its output buffer limit (a node that cannot keep up with the bus)."""
+    lines = []
+    for c in children:
+        found = c.noteworthy()
+        if c.name == "redis-server":
+            found += [line for line in c.output().splitlines() if "output buffer" in line]
+        lines += [f"{c.name}: {line}" for line in found]
+    for line in lines[:5]:
+        log(f"    log: {line[:200]}")
+    return lines[:20]
+
+
+def cross_node(node: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Scenario 6: redis-server, nodes A and B on it; the publisher on A, every subscriber on B."""
+    detail: dict[str, Any] = {}
+    with (
+        redis_server() as (redis_child, redis_url),
+        sandstone(None, redis_url, label="node A") as a,
+        sandstone(None, redis_url, label="node B") as b,
+    ):
+        wait_for_cluster(redis_url, [a.child, b.child])
+        s = args.scale_subscribers
+        check = checked(bus_check(node, a, b, s), "cross")
+        watch: Watch = {
+            "node A": (a.child.pid, a.port),
+            "node B": (b.child.pid, b.port),
+            "redis": (redis_child.pid, None),
+        }
+        log(f"  sandstone: cross-node fan-out saturation S={s} (publisher on A, subscribers on B)")
+        result = fanout_saturation(node, b, s, args, pub_server=a, watch=watch)
+        result["delivery_check"] = check
+        result["log_warnings"] = log_warnings(a.child, b.child, redis_child)
+        detail[f"cross sat S={s}"] = result
+        wait_idle([a.child.pid, b.child.pid])
+        rate = args.cross_rate
+        log(f"  sandstone: cross-node fan-out latency {rate:g}/s x {args.lat_subscribers}")
+        result = fanout_latency(node, b, rate, args, pub_server=a, watch=watch)
+        result["log_warnings"] = log_warnings(a.child, b.child, redis_child)
+        detail[f"cross lat {rate:g}/s"] = result
+    return detail
+
+
+def workers_scaleout(node: str, args: argparse.Namespace) -> dict[str, Any]:
+    """``--redis URL --workers N`` for each N: fan-out saturation (open router), REST -> EVENT saturation
+    (examples.blog); a fresh redis-server and server for each, everything on the one port."""
+    detail: dict[str, Any] = {}
+    for n in args.worker_counts:
+        for app in (None, "examples.blog:app"):
+            with (
+                redis_server() as (redis_child, redis_url),
+                sandstone(app, redis_url, workers=n, label=f"sandstone --workers {n}") as server,
+            ):
+                pids = worker_pids(server, n)
+                wait_for_cluster(redis_url, [server.child] * n)
+                check = checked(bus_check(node, server, server, args.scale_subscribers), f"workers={n}")
+                watch: Watch = {label: (pid, server.port) for label, pid in pids.items()}
+                watch["redis"] = (redis_child.pid, None)
+                if app is None:
+                    s = args.scale_subscribers
+                    log(f"  sandstone: --workers {n} fan-out saturation S={s}")
+                    key, result = (
+                        f"workers={n} sat S={s}",
+                        fanout_saturation(node, server, s, args, watch=watch),
+                    )
+                else:
+                    log(f"  sandstone: --workers {n} REST -> EVENT saturation")
+                    key, result = (
+                        f"workers={n} rest sat",
+                        rest_to_event(node, server, "sat", args, watch=watch),
+                    )
+                result["workers"] = n
+                result["delivery_check"] = check
+                result["log_warnings"] = log_warnings(server.child, redis_child)
+                detail[key] = result
+    return detail
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -531,6 +835,10 @@ def run_server(name: str, node: str, cb: Path | None, args: argparse.Namespace) 
         with start() as server:
             log(f"  {name}: idle sessions {n}")
             detail[f"idle {n}"] = idle_sessions(node, server, n, args)
+    if name == "sandstone" and "cross" in args.only:
+        detail.update(cross_node(node, args))
+    if name == "sandstone" and "workers" in args.only:
+        detail.update(workers_scaleout(node, args))
     return detail
 
 
@@ -556,6 +864,41 @@ def flat(detail: dict[str, Any]) -> dict[str, float | None]:
     return metrics
 
 
+def flat_scaleout(detail: dict[str, Any]) -> dict[str, float | None]:
+    """The figures of the scale-out table: "<group> <single-node metric>", e.g. "cross sat S=100: EVENTs/s"
+    (group "cross sat S=100", single-node metric "sat S=100: EVENTs/s"), plus the CPU of each process."""
+    metrics: dict[str, float | None] = {}
+    for key, r in detail.items():
+        group, _, scenario = key.partition(" ")
+        if group not in ("cross",) and not group.startswith("workers="):
+            continue
+        if scenario.startswith("sat "):
+            metrics[f"{key}: EVENTs/s"] = r["events_per_s"]
+            metrics[f"{key}: publishes/s"] = r["acked_per_s"]
+            metrics[f"{key}: EVENTs per publish"] = r["events_per_publish"]
+        elif scenario.startswith("lat "):
+            for p in ("p50", "p90", "p99", "max"):
+                metrics[f"{key}: latency {p} ms"] = r["latency_ms"][p]
+        elif scenario == "rest sat":
+            metrics[f"{key} ({r['inflight']} in flight): requests/s"] = r["acked_per_s"]
+            metrics[f"{key} ({r['inflight']} in flight): EVENTs/s"] = r["events_per_s"]
+            metrics[f"{key} ({r['inflight']} in flight): EVENTs per request"] = r["events_per_request"]
+        for label, v in r.get("cpu_percent", {}).items():
+            metrics[f"{key}: CPU {label} %"] = v
+        metrics[f"{key}: CPU generators %"] = round(sum(r["generator_cpu_percent"]), 1)
+        metrics[f"{key}: CPU machine %"] = r["machine_cpu_percent"]
+    return metrics
+
+
+def scaleout_medians(runs: list[dict[str, dict[str, Any]]]) -> dict[str, float | None]:
+    values: dict[str, list[float]] = {}
+    for run in runs:
+        for k, v in flat_scaleout(run.get("sandstone", {})).items():
+            if v is not None:
+                values.setdefault(k, []).append(v)
+    return {k: round(statistics.median(v), 3) for k, v in values.items()}
+
+
 def medians(runs: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, float | None]]:
     out: dict[str, dict[str, float | None]] = {}
     for name in SERVERS:
@@ -579,11 +922,26 @@ def lower_bounds(runs: list[dict[str, dict[str, Any]]]) -> list[str]:
                         f"{name} {key}: a generator process reached "
                         f"{max(r['generator_cpu_percent']):.0f}% of a core: the figure is a lower bound"
                     )
-                if key.startswith("sat ") and not r.get("server_saturated") and not r.get("lower_bound"):
+                if (check := r.get("delivery_check")) and not check["exact"]:
                     notes.add(
-                        f"{name} {key}: the server used only {r['server_cpu_percent']:.0f}% of a core: "
-                        "something else (the generators, the other core's load) limited it; a lower bound"
+                        f"{name} {key}: DELIVERY CHECK FAILED: {check['events']} EVENTs for "
+                        f"{check['publications']} publications x {check['subscribers']} subscribers "
+                        f"({check['sent']} sent, {check['errors']} errors)"
                     )
+                if "server_saturated" in r and not r["server_saturated"] and not r.get("lower_bound"):
+                    if "busiest_process" in r:
+                        notes.add(
+                            f"{name} {key}: the busiest sandstone process ({r['busiest_process']}) used only "
+                            f"{r['busiest_cpu_percent']:.0f}% of a core (machine: "
+                            f"{r['machine_cpu_percent'] or 0:.0f}% of {(os.cpu_count() or 1) * 100}%): "
+                            "something else (the generators, the other processes, the bus) limited it; "
+                            "a lower bound"
+                        )
+                    else:
+                        notes.add(
+                            f"{name} {key}: the server used only {r['server_cpu_percent']:.0f}% of a core: "
+                            "something else (the generators, the other core's load) limited it; a lower bound"
+                        )
     return sorted(notes)
 
 
@@ -620,6 +978,68 @@ def table(med: dict[str, dict[str, float | None]], markdown: bool = False) -> st
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     return "\n".join(
         "  ".join([row[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True))])
+        for row in rows
+    )
+
+
+def scaleout_table(
+    scale: dict[str, float | None], med: dict[str, dict[str, float | None]], markdown: bool = False
+) -> str:
+    """sandstone on the Redis bus: each figure, the single-node figure of the same run (``sat``/``lat``/
+    ``rest`` against sandstone alone, no Redis), their ratio, the speed-up of the workers rows over
+    workers=1, and on each group's first row the CPU (medians, % of one core) of its processes."""
+    single = med.get("sandstone", {})
+    header = [
+        "metric (median)",
+        "sandstone",
+        "1 node, no Redis",
+        "vs 1 node",
+        "vs workers=1",
+        "CPU % of a core",
+    ]
+    rows = [header]
+    groups: list[str] = []
+    for k in scale:
+        group = k.split(":")[0].split(" (")[0]
+        if group not in groups:
+            groups.append(group)
+    for group in groups:
+        keys = [k for k in scale if k.split(":")[0].split(" (")[0] == group and ": CPU " not in k]
+        cpu = ", ".join(
+            f"{k.rsplit(': CPU ', 1)[1].removesuffix(' %')} {'-' if v is None else f'{v:.0f}'}"
+            for k, v in scale.items()
+            if k.startswith(f"{group}: CPU ")
+        )
+        for i, k in enumerate(keys):
+            v = scale[k]
+            base = k.split(" ", 1)[1]
+            ref = single.get(base)
+            one = scale.get(f"workers=1 {base}") if k.startswith("workers=") else None
+            rows.append(
+                [
+                    k,
+                    fmt(v),
+                    fmt(ref),
+                    f"{v / ref:.2f}" if v is not None and ref else "-",
+                    f"{v / one:.2f}"
+                    if v is not None and one and k.endswith("/s") and k != f"workers=1 {base}"
+                    else "-",
+                    cpu if i == 0 else "",
+                ]
+            )
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows[1:]]
+        return "\n".join(lines)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    return "\n".join(
+        "  ".join(
+            [
+                row[0].ljust(widths[0]),
+                *(c.rjust(w) for c, w in zip(row[1:-1], widths[1:], strict=True)),
+                row[-1],
+            ]
+        )
         for row in rows
     )
 
@@ -679,7 +1099,10 @@ def machine_info() -> dict[str, Any]:
 
 
 def write_markdown(
-    results: dict[str, Any], med: dict[str, dict[str, float | None]], notes: list[str]
+    results: dict[str, Any],
+    med: dict[str, dict[str, float | None]],
+    scale: dict[str, float | None],
+    notes: list[str],
 ) -> Path:
     m = results["machine"]
     v = results["versions"]
@@ -710,8 +1133,23 @@ def write_markdown(
         "",
         f"    {results['command']}",
         "",
-        table(med, markdown=True),
-        "",
+    ]
+    if any(med.values()):
+        lines += [table(med, markdown=True), ""]
+    if scale:
+        lines += [
+            "sandstone on the Redis bus (no Crossbar or raw counterpart): `cross` = publisher on node A, "
+            "subscribers on node B, both on one redis-server; `workers=N` = `--redis URL --workers N`, "
+            "every client on the one port. `1 node, no Redis` is the same figure against sandstone alone "
+            "in the same run; `vs 1 node` their ratio (rates: higher is better; latencies: lower is "
+            "better); `vs workers=1` the speed-up of N workers over one. CPU in % of one core, medians. "
+            f"Redis client: txredisapi {v.get('txredisapi')}, hiredis "
+            f"{v.get('hiredis') or 'not installed (pure-Python reply parser)'}.",
+            "",
+            scaleout_table(scale, med, markdown=True),
+            "",
+        ]
+    lines += [
         f"Raw results: `{results['json']}`" + (f"; plot: `{results['plot']}`" if results.get("plot") else ""),
         "",
     ]
@@ -732,7 +1170,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--runs", type=int, default=5, help="runs per server (alternating); medians are reported"
     )
     parser.add_argument("--quick", action="store_true", help="a fast smoke: short windows, fewer sizes")
-    parser.add_argument("--only", default=",".join(SCENARIOS), help="scenarios: sat,lat,rest,idle")
+    parser.add_argument(
+        "--only", default=",".join(SCENARIOS), help="scenarios: sat,lat,rest,idle,cross,workers"
+    )
     parser.add_argument("--servers", default=",".join(SERVERS), help="servers: sandstone,crossbar,raw")
     parser.add_argument("--subscribers", type=ints, default=[1, 10, 100, 1000], help="fan-out saturation S")
     parser.add_argument("--lat-rates", type=floats, default=[100, 200, 400, 800], help="publishes/s")
@@ -746,6 +1186,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--window", type=int, default=16, help="acknowledged PUBLISHes in flight at saturation"
     )
     parser.add_argument("--payload-bytes", type=int, default=100)
+    parser.add_argument(
+        "--scale-subscribers", type=int, default=100, help="S of the cross and workers fan-out saturation"
+    )
+    parser.add_argument(
+        "--cross-rate", type=float, default=100.0, help="publishes/s of the cross-node latency scenario"
+    )
+    parser.add_argument(
+        "--worker-counts", type=ints, default=[1, 2], help="--workers N of the workers scenario"
+    )
     parser.add_argument("--sub-procs", type=int, default=2, help="subscriber processes when S >= 100")
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--duration", type=float, default=5.0, help="measured seconds per scenario")
@@ -759,6 +1208,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error(f"unknown scenario(s) {sorted(unknown)}")
     if unknown := set(args.servers) - set(SERVERS):
         parser.error(f"unknown server(s) {sorted(unknown)}")
+    if "sandstone" not in args.servers and (skipped := [s for s in args.only if s in SCALEOUT]):
+        log(f"note: {','.join(skipped)} run against sandstone only, which --servers leaves out")
     if args.quick:
         defaults = {
             "subscribers": [1, 100, 1000],
@@ -795,6 +1246,9 @@ def main(argv: list[str]) -> int:
             "twisted": version("twisted"),
             "autobahn": version("autobahn"),
             "crossbar": crossbar_version(cb) if cb else None,
+            # the Redis bus's client; with hiredis importable it parses replies in C (see bench/README.md)
+            "txredisapi": version("txredisapi"),
+            "hiredis": optional_version("hiredis"),
         },
         "runs": [],
     }
@@ -806,8 +1260,10 @@ def main(argv: list[str]) -> int:
             run[name] = run_server(name, node, cb, args)
         results["runs"].append(run)
     med = medians(results["runs"])
+    scale = scaleout_medians(results["runs"])
     notes = lower_bounds(results["runs"])
     results["medians"] = med
+    results["medians_scaleout"] = scale
     results["notes"] = notes
     results["elapsed_s"] = round(time.monotonic() - started, 1)
     args.output_dir.mkdir(parents=True, exist_ok=True)
@@ -816,11 +1272,15 @@ def main(argv: list[str]) -> int:
     if "lat" in args.only:
         results["plot"] = plot(med, args, args.output_dir / f"runner-{stamp}.png")
     json_path.write_text(json.dumps(results, indent=2) + "\n")
-    print(table(med))
+    if any(med.values()):
+        print(table(med))
+    if scale:
+        print()
+        print(scaleout_table(scale, med))
     for n in notes:
         print(f"note: {n}")
     if not args.no_markdown:
-        print(f"wrote {write_markdown(results, med, notes).relative_to(REPO)}")
+        print(f"wrote {write_markdown(results, med, scale, notes).relative_to(REPO)}")
     print(f"results: {results['json']}" + (f", plot: {results['plot']}" if results.get("plot") else ""))
     print(f"({results['elapsed_s']} s)")
     return 0
