@@ -61,6 +61,9 @@ if TYPE_CHECKING:
 
 log = Logger()
 
+# How every message a node sends begins (its type and origin follow): see RedisBus._from_self.
+_MESSAGE_HEAD = '{"v":1,"type":"'
+
 CLUSTER_UNAVAILABLE = "sandstone.error.cluster_unavailable"
 MAX_ID = 2**53
 
@@ -279,6 +282,7 @@ class RedisBus(Service):
         self.address = RedisAddress.parse(url)
         self.url = url
         self.node_id = node_id or uuid.uuid4().hex
+        self._origin_field = '","origin":' + json.dumps(self.node_id) + ","
         self.router = router
         self.codec = codec
         self.prefix = prefix
@@ -558,6 +562,8 @@ class RedisBus(Service):
 
     def _received(self, channel: str, payload: Any) -> None:
         self.stats["received"] += 1
+        if self._from_self(payload):  # Redis sends a node its own publications too
+            return
         try:
             msg = decode(payload, max_bytes=self.max_message_bytes)
             if msg.origin == self.node_id:
@@ -569,6 +575,14 @@ class RedisBus(Service):
         except Exception:
             self.stats["malformed"] += 1
             log.failure("cluster bus: a message on {channel} could not be handled", channel=channel)
+
+    def _from_self(self, payload: Any) -> bool:
+        """Whether a message is one this node sent, told from its first bytes without parsing it: every
+        message a node sends starts ``{"v":1,"type":"<type>","origin":"<node id>",``."""
+        if type(payload) is not str or not payload.startswith(_MESSAGE_HEAD):
+            return False
+        end = payload.find('"', len(_MESSAGE_HEAD))
+        return end > 0 and payload.startswith(self._origin_field, end)
 
     def _on_event(self, msg: EventMessage) -> None:
         event = self.codec.decode(msg.name, msg.data)

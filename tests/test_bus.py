@@ -13,8 +13,9 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from sandstone import Publication, Sandstone, Topic, on_event
+from sandstone import _bus as bus_module
 from sandstone._bus import MAX_ID, RedisAddress, RedisBus, _Recent, publication_id_for
-from sandstone._envelope import encode_delivery, encode_event
+from sandstone._envelope import decode, encode_delivery, encode_event
 from sandstone.testing import TestClient
 
 
@@ -329,6 +330,30 @@ class ReceivedTests(SynchronousTestCase):
         )
         self.assertEqual(self.sent, [])  # what comes from the bus is not sent back to it
         self.assertEqual(self.warnings(), [])
+
+    def test_own_messages_as_redis_hands_them_over_are_dropped_unparsed(self) -> None:
+        """txredisapi hands payloads over as text: this node's own are told from their first bytes."""
+        parsed: list[Any] = []
+        self.patch(bus_module, "decode", lambda raw, **kw: parsed.append(raw) or decode(raw, **kw))
+        own = [
+            encode_event("me", "e1", "ping", {"n": 3}).decode(),
+            encode_delivery("me", Publication("news", ["mine"], id=5)).decode(),
+            json.dumps({"v": 1, "type": "result", "origin": "me", "call": 1}, separators=(",", ":")),
+        ]
+        for payload in own:
+            self.bus._received(self.bus.channels.deliveries, payload)
+        self.assertEqual(parsed, [])
+        # a node whose id starts like this one's, and another key order: parsed and handled
+        others = [
+            encode_delivery("me2", Publication("news", ["theirs"], id=6)).decode(),
+            '{"type":"event","v":1,"origin":"other","id":"e9","name":"note","data":{"k":1}}',
+        ]
+        for payload in others:
+            self.bus._received(self.bus.channels.deliveries, payload)
+        self.assertEqual(parsed, others)
+        self.assertEqual(self.reader.payloads, ["theirs"])
+        self.assertEqual(self.events, [{"k": 1}])
+        self.assertEqual(self.bus.stats["received"], 5)
 
     def test_own_messages_are_ignored(self) -> None:
         self.bus._received(self.bus.channels.events, encode_event("me", "e1", "ping", {"n": 3}))
