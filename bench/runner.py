@@ -842,19 +842,32 @@ def run_server(name: str, node: str, cb: Path | None, args: argparse.Namespace) 
     return detail
 
 
+def scenario_metrics(label: str, scenario: str, r: dict[str, Any]) -> dict[str, float | None]:
+    """The table's figures of one fan-out or REST scenario result, labelled ``label``."""
+    metrics: dict[str, float | None] = {}
+    if scenario.startswith("sat "):
+        metrics[f"{label}: EVENTs/s"] = r["events_per_s"]
+        metrics[f"{label}: publishes/s"] = r["acked_per_s"]
+        if "events_per_publish" in r:
+            metrics[f"{label}: EVENTs per publish"] = r["events_per_publish"]
+    elif scenario.startswith("lat "):
+        for p in ("p50", "p90", "p99", "max"):
+            metrics[f"{label}: latency {p} ms"] = r["latency_ms"][p]
+    elif scenario == "rest sat":
+        rest = f"{label} ({r['inflight']} in flight)"
+        metrics[f"{rest}: requests/s"] = r["acked_per_s"]
+        metrics[f"{rest}: EVENTs/s"] = r["events_per_s"]
+        if "events_per_request" in r:
+            metrics[f"{rest}: EVENTs per request"] = r["events_per_request"]
+    return metrics
+
+
 def flat(detail: dict[str, Any]) -> dict[str, float | None]:
     """The figures of the table, from one server's run."""
     metrics: dict[str, float | None] = {}
     for key, r in detail.items():
-        if key.startswith("sat "):
-            metrics[f"{key}: EVENTs/s"] = r["events_per_s"]
-            metrics[f"{key}: publishes/s"] = r["acked_per_s"]
-        elif key.startswith("lat "):
-            for p in ("p50", "p90", "p99", "max"):
-                metrics[f"{key}: latency {p} ms"] = r["latency_ms"][p]
-        elif key == "rest sat":
-            metrics[f"rest sat ({r['inflight']} in flight): requests/s"] = r["acked_per_s"]
-            metrics[f"rest sat ({r['inflight']} in flight): EVENTs/s"] = r["events_per_s"]
+        if key.startswith(("sat ", "lat ")) or key == "rest sat":
+            metrics.update(scenario_metrics(key, key, r))
         elif key == "rest rate":
             for p in ("p50", "p99"):
                 metrics[f"rest {r['rate']:g}/s: delivery {p} ms"] = r["latency_ms"][p]
@@ -872,17 +885,7 @@ def flat_scaleout(detail: dict[str, Any]) -> dict[str, float | None]:
         group, _, scenario = key.partition(" ")
         if group not in ("cross",) and not group.startswith("workers="):
             continue
-        if scenario.startswith("sat "):
-            metrics[f"{key}: EVENTs/s"] = r["events_per_s"]
-            metrics[f"{key}: publishes/s"] = r["acked_per_s"]
-            metrics[f"{key}: EVENTs per publish"] = r["events_per_publish"]
-        elif scenario.startswith("lat "):
-            for p in ("p50", "p90", "p99", "max"):
-                metrics[f"{key}: latency {p} ms"] = r["latency_ms"][p]
-        elif scenario == "rest sat":
-            metrics[f"{key} ({r['inflight']} in flight): requests/s"] = r["acked_per_s"]
-            metrics[f"{key} ({r['inflight']} in flight): EVENTs/s"] = r["events_per_s"]
-            metrics[f"{key} ({r['inflight']} in flight): EVENTs per request"] = r["events_per_request"]
+        metrics.update(scenario_metrics(key, scenario, r))
         for label, v in r.get("cpu_percent", {}).items():
             metrics[f"{key}: CPU {label} %"] = v
         metrics[f"{key}: CPU generators %"] = round(sum(r["generator_cpu_percent"]), 1)

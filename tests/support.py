@@ -106,9 +106,8 @@ class Received:
         return f"Received({self.args!r}, {self.kwargs!r})"
 
 
-class TrackingSite(SandstoneSite):
-    """The app's kind of Site (as ``app.site()`` builds) remembering the transports of its connections
-    (HTTP and upgraded WebSocket alike),
+class ConnectionTracking:
+    """A Site mixin remembering the transports of its connections (HTTP and upgraded WebSocket alike),
     so that a test can wait for the server side of every connection to be gone too."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -116,15 +115,15 @@ class TrackingSite(SandstoneSite):
         self.transports: list[ITransport] = []
 
     def buildProtocol(self, addr: IAddress) -> Any:
-        channel = super().buildProtocol(addr)
-        make_connection = channel.makeConnection
+        protocol = super().buildProtocol(addr)  # type: ignore[misc]
+        make_connection = protocol.makeConnection
 
         def track(transport: ITransport) -> None:
             self.transports.append(transport)
             make_connection(transport)
 
-        channel.makeConnection = track
-        return channel
+        protocol.makeConnection = track
+        return protocol
 
     def open_transports(self) -> list[ITransport]:
         """The connections still open; a TLS transport is judged by the TCP transport under it."""
@@ -132,12 +131,22 @@ class TrackingSite(SandstoneSite):
         return [t for t in inner if not getattr(t, "disconnected", True)]
 
 
+class TrackingSite(ConnectionTracking, SandstoneSite):
+    """The app's kind of Site (as ``app.site()`` builds) remembering the transports of its connections."""
+
+
 class ServerTestCase(TestCase):
     """Serves an app on an ephemeral 127.0.0.1 port and connects autobahn clients to it."""
 
-    def serve(self, app: Sandstone) -> IListeningPort:
-        site = app.site(TrackingSite)
-        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    def serve(self, app: Sandstone, site: Any = None, tls: Any = None) -> IListeningPort:
+        """Serve ``app`` through ``site`` (default: ``app.site(TrackingSite)``; any other must track its
+        connections too, see ``ConnectionTracking``), over TLS when given ``tls`` context options."""
+        if site is None:
+            site = app.site(TrackingSite)
+        if tls is not None:
+            port = reactor.listenSSL(0, site, tls, interface="127.0.0.1")
+        else:
+            port = reactor.listenTCP(0, site, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         # Cleanups run last-in first-out: this one runs after the clients connected later are gone.
         self.addCleanup(self._server_connections_closed, site)

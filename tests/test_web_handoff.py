@@ -22,7 +22,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from twisted.internet import reactor, ssl
 from twisted.internet.address import IPv4Address
-from twisted.internet.interfaces import IAddress, ITransport
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
@@ -32,7 +31,15 @@ from twisted.web.server import Request, Site
 from sandstone import Limits, Sandstone
 from sandstone._transport import WampServerProtocol
 from sandstone._web import LimitedRequest, SandstoneSite
-from tests.support import SERIALIZERS, Client, ServerTestCase, TrackingSite, wait_until, websocket_payloads
+from tests.support import (
+    SERIALIZERS,
+    Client,
+    ConnectionTracking,
+    ServerTestCase,
+    TrackingSite,
+    wait_until,
+    websocket_payloads,
+)
 
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)
 WS_KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
@@ -107,7 +114,7 @@ class PlainRequest(Request):
         super().process()
 
 
-class PlainSite(Site):
+class PlainSite(ConnectionTracking, Site):
     """A plain twisted.web Site, remembering its connections and the requests it served."""
 
     requestFactory = PlainRequest
@@ -115,20 +122,6 @@ class PlainSite(Site):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.served: list[tuple[bytes, bytes]] = []
-        self.transports: list[ITransport] = []
-
-    def buildProtocol(self, addr: IAddress) -> Any:
-        channel = super().buildProtocol(addr)
-        make_connection = channel.makeConnection
-
-        def track(transport: ITransport) -> None:
-            self.transports.append(transport)
-            make_connection(transport)
-
-        channel.makeConnection = track
-        return channel
-
-    open_transports = TrackingSite.open_transports
 
 
 class AbortableTransport(StringTransport):
@@ -391,18 +384,11 @@ class EndToEndTests(ServerTestCase):
 
     def listen(self, app: Sandstone, site: Any, tls: bool = False) -> None:
         """Serve ``site`` on an ephemeral 127.0.0.1 port (TLS with the test certificate if asked)."""
+        options = None
         if tls:
             cert_pem, key_pem = _Certificate.pem()
             options = ssl.PrivateCertificate.loadPEM(cert_pem + key_pem).options()
-            port = reactor.listenSSL(0, site, options, interface="127.0.0.1")
-        else:
-            port = reactor.listenTCP(0, site, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        self.addCleanup(self._server_connections_closed, site)
-        self.app = app
-        self.site = site
-        self.port = port.getHost().port
-        self.ws_url = f"ws://127.0.0.1:{self.port}{app.ws_path}"
+        self.serve(app, site, options)
 
     def connect_tls(self) -> Any:
         """A Deferred firing with a session joined over wss://, trusting only the test certificate."""
