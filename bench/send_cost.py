@@ -1,6 +1,6 @@
 """What one small send() to a loopback TCP socket costs on this machine, with and without a reader to wake.
 
-    /work/venv/bin/python bench/send_cost.py [--sockets 100] [--rounds 200] [--gap 0.01]
+    /work/venv/bin/python bench/send_cost.py [--sockets 100] [--rounds 200] [--gap 0.01] [--threads 1]
 
 A fan-out to S subscribers ends in S send() calls, one per connection, whatever the server: this is the floor
 under the fan-out latency figures of bench/runner.py. Each round sends one 120-byte message to every socket
@@ -11,7 +11,9 @@ and the time per send() is reported (median and p90 over the rounds), in two set
   may have to wake it, as a WebSocket client does.
 
 ``--gap`` seconds pass between rounds (0.01: 100 rounds a second, like the 100 publishes/s latency scenario;
-0: back to back, with warm caches).
+0: back to back, with warm caches). ``--threads 2`` splits each round's sends over two threads (the GIL is
+released during send()), to see whether a server could send a broadcast faster from several threads; the
+time of a whole round is reported too.
 """
 
 from __future__ import annotations
@@ -20,10 +22,32 @@ import argparse
 import os
 import select
 import socket
+import threading
 import time
 
 
-def measure(sockets: int, rounds: int, gap: float, reader: bool) -> tuple[float, float]:
+class _Sender(threading.Thread):
+    """Sends ``message`` to ``conns`` each time it is told to go; ``done`` is set after each round."""
+
+    def __init__(self, message: bytes) -> None:
+        super().__init__(daemon=True)
+        self.message = message
+        self.conns: list[socket.socket] = []
+        self.go = threading.Event()
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while True:
+            self.go.wait()
+            self.go.clear()
+            for c in self.conns:
+                c.send(self.message)
+            self.done.set()
+
+
+def measure(
+    sockets: int, rounds: int, gap: float, reader: bool, threads: int = 1
+) -> tuple[float, float, float]:
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(sockets + 10)
@@ -52,11 +76,22 @@ def measure(sockets: int, rounds: int, gap: float, reader: bool) -> tuple[float,
         c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         c.setblocking(False)
     message = b"x" * 120
+    helpers = [_Sender(message) for _ in range(threads - 1)]
+    share = -(-sockets // threads)
+    for i, helper in enumerate(helpers, 1):
+        helper.conns = conns[i * share : (i + 1) * share]
+        helper.start()
+    mine = conns[:share]
     per_send: list[float] = []
     for _ in range(rounds):
         started = time.perf_counter()
-        for c in conns:
+        for helper in helpers:
+            helper.done.clear()
+            helper.go.set()
+        for c in mine:
             c.send(message)
+        for helper in helpers:
+            helper.done.wait()
         per_send.append((time.perf_counter() - started) * 1e6 / sockets)
         time.sleep(gap)
     for c in conns + clients:
@@ -65,7 +100,8 @@ def measure(sockets: int, rounds: int, gap: float, reader: bool) -> tuple[float,
     if child:
         os.waitpid(child, 0)
     per_send.sort()
-    return per_send[len(per_send) // 2], per_send[int(len(per_send) * 0.9)]
+    p50, p90 = per_send[len(per_send) // 2], per_send[int(len(per_send) * 0.9)]
+    return p50, p90, p50 * sockets / 1000
 
 
 def main() -> None:
@@ -75,13 +111,14 @@ def main() -> None:
     parser.add_argument("--sockets", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--gap", type=float, default=0.01)
+    parser.add_argument("--threads", type=int, default=1, help="threads sharing each round's sends")
     args = parser.parse_args()
     for reader in (False, True):
-        p50, p90 = measure(args.sockets, args.rounds, args.gap, reader)
+        p50, p90, round_ms = measure(args.sockets, args.rounds, args.gap, reader, max(1, args.threads))
         label = "reader asleep" if reader else "no reader"
         print(
-            f"{label:>13}: {p50:.1f} us per send() (p90 {p90:.1f}), "
-            f"{args.sockets} sockets, gap {args.gap:g} s"
+            f"{label:>13}: {p50:.1f} us per send() (p90 {p90:.1f}), a round {round_ms:.2f} ms, "
+            f"{args.sockets} sockets, {args.threads} thread(s), gap {args.gap:g} s"
         )
 
 
