@@ -65,7 +65,6 @@ ROUTER_ROLES = {
 }
 
 
-
 class _Welcome(message.Welcome):
     """WELCOME with the router's roles marshalled once: autobahn's own checks each role's type and walks
     its features for every WELCOME (a tenth of a connection's setup time). Same wire message."""

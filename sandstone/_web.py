@@ -107,7 +107,7 @@ class SandstoneSite(Site):
         self.max_request_body = max_request_body
         self.inflight: set[Request] = set()
         self.websocket = websocket
-        self._upgrade_line = b"GET " + websocket[0].encode("ascii") if websocket is not None else b""
+        self._upgrade_line = b"GET " + websocket[0].encode("utf-8") if websocket is not None else b""
         self.handshake_timeout = handshake_timeout
         if clock is None:
             from twisted.internet import reactor as clock
