@@ -282,6 +282,12 @@ class HandOffTests(SynchronousTestCase):
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 400 "), transport.value())
         self.assertTrue(transport.disconnecting)
 
+    def test_a_non_ascii_ws_path_still_builds_a_site(self) -> None:
+        """Such a path arrives percent-encoded, so it never matches the raw line: twisted.web serves it."""
+        app = Sandstone(anonymous=True, ws_path="/flüsse")
+        site = app.site()
+        self.assertEqual(site.websocket[0], "/flüsse")  # type: ignore[index]
+
     def test_site_without_websocket_builds_plain_http_channels(self) -> None:
         site = self.make_site(websocket=None)
         self.site = site
