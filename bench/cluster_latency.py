@@ -25,6 +25,7 @@ import json
 import math
 import os
 import platform
+import queue
 import re
 import resource
 import shutil
@@ -33,6 +34,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -428,15 +430,38 @@ def generator_main(config: dict[str, Any]) -> None:
 
 
 class Child:
-    """A subprocess whose output goes to a temporary file; ``stop()`` is SIGTERM, then SIGKILL."""
+    """A subprocess whose output goes to a temporary file; ``stop()`` is SIGTERM, then SIGKILL.
 
-    def __init__(self, name: str, argv: list[str]) -> None:
+    With ``lines=True`` only its stderr goes to the file and each stdout line to the queue ``lines``.
+    """
+
+    def __init__(
+        self, name: str, argv: list[str], env: dict[str, str] | None = None, *, lines: bool = False
+    ) -> None:
         self.name = name
         self.argv = argv
         self.log: IO[bytes] = tempfile.TemporaryFile()
+        self.lines: queue.Queue[str] = queue.Queue()
+        if not lines:
+            self.process = subprocess.Popen(
+                argv, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT
+            )
+            return
         self.process = subprocess.Popen(
-            argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT
+            argv,
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
         )
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.put(line)
 
     @property
     def pid(self) -> int:
@@ -459,7 +484,7 @@ class Child:
         return [line for line in self.output().splitlines() if NOTEWORTHY.search(line)]
 
     def stop(self) -> None:
-        """Stop the process (SIGTERM, SIGKILL after 10 s) and close its log."""
+        """Stop the process (SIGTERM, SIGKILL after 10 s); its output stays readable."""
         if self.running:
             self.process.terminate()
             try:
@@ -467,7 +492,6 @@ class Child:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        self.log.close()
 
 
 def wait_for(condition: Callable[[], bool], child: Child, what: str) -> None:

@@ -25,21 +25,18 @@ import resource
 import signal
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 from array import array
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from cluster_latency import accepts, cpu_seconds, free_port, percentiles, rss_kib
+from cluster_latency import Child, accepts, cpu_seconds, free_port, percentiles, rss_kib, twistd_argv
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / "bench" / "results"
 REALM = "realm1"
 LOAD_FLAG = "--_load"
 STARTUP_TIMEOUT = 30.0
-TWISTD_CODE = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
 TOPIC_PREFIX = "soak.topic"
 
 
@@ -328,55 +325,6 @@ class Load:
 # the orchestrator: twistd, the load process, sampling, report
 
 
-class Child:
-    """A subprocess; its stdout lines go to ``lines`` (a queue), stderr to a temporary file."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
-        self.name = name
-        self.log: IO[bytes] = tempfile.TemporaryFile()
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.process = subprocess.Popen(
-            argv,
-            cwd=REPO,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=self.log,
-            text=True,
-        )
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.put(line)
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    @property
-    def running(self) -> bool:
-        return self.process.poll() is None
-
-    def output(self) -> str:
-        """What the process wrote to stderr so far."""
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read().decode("utf-8", "replace")
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL after 10 s."""
-        if self.running:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
 def raise_fd_limit(needed: int) -> int:
     """Raise the soft open-files limit to the hard one (children inherit it); fail if it is too low."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -475,12 +423,6 @@ def versions() -> dict[str, str | None]:
         except PackageNotFoundError:
             found[package] = None
     return found
-
-
-def twistd_argv() -> list[str]:
-    """The twistd next to this interpreter (the venv's), else twistd run through this interpreter."""
-    script = Path(sys.executable).with_name("twistd")
-    return [str(script)] if script.exists() else [sys.executable, "-c", TWISTD_CODE]
 
 
 def summarize(sampler: Sampler, done: dict[str, Any] | None, connections: int) -> dict[str, Any]:
@@ -583,6 +525,7 @@ def main(argv: list[str]) -> int:
         "twistd",
         [*twistd_argv(), "-n", "--pidfile=", "sandstone", "--listen", f"tcp:{port}:interface=127.0.0.1"],
         env,
+        lines=True,
     )
     load: Child | None = None
     sampler = Sampler(server.pid)
@@ -619,7 +562,7 @@ def main(argv: list[str]) -> int:
             "settle": args.settle,
             "drain": args.drain,
         }
-        load = Child("load", [sys.executable, __file__, LOAD_FLAG, json.dumps(config)], env)
+        load = Child("load", [sys.executable, __file__, LOAD_FLAG, json.dumps(config)], env, lines=True)
         sampler.pids["load"] = load.pid
         # bounded: connecting (~1 s per 100 connections, generously), publishing, draining
         budget = 120 + args.connections / 10 + args.minutes * 60 + args.settle + args.drain * 3
