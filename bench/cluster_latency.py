@@ -594,6 +594,24 @@ def run_generator(config: dict[str, Any]) -> dict[str, Any]:
     return dict(json.loads(lines[-1]))
 
 
+def generator_config(
+    args: argparse.Namespace, post_port: int, ws_port: int, watch: dict[str, int]
+) -> dict[str, Any]:
+    """The load generator's settings for both phases: POSTs to ``post_port``, subscribers on ``ws_port``,
+    CPU sampled for the ``watch`` pids."""
+    return {
+        "post_url": f"http://127.0.0.1:{post_port}/api/articles",
+        "ws_url": f"ws://127.0.0.1:{ws_port}/ws",
+        "subscribers": args.subscribers,
+        "rate": args.rate,
+        "inflight": args.inflight,
+        "warmup": args.warmup,
+        "duration": args.duration,
+        "drain_quiet": args.drain_quiet,
+        "watch": watch,
+    }
+
+
 def run_scenario(
     name: str,
     args: argparse.Namespace,
@@ -603,17 +621,7 @@ def run_scenario(
     tag: str,
 ) -> dict[str, Any]:
     """The latency phase then the saturation phase, POSTs to ``post_node``, subscribers on ``sub_node``."""
-    base = {
-        "post_url": f"http://127.0.0.1:{post_node[1]}/api/articles",
-        "ws_url": f"ws://127.0.0.1:{sub_node[1]}/ws",
-        "subscribers": args.subscribers,
-        "rate": args.rate,
-        "inflight": args.inflight,
-        "warmup": args.warmup,
-        "duration": args.duration,
-        "drain_quiet": args.drain_quiet,
-        "watch": watch,
-    }
+    base = generator_config(args, post_node[1], sub_node[1], watch)
     result: dict[str, Any] = {
         "posts_to": post_node[0].name,
         "subscribers_on": sub_node[0].name,

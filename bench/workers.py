@@ -61,17 +61,7 @@ def server(workers: int, redis_url: str) -> Iterator[tuple[Any, int, dict[str, i
 
 def run(args: argparse.Namespace, workers: int, tag: str) -> dict[str, Any]:
     with cl.redis_server() as (redis_child, redis_url), server(workers, redis_url) as (child, port, pids):
-        base = {
-            "post_url": f"http://127.0.0.1:{port}/api/articles",
-            "ws_url": f"ws://127.0.0.1:{port}/ws",
-            "subscribers": args.subscribers,
-            "rate": args.rate,
-            "inflight": args.inflight,
-            "warmup": args.warmup,
-            "duration": args.duration,
-            "drain_quiet": args.drain_quiet,
-            "watch": {**pids, "redis": redis_child.pid},
-        }
+        base = cl.generator_config(args, port, port, {**pids, "redis": redis_child.pid})
         result: dict[str, Any] = {"workers": workers}
         for mode in ("latency", "saturation"):
             print(f"  {workers} worker(s): {mode}", file=sys.stderr, flush=True)
