@@ -18,6 +18,8 @@ CHANNELS = channel_names("sandstone", "realm1")
 
 
 class TwistdClusterTestCase(TwistdTestCase):
+    """twistd processes with a redis-server of their own (``self.redis_server``, a client ``self.redis``)."""
+
     def setUp(self) -> None:
         self.redis_server = RedisServer()
         self.addCleanup(self.redis_server.stop)

@@ -6,13 +6,12 @@ import os
 import re
 from collections.abc import Sequence
 
-import redis
 from autobahn.wamp.types import PublishOptions
 
 from sandstone._envelope import channel_names
-from tests.redis_server import RedisServer
 from tests.support import Client, sleep, wait_until
-from tests.test_e2e_twistd import Twistd, TwistdTestCase
+from tests.test_e2e_cluster_twistd import TwistdClusterTestCase
+from tests.test_e2e_twistd import Twistd
 
 CHANNELS = channel_names("sandstone", "realm1")
 STARTED = re.compile(r"worker (\d+) started \(pid (\d+)\)")
@@ -34,14 +33,7 @@ def alive(pid: int) -> bool:
         return True
 
 
-class WorkersTestCase(TwistdTestCase):
-    def setUp(self) -> None:
-        self.redis_server = RedisServer()
-        self.addCleanup(self.redis_server.stop)
-        self.redis_server.start()
-        self.redis = redis.Redis.from_url(self.redis_server.url, decode_responses=True, socket_timeout=5)
-        self.addCleanup(self.redis.close)
-
+class WorkersTestCase(TwistdClusterTestCase):
     async def start_workers(self) -> Twistd:
         """``twistd -n sandstone --app examples.blog:app --redis URL --workers 2``, once both workers accept
         and are on the bus."""
