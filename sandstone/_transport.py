@@ -202,13 +202,11 @@ class WampServerProtocol(WebSocketServerProtocol):
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         # autobahn's own writes (control frames, close, compressed messages) go after the frames queued
         # for this turn.
-        if self in _turn.queued:
-            _turn.flush_one(self)
+        _turn.flush_one(self)
         super().sendData(data, sync, chopsize)
 
     def dropConnection(self, abort: bool = False) -> None:
-        if self in _turn.queued:
-            _turn.flush_one(self)
+        _turn.flush_one(self)
         super().dropConnection(abort)
 
     def close_transport(self, reason: str) -> None:
@@ -371,6 +369,7 @@ class _TurnWriter:
                 log.failure("writing to {peer} failed", peer=getattr(protocol, "peer", None))
 
     def flush_one(self, protocol: WampServerProtocol) -> None:
+        """Send what waits for ``protocol`` now, if anything (before autobahn writes to it itself)."""
         chunks = self.queued.pop(protocol, None)
         if chunks:
             _send_now(protocol.transport, b"".join(chunks))
@@ -443,6 +442,7 @@ class WampServerFactory(WebSocketServerFactory):
         **kwargs: Any,
     ) -> None:
         self.serializers = serializers if serializers is not None else default_serializers()
+        self._protocol_base: type[WampServerProtocol] = self.protocol
         super().__init__(protocols=list(self.serializers), **kwargs)
         self.traffic = TrafficStats()  # autobahn's counters, summed over every connection
         self.router = router
@@ -454,7 +454,6 @@ class WampServerFactory(WebSocketServerFactory):
         self.connections: set[WampServerProtocol] = set()
         self.stats: Counter[str] = router.stats
         limits = self.limits
-        self._protocol_base: type[WampServerProtocol] = self.protocol
         self.setProtocolOptions(
             maxFramePayloadSize=limits.max_frame_size,
             maxMessagePayloadSize=limits.max_message_size,
@@ -479,9 +478,7 @@ class WampServerFactory(WebSocketServerFactory):
         connection already has them: as class attributes they cost an idle connection nothing (~1.5 KB
         saved) and are read as fast as instance attributes.
         """
-        base = getattr(self, "_protocol_base", None)
-        if base is None:  # autobahn's own __init__ sets options before ours runs
-            return
+        base = self._protocol_base
         options = {name: getattr(self, name) for name in WebSocketServerProtocol.CONFIG_ATTRS}
         self.protocol = type(base.__name__, (base,), {"__module__": base.__module__, **options})
 
