@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import platform
 import re
@@ -87,6 +88,34 @@ SERVER_BUSY = 85.0
 WORKER_STARTED = re.compile(r"worker (\d+) started \(pid (\d+)\)")
 # Processes to sample over a measured window: label -> (pid, port whose established connections to count).
 Watch = dict[str, tuple[int, int | None]]
+# --pin: CPU lists ("0", "1-3") for "server" and "generators" processes (taskset -c); empty when not pinning.
+PIN: dict[str, str] = {}
+
+
+def pinned(argv: list[str], role: str) -> list[str]:
+    """``argv`` under ``taskset -c`` with the CPUs --pin gives ``role`` ("server" or "generators")."""
+    return ["taskset", "-c", PIN[role], *argv] if role in PIN else argv
+
+
+@contextlib.contextmanager
+def unpinned() -> Iterator[None]:
+    """No pinning inside: the scale-out scenarios spread nodes or workers over every core."""
+    saved = dict(PIN)
+    PIN.clear()
+    try:
+        yield
+    finally:
+        PIN.update(saved)
+
+
+def pin_plan(cpus: list[int]) -> dict[str, str]:
+    """The first CPU for the server under test, the others for the load generators."""
+    if len(cpus) < 2:
+        raise RuntimeError(f"--pin needs at least 2 CPUs, this process may use {cpus}")
+    if shutil.which("taskset") is None:
+        raise RuntimeError("--pin needs taskset (util-linux)")
+    rest = cpus[1:]
+    return {"server": str(cpus[0]), "generators": ",".join(str(c) for c in rest)}
 
 
 def shown(path: Path) -> str:
@@ -230,7 +259,7 @@ def sandstone(
         argv += ["--redis", redis_url]
     if workers > 1:
         argv += ["--workers", str(workers)]
-    child = Child(label, argv)
+    child = Child(label, pinned(argv, "server"))
     try:
         wait_for(lambda: upgrades(port, "/ws"), child, "no WebSocket handshake on /ws")
         wait_for(
@@ -294,60 +323,51 @@ def upgrades(port: int, path: str) -> bool:
         return False
 
 
-def crossbar_config(port: int) -> dict[str, Any]:
-    """An open ``realm1`` (anonymous may do everything), WebSocket at /ws, HTTP publisher at /publish."""
-    everything = {"call": True, "register": True, "publish": True, "subscribe": True}
-    return {
-        "version": 2,
-        "controller": {},
-        "workers": [
-            {
-                "type": "router",
-                "realms": [
-                    {
-                        "name": REALM,
-                        "roles": [
-                            {
-                                "name": "anonymous",
-                                "permissions": [
-                                    {
-                                        "uri": "",
-                                        "match": "prefix",
-                                        "allow": everything,
-                                        "disclose": {"caller": False, "publisher": False},
-                                        "cache": True,
-                                    }
-                                ],
-                            }
-                        ],
-                    }
-                ],
-                "transports": [
-                    {
-                        "type": "web",
-                        "endpoint": {"type": "tcp", "port": port, "interface": "127.0.0.1", "backlog": 1024},
-                        "paths": {
-                            # a leaf resource at "/" (like "nodeinfo") would hide /ws: a static directory
-                            "/": {"type": "static", "directory": ".."},
-                            "ws": {"type": "websocket", "serializers": ["json"]},
-                            "publish": {"type": "publisher", "realm": REALM, "role": "anonymous"},
-                        },
-                    }
-                ],
-            }
-        ],
-    }
+def crossbar_config(template: dict[str, Any], ports: Iterator[int]) -> dict[str, Any]:
+    """Crossbar's own ``crossbar init`` node config, changed only where a benchmark must change it.
+
+    Every transport endpoint gets the next port of ``ports`` and listens on 127.0.0.1, and the web transport
+    gains an HTTP publisher bridge at ``publish`` (realm1, role anonymous). Everything else (the open
+    ``realm1``, the serializers and the WebSocket options, ``/`` static and ``info``) stays as written.
+    """
+    config = json.loads(json.dumps(template))
+    try:
+        realms = {realm["name"] for worker in config["workers"] for realm in worker.get("realms", ())}
+        transports = [t for worker in config["workers"] for t in worker.get("transports", ())]
+        web = next(t for t in transports if t["type"] == "web")
+        if REALM not in realms or web["paths"].get("ws", {}).get("type") != "websocket":
+            raise ValueError(f"no {REALM} or no websocket path 'ws'")
+    except (KeyError, StopIteration, ValueError) as e:
+        raise RuntimeError(f"'crossbar init' wrote a config the runner does not know: {e!r}") from e
+    for transport in transports:
+        transport["endpoint"].update(port=next(ports), interface="127.0.0.1")
+    web["paths"]["publish"] = {"type": "publisher", "realm": REALM, "role": "anonymous"}
+    return config
+
+
+def crossbar_init(executable: Path, appdir: Path) -> dict[str, Any]:
+    """Run ``crossbar init --appdir APPDIR`` and return the node config it wrote."""
+    subprocess.run(
+        [str(executable), "init", "--appdir", str(appdir)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    return json.loads((appdir / ".crossbar" / "config.json").read_text())
 
 
 @contextlib.contextmanager
 def crossbar(executable: Path) -> Iterator[Server]:
-    port = free_port()
     with tempfile.TemporaryDirectory(prefix="crossbar-") as tmp:
-        cbdir = Path(tmp) / ".crossbar"
-        cbdir.mkdir()
-        (cbdir / "config.json").write_text(json.dumps(crossbar_config(port), indent=2))
+        appdir = Path(tmp)
+        cbdir = appdir / ".crossbar"
+        ports = iter(free_port, None)
+        config = crossbar_config(crossbar_init(executable, appdir), ports)
+        (cbdir / "config.json").write_text(json.dumps(config, indent=2))
+        web = next(t for w in config["workers"] for t in w.get("transports", ()) if t["type"] == "web")
+        port = web["endpoint"]["port"]
         argv = [str(executable), "start", "--cbdir", str(cbdir), "--loglevel", "warn"]
-        child = Child("crossbar", argv)
+        child = Child("crossbar", pinned(argv, "server"))
         try:
             wait_for(lambda: upgrades(port, "/ws"), child, "no WebSocket handshake on /ws")
             rest = {
@@ -362,7 +382,7 @@ def crossbar(executable: Path) -> Iterator[Server]:
 @contextlib.contextmanager
 def raw() -> Iterator[Server]:
     port = free_port()
-    child = Child("raw", [sys.executable, str(BENCH / "raw_ceiling.py"), str(port)])
+    child = Child("raw", pinned([sys.executable, str(BENCH / "raw_ceiling.py"), str(port)], "server"))
     try:
         wait_for(lambda: upgrades(port, "/ws"), child, "no WebSocket handshake on /ws")
         yield Server("raw", child, port, "/ws", None)
@@ -380,7 +400,7 @@ class Generator:
     def __init__(self, node: str, config: dict[str, Any]) -> None:
         self.config = config
         self.process = subprocess.Popen(
-            [node, str(GENERATOR), json.dumps(config)],
+            pinned([node, str(GENERATOR), json.dumps(config)], "generators"),
             cwd=REPO,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -521,6 +541,27 @@ def mark_saturation(result: dict[str, Any], m: dict[str, Any]) -> None:
     result["server_saturated"] = busy >= SERVER_BUSY
 
 
+def subscriber_latency(m: dict[str, Any]) -> dict[str, Any]:
+    """Latency percentiles over every subscriber process: merged from their samples when there are several
+    (the samples are then dropped from ``m``), else the one process's own percentiles."""
+    subs = [g for g in m["generators"] if g["role"] == "sub"]
+    if len(subs) == 1:
+        return dict(subs[0]["latency_ms"])
+    samples = sorted(v for g in subs for v in g.pop("latency_samples"))
+    if not samples:
+        return {"samples": 0, "p50": None, "p90": None, "p99": None, "max": None, "mean": None}
+
+    def rank(p: float) -> float:
+        return round(samples[max(0, math.ceil(p / 100 * len(samples)) - 1)], 3)
+
+    return {
+        "samples": len(samples),
+        **{f"p{p}": rank(p) for p in (50, 90, 99)},
+        "max": round(samples[-1], 3),
+        "mean": round(sum(samples) / len(samples), 3),
+    }
+
+
 def pub_config(server: Server, topic: str, **extra: Any) -> dict[str, Any]:
     return {"role": "pub", "url": server.ws_url, "realm": REALM, "topic": topic, **extra}
 
@@ -569,7 +610,7 @@ def fanout_latency(
     """Subscribers on ``server``, the publisher on ``pub_server`` (another node) or ``server``."""
     topic = "bench.latency"
     s = args.lat_subscribers
-    subs = sub_configs(server, s, 1, topic=topic, mode="latency")
+    subs = sub_configs(server, s, args.lat_procs, topic=topic, mode="latency", samples=args.lat_procs > 1)
     pub = pub_config(pub_server or server, topic, mode="rate", rate=rate, payload_bytes=args.payload_bytes)
     cpu = total_cpu(server, pub_server) if pub_server else server.cpu
     with generators(node, [*subs, pub], 120) as gens:
@@ -578,7 +619,7 @@ def fanout_latency(
     result.update(
         rate=rate,
         subscribers=s,
-        latency_ms=m["generators"][0]["latency_ms"],
+        latency_ms=subscriber_latency(m),
         send_lag_ms=m["generators"][-1]["send_lag_ms"],
     )
     return result
@@ -589,7 +630,8 @@ def rest_to_event(
 ) -> dict[str, Any]:
     assert server.rest is not None
     s = args.rest_subscribers
-    subs = sub_configs(server, s, 1, topic="articles", mode="latency")
+    many = args.lat_procs > 1
+    subs = sub_configs(server, s, args.lat_procs, topic="articles", mode="latency", samples=many)
     post = {"role": "http", **server.rest, "mode": mode, "window": args.rest_inflight, "rate": args.rest_rate}
     with generators(node, [*subs, post], 120) as gens:
         m = measure(server.cpu, gens, gens[-1], args.warmup, args.duration, watch)
@@ -603,7 +645,7 @@ def rest_to_event(
         rate=args.rest_rate if mode == "rate" else None,
         inflight=args.rest_inflight if mode == "sat" else None,
         subscribers=s,
-        latency_ms=m["generators"][0]["latency_ms"],
+        latency_ms=subscriber_latency(m),
         post_rtt_ms=m["generators"][-1].get("rtt_ms"),
     )
     return result
@@ -835,10 +877,11 @@ def run_server(name: str, node: str, cb: Path | None, args: argparse.Namespace) 
         with start() as server:
             log(f"  {name}: idle sessions {n}")
             detail[f"idle {n}"] = idle_sessions(node, server, n, args)
-    if name == "sandstone" and "cross" in args.only:
-        detail.update(cross_node(node, args))
-    if name == "sandstone" and "workers" in args.only:
-        detail.update(workers_scaleout(node, args))
+    with unpinned():
+        if name == "sandstone" and "cross" in args.only:
+            detail.update(cross_node(node, args))
+        if name == "sandstone" and "workers" in args.only:
+            detail.update(workers_scaleout(node, args))
     return detail
 
 
@@ -1180,6 +1223,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--subscribers", type=ints, default=[1, 10, 100, 1000], help="fan-out saturation S")
     parser.add_argument("--lat-rates", type=floats, default=[100, 200, 400, 800], help="publishes/s")
     parser.add_argument("--lat-subscribers", type=int, default=100)
+    parser.add_argument(
+        "--lat-procs", type=int, default=1, help="subscriber processes of the latency and REST scenarios"
+    )
     parser.add_argument("--rest-subscribers", type=int, default=100)
     parser.add_argument("--rest-inflight", type=int, default=16)
     parser.add_argument("--rest-rate", type=float, default=200.0)
@@ -1202,6 +1248,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--duration", type=float, default=5.0, help="measured seconds per scenario")
     parser.add_argument("--crossbar-python", default=CROSSBAR_PYTHON)
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="run the server under test on the first CPU and the load generators on the others (taskset);"
+        " the cross and workers scenarios stay unpinned",
+    )
     parser.add_argument("--no-markdown", action="store_true", help="do not rewrite BENCHMARKS.md")
     parser.add_argument("--output-dir", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
@@ -1233,6 +1285,9 @@ def main(argv: list[str]) -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # children inherit it (10,000 idle sessions)
     node = ensure_node()
+    if args.pin:
+        PIN.update(pin_plan(sorted(os.sched_getaffinity(0))))
+        log(f"pinning: servers on CPU {PIN['server']}, load generators on CPU(s) {PIN['generators']}")
     cb = ensure_crossbar(args.crossbar_python) if "crossbar" in args.servers else None
     stamp = time.strftime("%Y%m%dT%H%M%S")
     from importlib.metadata import version
@@ -1243,6 +1298,7 @@ def main(argv: list[str]) -> int:
         "command": " ".join(["/work/venv/bin/python", "bench/runner.py", *argv]),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "machine": machine_info(),
+        "pinning": dict(PIN),
         "sandstone_commit": git_commit(),
         "sandstone_uncommitted_changes": uncommitted_changes(),
         "versions": {
