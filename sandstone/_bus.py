@@ -598,6 +598,7 @@ class RedisBus(Service):
             return
         self.stats["delivered_remote"] += 1
         self.router.broker.deliver(msg.publication)
+        self.router.delivered()
 
     def _on_node_message(self, msg: NodeMessage) -> None:
         handler = self._NODE_HANDLERS.get(msg.type)

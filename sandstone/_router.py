@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from autobahn.util import rid
@@ -56,6 +57,9 @@ class Router:
         self.clock = time.monotonic  # seconds, for the rate limits (tests inject a fake clock)
         self.authorization = Authorization(self, topics)
         self.dealer.meta.update(meta_procedures(self))
+        # Called once a publication was delivered to the local subscribers (and handed to the bus): the
+        # WebSocket transport sends the EVENTs it queued without waiting for the end of the reactor turn.
+        self.delivered: Callable[[], None] = _nothing
 
     # sessions
 
@@ -163,11 +167,13 @@ class Router:
         nodes; returns how many EVENTs were sent here."""
         bus = self.bus
         if bus is None:
-            return self.broker.deliver(publication)
-        if not bus.prepare(publication):
+            delivered = self.broker.deliver(publication)
+        elif not bus.prepare(publication):
             return 0  # another node's copy of this keyed broadcast was delivered here already
-        delivered = self.broker.deliver(publication)
-        bus.announce(publication)
+        else:
+            delivered = self.broker.deliver(publication)
+            bus.announce(publication)
+        self.delivered()
         return delivered
 
     def register(self, session: Session, msg: message.Register) -> Deferred[None] | None:
@@ -217,3 +223,7 @@ class Router:
     ) -> int:
         """Send one EVENT on ``topic`` to a single subscribed session; returns the publication id."""
         return self.broker.send_to(session, topic, args, kwargs)
+
+
+def _nothing() -> None:
+    pass

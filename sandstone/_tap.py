@@ -4,6 +4,7 @@
 discovery (``twistd --help``) never imports the framework itself.
 """
 
+import gc
 import importlib
 import inspect
 import os
@@ -325,6 +326,19 @@ class SandstoneService(MultiService):
             ws_path=self.app.ws_path,
         )
         super().startService()
+        _freeze_startup_objects()
+
+
+def _freeze_startup_objects() -> None:
+    """Keep the garbage collector's full collections short: everything alive once the server has started
+    (modules, the app, the listening port) is moved out of their reach (``gc.freeze``), so they scan only
+    what serving created. Without it each full collection scans every imported module's objects: about
+    40 ms here, a pause in the middle of serving every few seconds under REST load."""
+    gc.collect()
+    gc.freeze()
+    _log.debug(
+        "{count} objects of the started server set aside from garbage collection", count=gc.get_freeze_count()
+    )
 
 
 def makeService(options: Options, *, inherited_fd: int | None = None) -> IService:

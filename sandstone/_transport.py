@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pprint import pformat
@@ -341,11 +342,20 @@ class _TurnWriter:
     epoll changes and a writability event per connection. Here a broadcast to N subscribers costs N
     system calls, however many EVENTs each gets in the turn; whatever a socket does not take goes
     to ``transport.write`` (and Twisted's flow control) as before.
+
+    A server that is not busy sends a broadcast as soon as it is delivered (``hurry``): a REST
+    request's EVENTs then leave before its response is rendered and logged.
     """
 
-    def __init__(self) -> None:
+    # The last flush ended less than this many seconds ago: the server is busy, and a broadcast's frames
+    # wait for the end of the turn, where they share each connection's send with the turn's others.
+    busy = 0.001
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.queued: dict[WampServerProtocol, list[bytes]] = {}
         self.scheduled = False
+        self.clock = clock
+        self.last_flush = float("-inf")
 
     def write(self, protocol: WampServerProtocol, data: bytes) -> None:
         chunks = self.queued.get(protocol)
@@ -360,13 +370,25 @@ class _TurnWriter:
             reactor.callLater(0, self.flush)  # type: ignore[attr-defined]
 
     def flush(self) -> None:
+        """The end of the turn: send everything queued."""
         self.scheduled = False
+        self.send_queued()
+
+    def hurry(self) -> None:
+        """After a broadcast: send what is queued now, unless the server is busy (see ``busy``). The flush
+        scheduled for the end of the turn stays, for whatever the rest of the turn queues."""
+        if self.queued and self.clock() - self.last_flush >= self.busy:
+            self.send_queued()
+
+    def send_queued(self) -> None:
         queued, self.queued = self.queued, {}
         for protocol, chunks in queued.items():
             try:
                 _send_now(protocol.transport, chunks[0] if len(chunks) == 1 else b"".join(chunks))
             except Exception:  # one broken connection must not keep the others' frames
                 log.failure("writing to {peer} failed", peer=getattr(protocol, "peer", None))
+        if queued:
+            self.last_flush = self.clock()
 
     def flush_one(self, protocol: WampServerProtocol) -> None:
         """Send what waits for ``protocol`` now, if anything (before autobahn writes to it itself)."""
@@ -446,6 +468,7 @@ class WampServerFactory(WebSocketServerFactory):
         super().__init__(protocols=list(self.serializers), **kwargs)
         self.traffic = TrafficStats()  # autobahn's counters, summed over every connection
         self.router = router
+        router.delivered = _turn.hurry
         self.limits = limits if limits is not None else router.limits
         self.allowed_origins = list(allowed_origins or ())
         if clock is None:

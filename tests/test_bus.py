@@ -258,6 +258,50 @@ class PrepareTests(SynchronousTestCase):
         )
 
 
+class DeliveredHookTests(SynchronousTestCase):
+    """``router.delivered`` (the transport's cue to send a broadcast's EVENTs) runs once per publication
+    delivered here, after the bus was told of it."""
+
+    def test_after_a_local_broadcast_and_its_announcement(self) -> None:
+        app, bus, sent = make_app("a")
+        reader = TestClient(app).connect().subscribe("articles")
+        seen: list[tuple[int, int]] = []
+        app.router.delivered = lambda: seen.append((len(reader.payloads), len(sent)))
+        app.broadcast("articles", "x")
+        self.assertEqual(seen, [(1, 1)])
+
+    def test_after_a_delivery_from_another_node(self) -> None:
+        app, bus, sent = make_app("b")
+        reader = TestClient(app).connect().subscribe("articles")
+        seen: list[int] = []
+        app.router.delivered = lambda: seen.append(len(reader.payloads))
+        publication = Publication("articles", ["from a"], id=7)
+        bus._received(bus.channels.deliveries, encode_delivery("a", publication))
+        self.assertEqual(seen, [1])
+
+    def test_not_for_a_keyed_broadcast_delivered_here_already(self) -> None:
+        app, bus, sent = make_app("b")
+        reader = TestClient(app).connect().subscribe("articles")
+        seen: list[None] = []
+        app.router.delivered = lambda: seen.append(None)
+        key = "e1:topic:articles:1"
+        publication = Publication(
+            "articles", [{"from": "topic", "n": 1}], id=publication_id_for(key), key=key
+        )
+        bus._received(bus.channels.deliveries, encode_delivery("a", publication))
+        # node a's event arrives after its delivery: this node's broadcast of that key is skipped
+        bus._received(bus.channels.events, encode_event("a", "e1", "ping", {"n": 1}))
+        self.assertEqual(reader.payloads, [{"from": "topic", "n": 1}])
+        self.assertEqual(len(seen), 1)
+
+    def test_without_a_bus(self) -> None:
+        app = Sandstone(anonymous=True, open_uris=True)
+        seen: list[None] = []
+        app.router.delivered = lambda: seen.append(None)
+        app.broadcast("anything", "x")
+        self.assertEqual(len(seen), 1)
+
+
 class ReceivedTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.app, self.bus, self.sent = make_app("me")

@@ -1,7 +1,9 @@
-"""Tests for L{sandstone._transport}'s per-turn writer: frames of one reactor turn leave in one send."""
+"""Tests for L{sandstone._transport}'s per-turn writer: frames of one reactor turn leave in one send, and a
+broadcast on a server that is not busy leaves at once."""
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from twisted.internet import main, reactor
@@ -9,7 +11,8 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from sandstone import Sandstone
-from sandstone._transport import _send_now, _TurnWriter
+from sandstone._router import Router
+from sandstone._transport import WampServerFactory, _send_now, _turn, _TurnWriter
 from tests.support import ServerTestCase, wait_until
 
 
@@ -80,6 +83,102 @@ class TurnWriterTests(TestCase):
         await next_turn()
         self.assertEqual(one.transport.sent, [b"event"])
         self.assertEqual(two.transport.sent, [b"other"])
+
+
+class FakeClock:
+    def __init__(self, now: float = 100.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class HurryTests(TestCase):
+    """``hurry`` (after each broadcast): at once on a server that is not busy, else at the end of the turn."""
+
+    def setUp(self) -> None:
+        self.clock = FakeClock()
+        self.writer = _TurnWriter(self.clock)
+        self.one = FakeProtocol(FakeTCP())
+
+    def test_a_broadcast_on_an_idle_server_leaves_at_once(self) -> None:
+        self.writer.write(self.one, b"event")  # type: ignore[arg-type]
+        self.writer.hurry()
+        self.assertEqual(self.one.transport.sent, [b"event"])
+        self.assertEqual(self.writer.queued, {})
+        self.assertEqual(self.writer.last_flush, 100.0)
+
+    async def test_a_broadcast_soon_after_a_flush_waits_for_the_end_of_the_turn(self) -> None:
+        self.writer.write(self.one, b"first")  # type: ignore[arg-type]
+        self.writer.hurry()
+        self.clock.now += self.writer.busy / 2
+        self.writer.write(self.one, b"second")  # type: ignore[arg-type]
+        self.writer.write(self.one, b"third")  # type: ignore[arg-type]
+        self.writer.hurry()
+        self.assertEqual(self.one.transport.sent, [b"first"])
+        await next_turn()
+        self.assertEqual(self.one.transport.sent, [b"first", b"secondthird"])  # one send for the rest
+
+    def test_once_the_busy_time_has_passed_a_broadcast_leaves_at_once_again(self) -> None:
+        self.writer.write(self.one, b"first")  # type: ignore[arg-type]
+        self.writer.hurry()
+        self.clock.now += self.writer.busy
+        self.writer.write(self.one, b"second")  # type: ignore[arg-type]
+        self.writer.hurry()
+        self.assertEqual(self.one.transport.sent, [b"first", b"second"])
+
+    async def test_the_end_of_the_turn_still_sends_what_was_queued_after_a_hurry(self) -> None:
+        self.writer.write(self.one, b"event")  # type: ignore[arg-type]
+        self.writer.hurry()
+        self.writer.write(self.one, b"published")  # type: ignore[arg-type]
+        await next_turn()
+        self.assertEqual(self.one.transport.sent, [b"event", b"published"])
+        self.assertFalse(self.writer.scheduled)
+
+    def test_nothing_queued_sends_nothing_and_keeps_the_last_flush(self) -> None:
+        self.writer.hurry()
+        self.assertEqual(self.writer.last_flush, float("-inf"))
+
+    async def test_the_end_of_the_turn_counts_as_a_flush(self) -> None:
+        self.writer.write(self.one, b"a")  # type: ignore[arg-type]
+        await next_turn()
+        self.assertEqual(self.writer.last_flush, 100.0)
+        self.writer.write(self.one, b"b")  # type: ignore[arg-type]
+        self.writer.hurry()  # the clock did not move: busy
+        self.assertEqual(self.one.transport.sent, [b"a"])
+        await next_turn()
+
+    def test_the_factory_hooks_the_writer_to_its_router(self) -> None:
+        router = Router(open_uris=True, anonymous=True)
+        WampServerFactory(router)
+        self.assertEqual(router.delivered, _turn.hurry)
+
+
+class RestBroadcastOverTCPTests(ServerTestCase):
+    async def test_a_rest_broadcast_reaches_the_subscriber_before_the_handler_returns(self) -> None:
+        app = Sandstone(anonymous=True, open_uris=True)
+        peeked: list[bytes] = []
+        client_socket: list[socket.socket] = []
+
+        @app.route("/api/announce", methods=["POST"])
+        def announce(request: Any) -> str:
+            app.broadcast("com.example.news", "from rest")
+            # still inside the request: the EVENT is in the subscriber's socket already
+            [sock] = client_socket
+            peeked.append(sock.recv(65536, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+            return "announced"
+
+        self.serve(app)
+        client = await self.connect()
+        await client.record("com.example.news")
+        client_socket.append(client._transport.transport.socket)
+        await deferLater(reactor, 0.01, lambda: None)  # the server's last flush is over the busy time
+        response = await self.http().post(f"{self.base_url}/api/announce", data=b"")
+        self.assertEqual(await response.text(), "announced")
+        self.assertIn(b'"from rest"', peeked[0])
+        self.assertTrue(peeked[0].startswith(b"\x81"))  # a text frame: [36, ...]
+        await wait_until(lambda: client.received["com.example.news"], timeout=2.0)
+        self.assertEqual(client.received["com.example.news"][0].args, ["from rest"])
 
 
 class SendNowTests(TestCase):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import datetime
 import hashlib
+import io
 import json
 from typing import Any
 
@@ -26,6 +27,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web import http as twisted_http
 from twisted.web.server import Request, Site
 
 from sandstone import Limits, Sandstone
@@ -443,6 +445,61 @@ class EndToEndTests(ServerTestCase):
         self.assertEqual(client.received["news"][1].payload, "from rest")
         # the WebSocket connection never went through twisted.web
         self.assertEqual(self.site.served, [(b"GET", b"/api/greeting"), (b"POST", b"/api/announce")])
+
+    def form_app(self) -> Sandstone:
+        app = make_app()
+
+        @app.route("/api/form", methods=["POST"])
+        def form(request: Any) -> bytes:
+            args = {k.decode(): [v.decode() for v in vs] for k, vs in sorted(request.args.items())}
+            return json.dumps({"args": args, "body": request.content.read().decode()}).encode()
+
+        return app
+
+    async def post_form(self, **kwargs: Any) -> Any:
+        response = await self.http().post(f"{self.base_url}/api/form", **kwargs)
+        self.assertEqual(response.code, 200)
+        return json.loads(await response.text())
+
+    async def test_a_posted_form_still_fills_request_args(self) -> None:
+        app = self.form_app()
+        self.listen(app, app.site(RecordingSite))
+        parsed = await self.post_form(data={"title": "hello", "tag": "x"})
+        self.assertEqual(parsed["args"], {"tag": ["x"], "title": ["hello"]})
+        parsed = await self.post_form(data={"title": "multi"}, files={"file": ("a.txt", io.BytesIO(b"data"))})
+        self.assertEqual(parsed["args"], {"file": ["data"], "title": ["multi"]})
+
+    async def test_a_json_body_is_not_parsed_as_a_form(self) -> None:
+        parsed_types: list[bytes] = []
+        original = twisted_http._parseContentType
+        self.patch(
+            twisted_http, "_parseContentType", lambda line: parsed_types.append(line) or original(line)
+        )
+        app = self.form_app()
+        self.listen(app, app.site(RecordingSite))
+        headers = {"Content-Type": ["application/json; charset=utf-8"]}
+        parsed = await self.post_form(data=b'{"title": "a=b"}', headers=headers)
+        self.assertEqual(parsed, {"args": {}, "body": '{"title": "a=b"}'})
+        self.assertEqual(parsed_types, [])  # not even looked at
+        await self.post_form(data={"title": "form"})
+        self.assertEqual(parsed_types, [b"application/x-www-form-urlencoded"])
+
+    async def test_handed_off_connection_sends_without_nagle_delay(self) -> None:
+        # a broadcast's frames go out at once (autobahn's tcpNoDelay), not held back until an ACK
+        app = make_app()
+        self.listen(app, app.site(RecordingSite))
+        await self.connect()
+        [transport] = self.site.transports
+        self.assertIsInstance(transport.protocol, WampServerProtocol)
+        self.assertTrue(transport.getTcpNoDelay())
+
+    async def test_handed_off_tls_connection_sends_without_nagle_delay(self) -> None:
+        app = make_app()
+        self.listen(app, app.site(RecordingSite), tls=True)
+        await self.connect_tls()
+        [wrapper] = self.site.transports
+        self.assertIsInstance(wrapper.wrappedProtocol, WampServerProtocol)
+        self.assertTrue(wrapper.transport.getTcpNoDelay())  # the TCP connection under TLS
 
     async def test_websocket_over_tls(self) -> None:
         app = make_app()
