@@ -333,7 +333,7 @@ def _freeze_startup_objects() -> None:
     """Keep the garbage collector's full collections short: everything alive once the server has started
     (modules, the app, the listening port) is moved out of their reach (``gc.freeze``), so they scan only
     what serving created. Without it each full collection scans every imported module's objects: about
-    40 ms here, a pause in the middle of serving every few seconds under REST load."""
+    40 ms here with examples.blog, during which every request and broadcast in flight waits."""
     gc.collect()
     gc.freeze()
     _log.debug(

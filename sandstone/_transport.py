@@ -343,19 +343,22 @@ class _TurnWriter:
     system calls, however many EVENTs each gets in the turn; whatever a socket does not take goes
     to ``transport.write`` (and Twisted's flow control) as before.
 
-    A server that is not busy sends a broadcast as soon as it is delivered (``hurry``): a REST
-    request's EVENTs then leave before its response is rendered and logged.
+    A server that was idle before the turn sends the turn's first broadcast as soon as it is delivered
+    (``hurry``): a REST request's EVENTs then leave before its response is rendered and logged. A busy
+    server (turns back to back) keeps batching, whatever a turn costs.
     """
 
-    # The last flush ended less than this many seconds ago: the server is busy, and a broadcast's frames
-    # wait for the end of the turn, where they share each connection's send with the turn's others.
-    busy = 0.001
+    # The server sat idle at least this many seconds between the last flush and a turn's first frame:
+    # that turn's first broadcast is sent at once. Otherwise frames wait for the end of the turn, where
+    # they share each connection's send with the turn's other frames.
+    idle = 0.001
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.queued: dict[WampServerProtocol, list[bytes]] = {}
         self.scheduled = False
         self.clock = clock
-        self.last_flush = float("-inf")
+        self.last_flush = float("-inf")  # when the last frames were sent
+        self.turn_started = float("-inf")  # when the current turn queued its first frame
 
     def write(self, protocol: WampServerProtocol, data: bytes) -> None:
         chunks = self.queued.get(protocol)
@@ -365,6 +368,7 @@ class _TurnWriter:
         self.queued[protocol] = [data]
         if not self.scheduled:
             self.scheduled = True
+            self.turn_started = self.clock()
             from twisted.internet import reactor
 
             reactor.callLater(0, self.flush)  # type: ignore[attr-defined]
@@ -375,9 +379,9 @@ class _TurnWriter:
         self.send_queued()
 
     def hurry(self) -> None:
-        """After a broadcast: send what is queued now, unless the server is busy (see ``busy``). The flush
-        scheduled for the end of the turn stays, for whatever the rest of the turn queues."""
-        if self.queued and self.clock() - self.last_flush >= self.busy:
+        """After a broadcast: send what is queued now if the server was idle before this turn and nothing
+        was sent yet in it (see ``idle``). The flush at the end of the turn stays, for the rest of it."""
+        if self.queued and self.turn_started - self.last_flush >= self.idle:
             self.send_queued()
 
     def send_queued(self) -> None:

@@ -18,6 +18,7 @@ from twisted.python import usage
 from twisted.trial.unittest import TestCase
 from twisted.web.server import Site
 
+from sandstone import _tap as tap_module
 from sandstone._app import Sandstone
 from sandstone._tap import AppLoadError, Options, SandstoneService, load_app, makeService
 
@@ -298,11 +299,34 @@ class MakeServiceTests(_FixtureMixin, TestCase):
         self.assertIs(service.app, sys.modules[mod].app)
         self.assertEqual(service.app.realm, "r3")
 
+    def record_gc(self):
+        """Replace the gc module _tap uses by a recorder (the test process's own heap stays unfrozen)."""
+        calls = []
+        recorder = types.SimpleNamespace(
+            collect=lambda: calls.append("collect"),
+            freeze=lambda: calls.append("freeze"),
+            get_freeze_count=lambda: 0,
+        )
+        self.patch(tap_module, "gc", recorder)
+        return calls
+
+    @inlineCallbacks
+    def test_start_sets_the_started_servers_objects_aside_from_gc(self):
+        calls = self.record_gc()
+        app, service = self.service_for("--listen", "tcp:0:interface=127.0.0.1")
+        self.assertEqual(calls, [])
+        service.startService()
+        try:
+            self.assertEqual(calls, ["collect", "freeze"])  # garbage first, so none of it is kept
+        finally:
+            yield service.stopService()
+
     @inlineCallbacks
     def test_start_listen_and_log(self):
         events = []
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.record_gc()
 
         app, service = self.service_for("--listen", "tcp:0:interface=127.0.0.1", "--realm", "blog")
         service.startService()

@@ -94,7 +94,8 @@ class FakeClock:
 
 
 class HurryTests(TestCase):
-    """``hurry`` (after each broadcast): at once on a server that is not busy, else at the end of the turn."""
+    """``hurry`` (after each broadcast): the first broadcast of a turn after an idle spell leaves at once;
+    everything else at the end of the turn."""
 
     def setUp(self) -> None:
         self.clock = FakeClock()
@@ -108,10 +109,10 @@ class HurryTests(TestCase):
         self.assertEqual(self.writer.queued, {})
         self.assertEqual(self.writer.last_flush, 100.0)
 
-    async def test_a_broadcast_soon_after_a_flush_waits_for_the_end_of_the_turn(self) -> None:
+    async def test_a_second_broadcast_in_the_turn_waits_for_its_end(self) -> None:
         self.writer.write(self.one, b"first")  # type: ignore[arg-type]
         self.writer.hurry()
-        self.clock.now += self.writer.busy / 2
+        self.clock.now += self.writer.idle * 5
         self.writer.write(self.one, b"second")  # type: ignore[arg-type]
         self.writer.write(self.one, b"third")  # type: ignore[arg-type]
         self.writer.hurry()
@@ -119,13 +120,28 @@ class HurryTests(TestCase):
         await next_turn()
         self.assertEqual(self.one.transport.sent, [b"first", b"secondthird"])  # one send for the rest
 
-    def test_once_the_busy_time_has_passed_a_broadcast_leaves_at_once_again(self) -> None:
-        self.writer.write(self.one, b"first")  # type: ignore[arg-type]
+    async def test_a_turn_right_after_a_flush_is_batched_however_long_it_takes(self) -> None:
+        # a busy server (e.g. 1000 subscribers per publish, turns back to back) keeps one send per turn
+        self.writer.write(self.one, b"a")  # type: ignore[arg-type]
+        await next_turn()
+        self.clock.now += self.writer.idle / 10
+        self.writer.write(self.one, b"b")  # type: ignore[arg-type]
+        self.clock.now += self.writer.idle * 5  # a long delivery
         self.writer.hurry()
-        self.clock.now += self.writer.busy
-        self.writer.write(self.one, b"second")  # type: ignore[arg-type]
+        self.writer.write(self.one, b"c")  # type: ignore[arg-type]
         self.writer.hurry()
-        self.assertEqual(self.one.transport.sent, [b"first", b"second"])
+        self.assertEqual(self.one.transport.sent, [b"a"])
+        await next_turn()
+        self.assertEqual(self.one.transport.sent, [b"a", b"bc"])
+
+    async def test_a_turn_after_an_idle_spell_sends_its_first_broadcast_at_once(self) -> None:
+        self.writer.write(self.one, b"a")  # type: ignore[arg-type]
+        await next_turn()
+        self.clock.now += self.writer.idle
+        self.writer.write(self.one, b"b")  # type: ignore[arg-type]
+        self.writer.hurry()
+        self.assertEqual(self.one.transport.sent, [b"a", b"b"])
+        await next_turn()
 
     async def test_the_end_of_the_turn_still_sends_what_was_queued_after_a_hurry(self) -> None:
         self.writer.write(self.one, b"event")  # type: ignore[arg-type]
@@ -144,7 +160,7 @@ class HurryTests(TestCase):
         await next_turn()
         self.assertEqual(self.writer.last_flush, 100.0)
         self.writer.write(self.one, b"b")  # type: ignore[arg-type]
-        self.writer.hurry()  # the clock did not move: busy
+        self.writer.hurry()  # the turn began right after the last flush: busy
         self.assertEqual(self.one.transport.sent, [b"a"])
         await next_turn()
 
