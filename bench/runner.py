@@ -88,24 +88,44 @@ SERVER_BUSY = 85.0
 WORKER_STARTED = re.compile(r"worker (\d+) started \(pid (\d+)\)")
 # Processes to sample over a measured window: label -> (pid, port whose established connections to count).
 Watch = dict[str, tuple[int, int | None]]
-# --pin: CPU lists ("0", "1-3") for "server" and "generators" processes (taskset -c); empty when not pinning.
+# --pin: the CPU list ("0", "1,2,3") of the server under test and of the load generators, for the latency
+# scenarios; PIN holds the generators' list while one of them runs (taskset -c), else nothing.
+PIN_PLAN: dict[str, str] = {}
 PIN: dict[str, str] = {}
 
 
 def pinned(argv: list[str], role: str) -> list[str]:
-    """``argv`` under ``taskset -c`` with the CPUs --pin gives ``role`` ("server" or "generators")."""
+    """``argv`` under ``taskset -c`` with the CPUs ``role`` ("generators") gets while a latency scenario is
+    pinned (``latency_pinning``)."""
     return ["taskset", "-c", PIN[role], *argv] if role in PIN else argv
 
 
+def set_affinity(pids: list[int], cpus: set[int]) -> None:
+    """Every thread of each process on ``cpus``."""
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(int(task), cpus)
+
+
 @contextlib.contextmanager
-def unpinned() -> Iterator[None]:
-    """No pinning inside: the scale-out scenarios spread nodes or workers over every core."""
-    saved = dict(PIN)
-    PIN.clear()
+def latency_pinning(server: Server) -> Iterator[None]:
+    """With --pin: ``server``'s processes run on the first CPU and the generators started meanwhile on the
+    others, so that publish -> receive times measure the server, not its competition with the generators
+    for a core. Saturation and idle scenarios stay unpinned: their generators need the spare capacity."""
+    if not PIN_PLAN:
+        yield
+        return
+    everything = os.sched_getaffinity(0)
+    pids = server.pids()
+    set_affinity(pids, {int(PIN_PLAN["server"])})
+    PIN["generators"] = PIN_PLAN["generators"]
     try:
         yield
     finally:
-        PIN.update(saved)
+        PIN.clear()
+        set_affinity(pids, everything)
 
 
 def pin_plan(cpus: list[int]) -> dict[str, str]:
@@ -259,7 +279,7 @@ def sandstone(
         argv += ["--redis", redis_url]
     if workers > 1:
         argv += ["--workers", str(workers)]
-    child = Child(label, pinned(argv, "server"))
+    child = Child(label, argv)
     try:
         wait_for(lambda: upgrades(port, "/ws"), child, "no WebSocket handshake on /ws")
         wait_for(
@@ -367,7 +387,7 @@ def crossbar(executable: Path) -> Iterator[Server]:
         web = next(t for w in config["workers"] for t in w.get("transports", ()) if t["type"] == "web")
         port = web["endpoint"]["port"]
         argv = [str(executable), "start", "--cbdir", str(cbdir), "--loglevel", "warn"]
-        child = Child("crossbar", pinned(argv, "server"))
+        child = Child("crossbar", argv)
         try:
             wait_for(lambda: upgrades(port, "/ws"), child, "no WebSocket handshake on /ws")
             rest = {
@@ -382,7 +402,7 @@ def crossbar(executable: Path) -> Iterator[Server]:
 @contextlib.contextmanager
 def raw() -> Iterator[Server]:
     port = free_port()
-    child = Child("raw", pinned([sys.executable, str(BENCH / "raw_ceiling.py"), str(port)], "server"))
+    child = Child("raw", [sys.executable, str(BENCH / "raw_ceiling.py"), str(port)])
     try:
         wait_for(lambda: upgrades(port, "/ws"), child, "no WebSocket handshake on /ws")
         yield Server("raw", child, port, "/ws", None)
@@ -865,23 +885,24 @@ def run_server(name: str, node: str, cb: Path | None, args: argparse.Namespace) 
                 detail[f"sat S={s}"] = fanout_saturation(node, server, s, args)
             for rate in args.lat_rates if "lat" in args.only else []:
                 log(f"  {name}: fan-out latency {rate:g}/s x {args.lat_subscribers}")
-                detail[f"lat {rate:g}/s"] = fanout_latency(node, server, rate, args)
+                with latency_pinning(server):
+                    detail[f"lat {rate:g}/s"] = fanout_latency(node, server, rate, args)
     if "rest" in args.only and name != "raw":
         # sandstone: examples.blog (POST /api/articles dispatches, the articles topic broadcasts);
         # Crossbar: its HTTP publisher bridge (POST /publish).
         with start("examples.blog:app") as server:
             for mode in ("sat", "rate"):
                 log(f"  {name}: REST -> EVENT ({mode})")
-                detail[f"rest {mode}"] = rest_to_event(node, server, mode, args)
+                with latency_pinning(server) if mode == "rate" else contextlib.nullcontext():
+                    detail[f"rest {mode}"] = rest_to_event(node, server, mode, args)
     for n in args.idle if "idle" in args.only else []:
         with start() as server:
             log(f"  {name}: idle sessions {n}")
             detail[f"idle {n}"] = idle_sessions(node, server, n, args)
-    with unpinned():
-        if name == "sandstone" and "cross" in args.only:
-            detail.update(cross_node(node, args))
-        if name == "sandstone" and "workers" in args.only:
-            detail.update(workers_scaleout(node, args))
+    if name == "sandstone" and "cross" in args.only:
+        detail.update(cross_node(node, args))
+    if name == "sandstone" and "workers" in args.only:
+        detail.update(workers_scaleout(node, args))
     return detail
 
 
@@ -1251,8 +1272,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--pin",
         action="store_true",
-        help="run the server under test on the first CPU and the load generators on the others (taskset);"
-        " the cross and workers scenarios stay unpinned",
+        help="in the latency scenarios (lat, REST at a fixed rate) run the server under test on the first"
+        " CPU and the load generators on the others",
     )
     parser.add_argument("--no-markdown", action="store_true", help="do not rewrite BENCHMARKS.md")
     parser.add_argument("--output-dir", type=Path, default=RESULTS_DIR)
@@ -1286,8 +1307,11 @@ def main(argv: list[str]) -> int:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # children inherit it (10,000 idle sessions)
     node = ensure_node()
     if args.pin:
-        PIN.update(pin_plan(sorted(os.sched_getaffinity(0))))
-        log(f"pinning: servers on CPU {PIN['server']}, load generators on CPU(s) {PIN['generators']}")
+        PIN_PLAN.update(pin_plan(sorted(os.sched_getaffinity(0))))
+        log(
+            f"latency scenarios pinned: servers on CPU {PIN_PLAN['server']},"
+            f" load generators on CPU(s) {PIN_PLAN['generators']}"
+        )
     cb = ensure_crossbar(args.crossbar_python) if "crossbar" in args.servers else None
     stamp = time.strftime("%Y%m%dT%H%M%S")
     from importlib.metadata import version
@@ -1298,7 +1322,7 @@ def main(argv: list[str]) -> int:
         "command": " ".join(["/work/venv/bin/python", "bench/runner.py", *argv]),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "machine": machine_info(),
-        "pinning": dict(PIN),
+        "latency_pinning": dict(PIN_PLAN),
         "sandstone_commit": git_commit(),
         "sandstone_uncommitted_changes": uncommitted_changes(),
         "versions": {
