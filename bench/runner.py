@@ -1194,7 +1194,13 @@ def write_markdown(
         f"Machine: {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, {m['platform']}; "
         f"Python {m['python']} (sandstone, raw), Crossbar {v.get('crossbar')} on its own Python 3.11 venv; "
         f"Node {m['node']} for the "
-        "load generators. Everything (servers and generators) shares the cores.",
+        "load generators. Everything (servers and generators) shares the cores"
+        + (
+            f", except in the latency scenarios (`lat`, `rest` at a fixed rate): there the server runs on "
+            f"CPU {pins['server']} and the generators on CPU {pins['generators']} (`--pin`)."
+            if (pins := results.get("latency_pinning"))
+            else "."
+        ),
         "",
         "Command:",
         "",
