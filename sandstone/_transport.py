@@ -343,54 +343,62 @@ class _TurnWriter:
     system calls, however many EVENTs each gets in the turn; whatever a socket does not take goes
     to ``transport.write`` (and Twisted's flow control) as before.
 
-    A server that was idle before the turn sends the turn's first broadcast as soon as it is delivered
-    (``hurry``): a REST request's EVENTs then leave before its response is rendered and logged. A busy
-    server (turns back to back) keeps batching, whatever a turn costs.
+    A server that was idle before the turn (see ``idle``) writes the turn's first broadcast straight to the
+    kernel as it delivers it, so that its first subscribers get their EVENT while the others are still being
+    served, and a REST request's EVENTs leave before its response is rendered and logged; ``hurry`` (called
+    after each broadcast) ends that, and the rest of the turn is batched. A busy server, whose turns follow
+    each other, batches everything, however long a turn takes.
     """
 
-    # The server sat idle at least this many seconds between the last flush and a turn's first frame:
-    # that turn's first broadcast is sent at once. Otherwise frames wait for the end of the turn, where
-    # they share each connection's send with the turn's other frames.
+    # The server sat idle at least this many seconds between the last send and a turn's first frame: that
+    # turn's first broadcast is written as it is delivered. Otherwise frames wait for the end of the turn,
+    # where they share each connection's send with the turn's other frames.
     idle = 0.001
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.queued: dict[WampServerProtocol, list[bytes]] = {}
         self.scheduled = False
         self.clock = clock
-        self.last_flush = float("-inf")  # when the last frames were sent
-        self.turn_started = float("-inf")  # when the current turn queued its first frame
+        self.last_flush = float("-inf")  # when frames were last sent
+        # While a broadcast after an idle spell is written straight away: the connections written to (a
+        # second frame for one of them waits for the end of the turn, behind the first).
+        self.direct: set[WampServerProtocol] | None = None
 
     def write(self, protocol: WampServerProtocol, data: bytes) -> None:
         chunks = self.queued.get(protocol)
         if chunks is not None:
             chunks.append(data)
             return
-        self.queued[protocol] = [data]
-        if not self.scheduled:
+        if not self.scheduled:  # the turn's first frame
             self.scheduled = True
-            self.turn_started = self.clock()
+            if self.clock() - self.last_flush >= self.idle:
+                self.direct = set()
             from twisted.internet import reactor
 
             reactor.callLater(0, self.flush)  # type: ignore[attr-defined]
+        direct = self.direct
+        if direct is not None and protocol not in direct:
+            direct.add(protocol)
+            _send_logged(protocol, data)
+            return
+        self.queued[protocol] = [data]
 
     def flush(self) -> None:
         """The end of the turn: send everything queued."""
         self.scheduled = False
+        self.hurry()
         self.send_queued()
 
     def hurry(self) -> None:
-        """After a broadcast: send what is queued now if the server was idle before this turn and nothing
-        was sent yet in it (see ``idle``). The flush at the end of the turn stays, for the rest of it."""
-        if self.queued and self.turn_started - self.last_flush >= self.idle:
-            self.send_queued()
+        """After a broadcast: if it was written straight away, batch the rest of the turn."""
+        if self.direct is not None:
+            self.direct = None
+            self.last_flush = self.clock()
 
     def send_queued(self) -> None:
         queued, self.queued = self.queued, {}
         for protocol, chunks in queued.items():
-            try:
-                _send_now(protocol.transport, chunks[0] if len(chunks) == 1 else b"".join(chunks))
-            except Exception:  # one broken connection must not keep the others' frames
-                log.failure("writing to {peer} failed", peer=getattr(protocol, "peer", None))
+            _send_logged(protocol, chunks[0] if len(chunks) == 1 else b"".join(chunks))
         if queued:
             self.last_flush = self.clock()
 
@@ -402,6 +410,13 @@ class _TurnWriter:
 
 
 _turn = _TurnWriter()
+
+
+def _send_logged(protocol: WampServerProtocol, data: bytes) -> None:
+    try:
+        _send_now(protocol.transport, data)
+    except Exception:  # one broken connection must not keep the others' frames
+        log.failure("writing to {peer} failed", peer=getattr(protocol, "peer", None))
 
 
 def _send_now(transport: Any, data: bytes) -> None:

@@ -1,5 +1,5 @@
-"""Tests for L{sandstone._transport}'s per-turn writer: frames of one reactor turn leave in one send, and a
-broadcast on a server that is not busy leaves at once."""
+"""Tests for L{sandstone._transport}'s per-turn writer: frames of one reactor turn leave in one send, and
+after an idle spell a broadcast is written as it is delivered."""
 
 from __future__ import annotations
 
@@ -46,13 +46,24 @@ class FakeProtocol:
         self.transport = transport
 
 
+class FakeClock:
+    def __init__(self, now: float = 100.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def next_turn() -> Any:
     return deferLater(reactor, 0, lambda: None)
 
 
 class TurnWriterTests(TestCase):
+    """A busy server: every frame waits for the end of the turn."""
+
     def setUp(self) -> None:
-        self.writer = _TurnWriter()
+        self.writer = _TurnWriter(FakeClock())
+        self.writer.last_flush = 100.0  # frames were sent just now: no idle spell before these turns
 
     async def test_frames_of_one_turn_leave_in_one_send_in_order(self) -> None:
         one, two = FakeProtocol(FakeTCP()), FakeProtocol(FakeTCP())
@@ -85,83 +96,86 @@ class TurnWriterTests(TestCase):
         self.assertEqual(two.transport.sent, [b"other"])
 
 
-class FakeClock:
-    def __init__(self, now: float = 100.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 class HurryTests(TestCase):
-    """``hurry`` (after each broadcast): the first broadcast of a turn after an idle spell leaves at once;
-    everything else at the end of the turn."""
+    """After an idle spell the turn's first broadcast is written as it is delivered; ``hurry`` (after each
+    broadcast) ends that, and the rest of the turn is batched."""
 
     def setUp(self) -> None:
         self.clock = FakeClock()
         self.writer = _TurnWriter(self.clock)
-        self.one = FakeProtocol(FakeTCP())
+        self.one, self.two = FakeProtocol(FakeTCP()), FakeProtocol(FakeTCP())
 
-    def test_a_broadcast_on_an_idle_server_leaves_at_once(self) -> None:
+    async def test_a_broadcast_after_an_idle_spell_is_written_as_it_is_delivered(self) -> None:
+        self.writer.write(self.one, b"event")  # type: ignore[arg-type]
+        self.assertEqual(self.one.transport.sent, [b"event"])  # before the second subscriber's
+        self.writer.write(self.two, b"event")  # type: ignore[arg-type]
+        self.writer.hurry()
+        self.assertEqual(self.two.transport.sent, [b"event"])
+        self.assertEqual((self.writer.queued, self.writer.last_flush), ({}, 100.0))
+        await next_turn()
+
+    async def test_after_the_broadcast_the_rest_of_the_turn_is_batched(self) -> None:
         self.writer.write(self.one, b"event")  # type: ignore[arg-type]
         self.writer.hurry()
-        self.assertEqual(self.one.transport.sent, [b"event"])
-        self.assertEqual(self.writer.queued, {})
-        self.assertEqual(self.writer.last_flush, 100.0)
-
-    async def test_a_second_broadcast_in_the_turn_waits_for_its_end(self) -> None:
-        self.writer.write(self.one, b"first")  # type: ignore[arg-type]
-        self.writer.hurry()
         self.clock.now += self.writer.idle * 5
+        self.writer.write(self.one, b"published")  # type: ignore[arg-type]
         self.writer.write(self.one, b"second")  # type: ignore[arg-type]
-        self.writer.write(self.one, b"third")  # type: ignore[arg-type]
-        self.writer.hurry()
-        self.assertEqual(self.one.transport.sent, [b"first"])
+        self.writer.write(self.two, b"second")  # type: ignore[arg-type]
+        self.assertEqual((self.one.transport.sent, self.two.transport.sent), ([b"event"], []))
         await next_turn()
-        self.assertEqual(self.one.transport.sent, [b"first", b"secondthird"])  # one send for the rest
+        self.assertEqual(self.one.transport.sent, [b"event", b"publishedsecond"])  # one send for the rest
+        self.assertEqual(self.two.transport.sent, [b"second"])
+        self.assertFalse(self.writer.scheduled)
 
-    async def test_a_turn_right_after_a_flush_is_batched_however_long_it_takes(self) -> None:
+    async def test_a_second_frame_for_a_connection_waits_behind_its_first(self) -> None:
+        self.writer.write(self.one, b"a")  # type: ignore[arg-type]
+        self.writer.write(self.one, b"b")  # type: ignore[arg-type]  (a pattern and an exact subscription)
+        self.writer.write(self.two, b"a")  # type: ignore[arg-type]
+        self.assertEqual((self.one.transport.sent, self.two.transport.sent), ([b"a"], [b"a"]))
+        await next_turn()
+        self.assertEqual(self.one.transport.sent, [b"a", b"b"])
+
+    async def test_a_turn_right_after_a_send_is_batched_however_long_it_takes(self) -> None:
         # a busy server (e.g. 1000 subscribers per publish, turns back to back) keeps one send per turn
         self.writer.write(self.one, b"a")  # type: ignore[arg-type]
+        self.writer.hurry()
         await next_turn()
         self.clock.now += self.writer.idle / 10
         self.writer.write(self.one, b"b")  # type: ignore[arg-type]
         self.clock.now += self.writer.idle * 5  # a long delivery
+        self.writer.write(self.two, b"b")  # type: ignore[arg-type]
         self.writer.hurry()
         self.writer.write(self.one, b"c")  # type: ignore[arg-type]
-        self.writer.hurry()
+        self.assertEqual((self.one.transport.sent, self.two.transport.sent), ([b"a"], []))
+        await next_turn()
+        self.assertEqual((self.one.transport.sent, self.two.transport.sent), ([b"a", b"bc"], [b"b"]))
+
+    async def test_the_end_of_a_batched_turn_counts_as_a_send(self) -> None:
+        self.writer.last_flush = self.clock.now
+        self.writer.write(self.one, b"a")  # type: ignore[arg-type]
+        self.clock.now += 1.0
+        await next_turn()
+        self.assertEqual(self.writer.last_flush, 101.0)
+        self.writer.write(self.one, b"b")  # type: ignore[arg-type]  (no time passed: busy)
         self.assertEqual(self.one.transport.sent, [b"a"])
         await next_turn()
-        self.assertEqual(self.one.transport.sent, [b"a", b"bc"])
+        self.assertEqual(self.one.transport.sent, [b"a", b"b"])
 
-    async def test_a_turn_after_an_idle_spell_sends_its_first_broadcast_at_once(self) -> None:
+    async def test_a_turn_after_an_idle_spell_writes_straight_away_again(self) -> None:
         self.writer.write(self.one, b"a")  # type: ignore[arg-type]
-        await next_turn()
+        await next_turn()  # the end of the turn ends the straight writing too
+        self.assertIsNone(self.writer.direct)
         self.clock.now += self.writer.idle
         self.writer.write(self.one, b"b")  # type: ignore[arg-type]
-        self.writer.hurry()
         self.assertEqual(self.one.transport.sent, [b"a", b"b"])
         await next_turn()
 
-    async def test_the_end_of_the_turn_still_sends_what_was_queued_after_a_hurry(self) -> None:
-        self.writer.write(self.one, b"event")  # type: ignore[arg-type]
-        self.writer.hurry()
-        self.writer.write(self.one, b"published")  # type: ignore[arg-type]
-        await next_turn()
-        self.assertEqual(self.one.transport.sent, [b"event", b"published"])
-        self.assertFalse(self.writer.scheduled)
-
-    def test_nothing_queued_sends_nothing_and_keeps_the_last_flush(self) -> None:
-        self.writer.hurry()
-        self.assertEqual(self.writer.last_flush, float("-inf"))
-
-    async def test_the_end_of_the_turn_counts_as_a_flush(self) -> None:
+    async def test_a_failing_connection_does_not_stop_the_broadcast(self) -> None:
+        broken = FakeProtocol(BrokenTCP())
+        self.writer.write(broken, b"a")  # type: ignore[arg-type]
         self.writer.write(self.one, b"a")  # type: ignore[arg-type]
-        await next_turn()
-        self.assertEqual(self.writer.last_flush, 100.0)
-        self.writer.write(self.one, b"b")  # type: ignore[arg-type]
-        self.writer.hurry()  # the turn began right after the last flush: busy
         self.assertEqual(self.one.transport.sent, [b"a"])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         await next_turn()
 
     def test_the_factory_hooks_the_writer_to_its_router(self) -> None:
@@ -251,7 +265,8 @@ class BrokenTCP(FakeTCP):
 
 class TurnWriterFailureTests(TestCase):
     async def test_a_failing_connection_does_not_keep_the_others_frames(self) -> None:
-        writer = _TurnWriter()
+        writer = _TurnWriter(FakeClock())
+        writer.last_flush = 100.0  # busy: the frames wait for the end of the turn
         broken, fine = FakeProtocol(BrokenTCP()), FakeProtocol(FakeTCP())
         writer.write(broken, b"a")  # type: ignore[arg-type]
         writer.write(fine, b"b")  # type: ignore[arg-type]
