@@ -4,10 +4,10 @@
 
 It installs Crossbar into ``bench/.venv-crossbar`` (pip, Python 3.11; reused when present) and the Node load
 generator's ``ws`` package into ``bench/node_modules`` (npm), then, for each run, starts in turn sandstone
-(``twistd -n sandstone``: the open router; ``--app examples.blog:app`` for REST -> EVENT), Crossbar (open
-``realm1``, anonymous role allowed everything, WebSocket at /ws, HTTP publisher at /publish) and the raw
-ceiling (bench/raw_ceiling.py), each on a free 127.0.0.1 port, and drives the same workloads against each
-from separate Node.js processes (bench/load/wamp.js, WAMP v2 JSON spoken directly):
+(``twistd -n sandstone``: the open router; ``--app examples.blog:app`` for REST -> EVENT), Crossbar (the
+config ``crossbar init`` writes: an open ``realm1``, WebSocket at /ws; plus an HTTP publisher at /publish) and
+the raw ceiling (bench/raw_ceiling.py), each on a free 127.0.0.1 port, and drives the same workloads against
+each from separate Node.js processes (bench/load/wamp.js, WAMP v2 JSON spoken directly):
 
 - sat S=N: fan-out saturation, 1 publisher keeping ``--window`` acknowledged PUBLISHes in flight, S
   subscribers; delivered EVENTs/s at the subscribers;

@@ -58,7 +58,8 @@ class Router:
         self.authorization = Authorization(self, topics)
         self.dealer.meta.update(meta_procedures(self))
         # Called once a publication was delivered to the local subscribers (and handed to the bus): the
-        # WebSocket transport sends the EVENTs it queued without waiting for the end of the reactor turn.
+        # WebSocket transport, which may have written that broadcast straight away, batches the rest of the
+        # reactor turn (see _transport._TurnWriter).
         self.delivered: Callable[[], None] = _nothing
 
     # sessions
