@@ -597,8 +597,7 @@ class RedisBus(Service):
             self.stats["duplicates"] += 1
             return
         self.stats["delivered_remote"] += 1
-        self.router.broker.deliver(msg.publication)
-        self.router.delivered()
+        self.router.deliver_remote(msg.publication)
 
     def _on_node_message(self, msg: NodeMessage) -> None:
         handler = self._NODE_HANDLERS.get(msg.type)

@@ -167,13 +167,17 @@ class Router:
         """Deliver a publication to every local subscriber it admits and, in a cluster, to the other
         nodes; returns how many EVENTs were sent here."""
         bus = self.bus
-        if bus is None:
-            delivered = self.broker.deliver(publication)
-        elif not bus.prepare(publication):
+        if bus is not None and not bus.prepare(publication):
             return 0  # another node's copy of this keyed broadcast was delivered here already
-        else:
-            delivered = self.broker.deliver(publication)
+        delivered = self.broker.deliver(publication)
+        if bus is not None:
             bus.announce(publication)
+        self.delivered()
+        return delivered
+
+    def deliver_remote(self, publication: Publication) -> int:
+        """A publication another node delivered and announced: to the local subscribers only."""
+        delivered = self.broker.deliver(publication)
         self.delivered()
         return delivered
 

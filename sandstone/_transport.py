@@ -345,9 +345,9 @@ class _TurnWriter:
 
     A server that was idle before the turn (see ``idle``) writes the turn's first broadcast straight to the
     kernel as it delivers it, so that its first subscribers get their EVENT while the others are still being
-    served, and a REST request's EVENTs leave before its response is rendered and logged; ``hurry`` (called
-    after each broadcast) ends that, and the rest of the turn is batched. A busy server, whose turns follow
-    each other, batches everything, however long a turn takes.
+    served, and a REST request's EVENTs leave before its response is rendered and logged; ``end_direct``
+    (called after each broadcast) ends that, and the rest of the turn is batched. A busy server, whose turns
+    follow each other, batches everything, however long a turn takes.
     """
 
     # The server sat idle at least this many seconds between the last send and a turn's first frame: that
@@ -386,11 +386,12 @@ class _TurnWriter:
     def flush(self) -> None:
         """The end of the turn: send everything queued."""
         self.scheduled = False
-        self.hurry()
+        self.end_direct()
         self.send_queued()
 
-    def hurry(self) -> None:
-        """After a broadcast: if it was written straight away, batch the rest of the turn."""
+    def end_direct(self) -> None:
+        """After a broadcast (and at the end of the turn): if it was written straight away, batch the rest
+        of the turn."""
         if self.direct is not None:
             self.direct = None
             self.last_flush = self.clock()
@@ -487,7 +488,7 @@ class WampServerFactory(WebSocketServerFactory):
         super().__init__(protocols=list(self.serializers), **kwargs)
         self.traffic = TrafficStats()  # autobahn's counters, summed over every connection
         self.router = router
-        router.delivered = _turn.hurry
+        router.delivered = _turn.end_direct
         self.limits = limits if limits is not None else router.limits
         self.allowed_origins = list(allowed_origins or ())
         if clock is None:

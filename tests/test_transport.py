@@ -96,9 +96,9 @@ class TurnWriterTests(TestCase):
         self.assertEqual(two.transport.sent, [b"other"])
 
 
-class HurryTests(TestCase):
-    """After an idle spell the turn's first broadcast is written as it is delivered; ``hurry`` (after each
-    broadcast) ends that, and the rest of the turn is batched."""
+class DirectWritingTests(TestCase):
+    """After an idle spell the turn's first broadcast is written as it is delivered; ``end_direct`` (after
+    each broadcast) ends that, and the rest of the turn is batched."""
 
     def setUp(self) -> None:
         self.clock = FakeClock()
@@ -109,14 +109,14 @@ class HurryTests(TestCase):
         self.writer.write(self.one, b"event")  # type: ignore[arg-type]
         self.assertEqual(self.one.transport.sent, [b"event"])  # before the second subscriber's
         self.writer.write(self.two, b"event")  # type: ignore[arg-type]
-        self.writer.hurry()
+        self.writer.end_direct()
         self.assertEqual(self.two.transport.sent, [b"event"])
         self.assertEqual((self.writer.queued, self.writer.last_flush), ({}, 100.0))
         await next_turn()
 
     async def test_after_the_broadcast_the_rest_of_the_turn_is_batched(self) -> None:
         self.writer.write(self.one, b"event")  # type: ignore[arg-type]
-        self.writer.hurry()
+        self.writer.end_direct()
         self.clock.now += self.writer.idle * 5
         self.writer.write(self.one, b"published")  # type: ignore[arg-type]
         self.writer.write(self.one, b"second")  # type: ignore[arg-type]
@@ -138,13 +138,13 @@ class HurryTests(TestCase):
     async def test_a_turn_right_after_a_send_is_batched_however_long_it_takes(self) -> None:
         # a busy server (e.g. 1000 subscribers per publish, turns back to back) keeps one send per turn
         self.writer.write(self.one, b"a")  # type: ignore[arg-type]
-        self.writer.hurry()
+        self.writer.end_direct()
         await next_turn()
         self.clock.now += self.writer.idle / 10
         self.writer.write(self.one, b"b")  # type: ignore[arg-type]
         self.clock.now += self.writer.idle * 5  # a long delivery
         self.writer.write(self.two, b"b")  # type: ignore[arg-type]
-        self.writer.hurry()
+        self.writer.end_direct()
         self.writer.write(self.one, b"c")  # type: ignore[arg-type]
         self.assertEqual((self.one.transport.sent, self.two.transport.sent), ([b"a"], []))
         await next_turn()
@@ -181,7 +181,7 @@ class HurryTests(TestCase):
     def test_the_factory_hooks_the_writer_to_its_router(self) -> None:
         router = Router(open_uris=True, anonymous=True)
         WampServerFactory(router)
-        self.assertEqual(router.delivered, _turn.hurry)
+        self.assertEqual(router.delivered, _turn.end_direct)
 
 
 class RestBroadcastOverTCPTests(ServerTestCase):
