@@ -33,6 +33,8 @@ TOPIC_HOOK_FAILED = "sandstone.error.topic_hook_failed"
 RATE_LIMITED = "sandstone.error.rate_limited"
 HELLO_TIMEOUT = "sandstone.error.hello_timeout"
 PAYLOAD_TOO_LARGE = "sandstone.error.payload_too_large"
+LIMIT_EXCEEDED = "sandstone.error.limit_exceeded"
+LOGGED_OUT = "sandstone.close.logged_out"
 
 
 class WampError(Exception):

@@ -31,6 +31,23 @@ class Limits:
     deflate_window_bits: int = 11  # permessage-deflate: at most 2**bits of window per connection (9..15)
     deflate_memory_level: int = 4  # permessage-deflate: zlib memory level (1..9)
     max_request_body: int = 1_048_576  # bytes of a REST request body; beyond it 413
+    # request heads (REST requests and WebSocket handshakes alike)
+    max_header_bytes: int = 16_384  # bytes of a request head (request line and headers); beyond it 431
+    max_header_count: int = 100  # header lines in a request head; beyond it 431
+    header_timeout: float = 10.0  # seconds for a request head to arrive, from its first byte; then 408
+    request_timeout: float = 60.0  # seconds for a whole REST request (head and body) to arrive; then 408
+    idle_timeout: float = 60.0  # seconds a keep-alive REST connection may wait for its next request
+    # connections not serving yet: HTTP before its first request head is complete, WebSocket until its
+    # WAMP session is open
+    max_pending_connections: int = 1_000  # server-wide; beyond it a new connection is refused (503)
+    max_pending_per_ip: int = 100  # from one client IP address; beyond it refused (503)
+    max_connections_per_ip: int = 0  # all connections (REST and WebSocket) from one client IP address
+    # per WAMP session
+    max_subscriptions_per_session: int = 1_000  # beyond it SUBSCRIBE gets sandstone.error.limit_exceeded
+    max_registrations_per_session: int = 1_000  # beyond it REGISTER gets sandstone.error.limit_exceeded
+    subscribe_rate: float = 100.0  # SUBSCRIBE messages per second per connection (sustained)
+    subscribe_burst: int = 1_000  # SUBSCRIBE messages a connection may send at once
+    max_events_per_publication: int = 32  # EVENTs one publication may produce for one session
 
 
 _DEFAULT_PORTS = {"http": "80", "https": "443", "ws": "80", "wss": "443"}

@@ -145,6 +145,27 @@ _LIMIT_OPTIONS: dict[str, tuple[str, type, str]] = {
     "open-handshake-timeout": ("open_handshake_timeout", float, "Seconds for the WebSocket handshake."),
     "ping-interval": ("auto_ping_interval", float, "Seconds between pings to each client (0: none)."),
     "ping-timeout": ("auto_ping_timeout", float, "Seconds a client has to answer a ping."),
+    "max-header-bytes": ("max_header_bytes", int, "Bytes of a request head (REST or handshake); then 431."),
+    "max-header-count": ("max_header_count", int, "Header lines in a request head; then 431."),
+    "header-timeout": ("header_timeout", float, "Seconds for a request head to arrive; then 408."),
+    "request-timeout": ("request_timeout", float, "Seconds for a whole REST request to arrive; then 408."),
+    "idle-timeout": ("idle_timeout", float, "Seconds a keep-alive REST connection may sit idle."),
+    "max-pending-connections": (
+        "max_pending_connections",
+        int,
+        "Connections not serving yet (no request head, no WAMP session), server-wide; then 503.",
+    ),
+    "max-pending-per-ip": ("max_pending_per_ip", int, "Such connections from one client IP; then 503."),
+    "max-connections-per-ip": ("max_connections_per_ip", int, "All connections from one client IP."),
+    "max-subscriptions-per-session": ("max_subscriptions_per_session", int, "Subscriptions of a session."),
+    "max-registrations-per-session": ("max_registrations_per_session", int, "Registrations of a session."),
+    "subscribe-rate": ("subscribe_rate", float, "SUBSCRIBE messages per second per connection."),
+    "subscribe-burst": ("subscribe_burst", int, "SUBSCRIBE messages a connection may send at once."),
+    "max-events-per-publication": (
+        "max_events_per_publication",
+        int,
+        "EVENTs one publication may produce for one session (one per matching subscription).",
+    ),
 }
 
 
