@@ -262,7 +262,8 @@ def sandstone(
     port = free_port()
     argv = [*twistd_argv(), "-n", "--pidfile=", "sandstone", "--listen", f"tcp:{port}:interface=127.0.0.1"]
     # No per-session rate limits, no connection cap and no slow-consumer drop: Crossbar has none of them
-    # by default, and a benchmark publisher is meant to go as fast as it can.
+    # by default, and a benchmark publisher is meant to go as fast as it can. Every generator connects from
+    # 127.0.0.1, opening up to thousands of sessions at once: no cap on connections per address either.
     argv += [
         "--publish-rate",
         "0",
@@ -271,6 +272,8 @@ def sandstone(
         "--max-connections",
         "0",
         "--max-outgoing-buffer",
+        "0",
+        "--max-pending-per-ip",
         "0",
     ]
     if app:

@@ -54,7 +54,13 @@ def _title_from(request: IRequest) -> str | None:
     except (ValueError, UnicodeDecodeError):
         return None
     title = body.get("title") if isinstance(body, dict) else None
-    return title.strip() if isinstance(title, str) and title.strip() else None
+    if not isinstance(title, str) or not title.strip():
+        return None
+    try:
+        title.encode("utf-8")  # JSON may carry lone surrogates ("\\ud800"), which no WAMP client can read
+    except UnicodeEncodeError:
+        return None
+    return title.strip()
 
 
 @app.route("/api/articles", methods=["POST"])

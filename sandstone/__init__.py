@@ -5,7 +5,7 @@ import txaio
 txaio.use_twisted()  # before any autobahn import binds txaio's helpers to "no framework"
 
 from ._app import Sandstone  # noqa: E402
-from ._auth import CraUser, Credentials, Identity  # noqa: E402
+from ._auth import CraDecoy, CraUser, Credentials, Identity  # noqa: E402
 from ._dispatcher import DispatchResult, EventDispatcher, ListenerError, StopPropagation  # noqa: E402
 from ._errors import WampError  # noqa: E402
 from ._limits import Limits  # noqa: E402
@@ -16,6 +16,7 @@ from ._session import Session  # noqa: E402
 from ._topic import Topic, on_event  # noqa: E402
 
 __all__ = [
+    "CraDecoy",
     "CraUser",
     "Credentials",
     "DispatchResult",

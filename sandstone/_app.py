@@ -14,8 +14,10 @@ from ._auth import Authenticator, CraUserLookup, Identity
 from ._authorization import Authorizer, principal
 from ._dispatcher import DispatchResult, EventDispatcher
 from ._envelope import EventCodec
+from ._errors import LOGGED_OUT
 from ._limits import Limits
 from ._pattern import Converter, TopicPattern
+from ._payload import require_carried
 from ._publication import Publication, session_ids
 from ._router import Router
 from ._topic import TopicHost
@@ -43,9 +45,11 @@ class _Core:
         anonymous: bool,
         limits: Limits,
         allowed_origins: Sequence[str] | None,
+        allowed_hosts: Sequence[str] | None,
     ) -> None:
         self.limits = limits
         self.allowed_origins = allowed_origins
+        self.allowed_hosts = None if allowed_hosts is None else list(allowed_hosts)
         self.events = EventDispatcher()
         self.codec = EventCodec()
         self.bus: RedisBus | None = None
@@ -68,7 +72,9 @@ class Sandstone(Klein):
     (plain pub/sub, as on a development Crossbar); ``strict_uris`` applies the spec's strict URI rule.
     ``anonymous=True`` lets clients join without credentials (off unless the app says so);
     ``limits`` bounds sizes, rates, timeouts and buffers (see ``Limits``); ``allowed_origins`` lists the
-    browser origins (patterns) allowed to open the WebSocket besides the app's own.
+    browser origins (patterns) allowed to open the WebSocket besides the app's own; ``allowed_hosts`` the
+    host names (patterns) the app answers to, REST and WebSocket alike (default: any, except that a server
+    reached on a loopback address answers loopback names only).
     """
 
     def __init__(
@@ -81,10 +87,18 @@ class Sandstone(Klein):
         anonymous: bool = False,
         limits: Limits | None = None,
         allowed_origins: Sequence[str] | None = None,
+        allowed_hosts: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         self._core = _Core(
-            realm, ws_path, open_uris, strict_uris, anonymous, limits or Limits(), allowed_origins
+            realm,
+            ws_path,
+            open_uris,
+            strict_uris,
+            anonymous,
+            limits or Limits(),
+            allowed_origins,
+            allowed_hosts,
         )
 
     def __get__(self, instance: Any, owner: object) -> Klein:
@@ -133,6 +147,17 @@ class Sandstone(Klein):
     @allowed_origins.setter
     def allowed_origins(self, patterns: Sequence[str]) -> None:
         self._core.allowed_origins = list(patterns)
+
+    @property
+    def allowed_hosts(self) -> list[str] | None:
+        """Host names (``fnmatch`` patterns, optionally with ``:port``) this app answers to; ``None``: the
+        default (any host, but only loopback names on a loopback address). Set it before serving."""
+        hosts = self._core.allowed_hosts
+        return None if hosts is None else list(hosts)
+
+    @allowed_hosts.setter
+    def allowed_hosts(self, patterns: Sequence[str] | None) -> None:
+        self._core.allowed_hosts = None if patterns is None else list(patterns)
 
     @property
     def router(self) -> Router:
@@ -187,7 +212,11 @@ class Sandstone(Klein):
         ``WampError(wamp.error.not_authorized)`` (``authorization_failed`` when a hook raised) and nothing
         is sent. When a hook answers asynchronously, a Deferred is returned instead, firing with the id or
         failing with that ``WampError``.
+
+        A payload that not every WAMP serializer can carry alike (a datetime, a set, a dict with integer
+        keys, an integer beyond 64 bits, NaN...) raises ``TypeError`` saying where, and nothing is sent.
         """
+        require_carried(payload, "broadcast on", uri)
         publication = Publication(
             uri,
             [payload],
@@ -307,7 +336,9 @@ class Sandstone(Klein):
 
     @property
     def session_store(self) -> _login.SessionStore:
-        """Where REST sessions live (``MemorySessionStore`` by default; any ``SessionStore`` will do)."""
+        """Where REST sessions live: ``MemorySessionStore`` by default (at most 100,000 sessions of 24 h,
+        the oldest evicted first); any ``SessionStore`` will do. Deleting a token from the store ends the
+        REST session only; ``logout`` also ends the WAMP sessions opened with it."""
         return self._core.router.auth.sessions
 
     @session_store.setter
@@ -324,8 +355,15 @@ class Sandstone(Klein):
         return _login.login(self.session_store, request, identity)
 
     def logout(self, request: Any) -> None:
-        """End the REST session the request carries (cookie or bearer token) and clear its cookie."""
-        _login.logout(self.session_store, request)
+        """End the REST session the request carries (cookie or bearer token) and clear its cookie.
+
+        The WAMP sessions of this node opened with that session (auth method ``cookie``) end too: GOODBYE
+        ``sandstone.close.logged_out``, then the WebSocket is closed.
+        """
+        router = self._core.router
+        for token in _login.logout(self.session_store, request):
+            for session in router.sessions_opened_with(_login.token_digest(token)):
+                session.close(LOGGED_OUT, "logged out")
 
     def identity(self, request: Any) -> Identity | None:
         """The identity of the request's REST session (bearer token or cookie), or ``None``."""
@@ -338,7 +376,10 @@ class Sandstone(Klein):
         core = self._core
         if core.factory is None:
             core.factory = WampServerFactory(
-                core.router, limits=core.limits, allowed_origins=core.allowed_origins
+                core.router,
+                limits=core.limits,
+                allowed_origins=core.allowed_origins,
+                allowed_hosts=core.allowed_hosts,
             )
         return websocket_resource(core.factory)
 
@@ -356,21 +397,18 @@ class Sandstone(Klein):
         return super().resource()
 
     def site(self, site_class: type[SandstoneSite] = SandstoneSite, **kwargs: Any) -> SandstoneSite:
-        """A ``twisted.web.server.Site`` serving ``resource()`` with the app's limits (request bodies over
-        ``max_request_body`` get 413) and tracking REST requests in flight for a graceful shutdown.
+        """A ``twisted.web.server.Site`` serving ``resource()`` with the app's limits (connections, request
+        heads and bodies, allowed hosts) and tracking REST requests in flight for a graceful shutdown.
 
         WebSocket connections to ``ws_path`` go to the WAMP router without passing through twisted.web.
         """
         resource = self.resource()
         core = self._core
         assert core.factory is not None and core.mounted_at is not None
-        return site_class(
-            resource,
-            max_request_body=self.limits.max_request_body,
-            websocket=(core.mounted_at, core.factory),
-            handshake_timeout=self.limits.open_handshake_timeout,
-            **kwargs,
-        )
+        kwargs.setdefault("limits", self.limits)
+        kwargs.setdefault("allowed_hosts", core.allowed_hosts)
+        kwargs.setdefault("stats", core.router.stats)
+        return site_class(resource, websocket=(core.mounted_at, core.factory), **kwargs)
 
     def shutdown_service(self, site: SandstoneSite | None = None, timeout: float = 5.0) -> GracefulShutdown:
         """A Twisted service whose stop says GOODBYE (``wamp.close.system_shutdown``) to every session

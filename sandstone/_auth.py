@@ -11,12 +11,14 @@ Methods, in the order the client lists them in HELLO (the first one the app supp
   by ``app.login`` (see ``_login.py``).
 
 Every refusal of credentials is the same ABORT (``wamp.error.authentication_denied`` with ``DENIED_TEXT``),
-whether the user exists or not, the secret is wrong, or a hook failed.
+whether the user exists or not, the secret is wrong, or a hook failed. A WAMP-CRA challenge tells nothing
+either: it names no role, and an unknown authid gets one shaped by ``Authentication.wampcra_decoy``.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import hmac
 import json
 import secrets
@@ -32,7 +34,7 @@ from twisted.python.failure import Failure
 
 from ._calling import invoke
 from ._errors import AUTHENTICATION_DENIED, NO_AUTH_METHOD
-from ._login import SessionStore, identity_from_headers
+from ._login import SessionStore, login_from_headers, token_digest
 
 log = Logger()
 
@@ -46,6 +48,9 @@ DENIED_TEXT = "authentication failed"
 
 PROVIDER = "dynamic"  # identities that came from the app's hooks
 COOKIE_PROVIDER = "cookie"  # identities that came from a REST session
+CHALLENGE_AUTHROLE = None
+"""The ``authrole`` of every WAMP-CRA challenge string: the role is told in WELCOME, once the signature is
+checked. (Clients only sign the string; the field stays so that it keeps the shape other routers give it.)"""
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,36 @@ class CraUser:
         return cls(key, authrole, salt, iterations, keylen)
 
 
+@dataclass(frozen=True)
+class CraDecoy:
+    """What the WAMP-CRA challenge of an unknown authid looks like, so that it looks like a real user's.
+
+    Salted by default, with ``CraUser.from_password``'s defaults: every unknown authid gets a salt derived
+    from ``key`` and the authid (the same on every attempt, as a real user's), ``iterations`` and ``keylen``.
+    Set them to your users' parameters; ``salted=False`` when your users are unsalted (``CraUser(secret,
+    role)``). ``key`` is random per process: give every node of a cluster the same one, or an unknown authid's
+    salt would change from node to node while a real user's does not.
+    """
+
+    salted: bool = True
+    iterations: int = 1000
+    keylen: int = 32
+    key: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
+
+    def user(self, authid: str) -> CraUser:
+        """The stand-in user for an unknown ``authid``: its salt is as long as ``CraUser.from_password``'s
+        random ones, its secret (which no client knows) as long as a real user's derived key, so that the
+        challenge and the signature check are those of a real user. It has no role: it never gets in."""
+        message = authid.encode("utf-8", "surrogatepass")
+        # One PBKDF2 round is an HMAC of any length: 16 bytes of salt, then the secret.
+        material = hashlib.pbkdf2_hmac("sha256", self.key, message, 1, 16 + self.keylen)
+        secret = base64.b64encode(material[16:]).decode("ascii")
+        if not self.salted:
+            return CraUser(secret, "")
+        salt = base64.urlsafe_b64encode(material[:16]).rstrip(b"=").decode("ascii")
+        return CraUser(secret, "", salt, self.iterations, self.keylen)
+
+
 Authenticator = Callable[[Credentials], Any]
 """``f(credentials) -> Identity | None``, plain, ``async def`` or returning a Deferred."""
 CraUserLookup = Callable[[str], Any]
@@ -127,11 +162,16 @@ def denied() -> AuthFailure:
 
 @dataclass(frozen=True)
 class Accepted:
-    """Authentication succeeded: WELCOME with this identity, method and provider."""
+    """Authentication succeeded: WELCOME with this identity, method and provider.
+
+    ``login`` is the ``token_digest`` of the REST session a ``cookie`` session was opened with (``None`` for
+    the other methods): ``app.logout`` ends the WAMP sessions opened with its token.
+    """
 
     identity: Identity
     method: str
     provider: str
+    login: str | None = None
 
 
 @dataclass(frozen=True)
@@ -158,14 +198,19 @@ class Hello:
 
 
 class Authentication:
-    """An app's authentication setup: the methods it supports, its hooks and its REST session store."""
+    """An app's authentication setup: the methods it supports, its hooks and its REST session store.
 
-    def __init__(self, sessions: SessionStore, *, anonymous: bool = False) -> None:
+    ``wampcra_decoy`` shapes the challenge of unknown WAMP-CRA authids (see ``CraDecoy``).
+    """
+
+    def __init__(
+        self, sessions: SessionStore, *, anonymous: bool = False, wampcra_decoy: CraDecoy | None = None
+    ) -> None:
         self.anonymous = anonymous
         self.sessions = sessions
         self.authenticator: Authenticator | None = None
         self.wampcra_user: CraUserLookup | None = None
-        self._decoy = CraUser("", "user")  # what an unknown WAMP-CRA user's challenge looks like
+        self.wampcra_decoy = wampcra_decoy if wampcra_decoy is not None else CraDecoy()
 
     def methods(self) -> list[str]:
         """The auth methods this app supports now."""
@@ -191,9 +236,10 @@ class Authentication:
             if method == WAMPCRA and self.wampcra_user is not None:
                 return self._wampcra_challenge(self.wampcra_user, hello)
             if method == COOKIE:
-                identity = identity_from_headers(self.sessions, hello.headers)
-                if identity is not None:
-                    return succeed(Accepted(identity, COOKIE, COOKIE_PROVIDER))
+                found = login_from_headers(self.sessions, hello.headers)
+                if found is not None:
+                    token, identity = found
+                    return succeed(Accepted(identity, COOKIE, COOKIE_PROVIDER, token_digest(token)))
         if COOKIE in offered:
             return fail(denied())  # the method is supported; the handshake carried no valid session
         return fail(AuthFailure(NO_AUTH_METHOD, f"none of the auth methods {offered} is offered here"))
@@ -238,20 +284,18 @@ class Authentication:
                     value=user,
                 )
                 raise denied()
-            if user is not None:
-                self._decoy = CraUser("", user.authrole, user.salt, user.iterations, user.keylen)
             return self._cra_challenge(authid, user, hello.session_id)
 
         d = call_hook(lookup, authid).addCallback(found).addErrback(_hook_failed, lookup)
         return d  # type: ignore[return-value]
 
     def _cra_challenge(self, authid: str, user: CraUser | None, session_id: int) -> Challenge:
-        """A challenge for a known user, or an identical-looking one for an unknown user (always refused)."""
-        shown = user if user is not None else self._decoy
+        """A challenge for a known user, or one shaped by ``wampcra_decoy`` for an unknown user (always
+        refused after the same signature check)."""
         challenge = json.dumps(
             {
                 "authid": authid,
-                "authrole": shown.authrole,
+                "authrole": CHALLENGE_AUTHROLE,
                 "authmethod": WAMPCRA,
                 "authprovider": PROVIDER,
                 "nonce": secrets.token_urlsafe(24),
@@ -259,29 +303,20 @@ class Authentication:
                 "session": session_id,
             }
         )
+        decoy = self.wampcra_decoy.user(authid)  # for a real user too: the same work and time for both
+        shown = user if user is not None else decoy
         extra: dict[str, Any] = {"challenge": challenge}
         if shown.salt is not None:
-            salt = shown.salt if user is not None else _decoy_salt(authid)
-            extra.update(salt=salt, iterations=shown.iterations, keylen=shown.keylen)
+            extra.update(salt=shown.salt, iterations=shown.iterations, keylen=shown.keylen)
 
         def verify(signature: str, _extra: Mapping[str, Any]) -> Deferred[Accepted]:
-            if user is None:
-                return fail(denied())
-            expected = compute_wcs(user.secret, challenge)
-            if not hmac.compare_digest(expected, signature.encode("utf-8")):
+            expected = compute_wcs(shown.secret, challenge)
+            matches = hmac.compare_digest(expected, signature.encode("utf-8", "surrogatepass"))
+            if user is None or not matches:
                 return fail(denied())
             return succeed(Accepted(Identity(authid, user.authrole), WAMPCRA, PROVIDER))
 
         return Challenge(WAMPCRA, extra, verify)
-
-
-_DECOY_KEY = secrets.token_bytes(32)
-
-
-def _decoy_salt(authid: str) -> str:
-    """A salt for an unknown user that stays the same across attempts (as a real user's does)."""
-    digest = hmac.new(_DECOY_KEY, authid.encode("utf-8"), "sha256").digest()
-    return base64.urlsafe_b64encode(digest[:16]).rstrip(b"=").decode("ascii")
 
 
 def call_hook(hook: Callable[..., Any] | None, *args: Any) -> Deferred[Any]:

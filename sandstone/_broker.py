@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from autobahn.wamp import message
+from twisted.logger import Logger
 
 from ._errors import NO_SUCH_SUBSCRIPTION, WampError
 from ._publication import Publication
@@ -14,19 +16,33 @@ from ._subscriptions import EXACT, Subscription, SubscriptionTable
 if TYPE_CHECKING:
     from ._session import Session
 
+log = Logger()
+
 
 class Broker:
     """Keeps the subscription table and turns a publication into EVENTs for the sessions it admits.
 
     One EVENT message is built per matching subscription and shared by all of its sessions; the
     transports serialize it through shared serializers, so each EVENT is serialized once per serializer.
+    The router's limits come in as arguments: how many subscriptions a session may hold (``may_subscribe``)
+    and how many EVENTs one publication may produce for one session (``deliver``).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, stats: Counter[str] | None = None) -> None:
         self.subscriptions = SubscriptionTable()
+        # What the limits refused (``events_capped``): the router's counters when it gives them.
+        self.stats: Counter[str] = stats if stats is not None else Counter()
         # ``gate(session, uri) -> bool``: may a pattern subscriber receive an event of this concrete URI?
         # Set by the router's authorization when something may refuse (defense in depth).
         self.gate: Callable[[Session, str], bool] | None = None
+
+    def may_subscribe(self, session: Session, uri: str, match: str, limit: int) -> bool:
+        """False when a session holding ``limit`` subscriptions (0: no limit) asks for a new one; asking
+        again for one it holds is always fine (it gets the same subscription id)."""
+        if limit <= 0 or len(session._subscriptions) < limit:
+            return True
+        subscription = self.subscriptions.find(uri, match)
+        return subscription is not None and session in subscription.sessions
 
     def subscribe(self, session: Session, uri: str, match: str) -> tuple[Subscription, bool]:
         """Add a session to the (uri, match) subscription; True when it was not subscribed yet."""
@@ -51,13 +67,20 @@ class Broker:
             self.subscriptions.remove(session, subscription)
         return subscriptions
 
-    def deliver(self, publication: Publication) -> int:
-        """Send a publication to every admitted session of every matching subscription; returns the count."""
+    def deliver(self, publication: Publication, max_events: int = 0) -> int:
+        """Send a publication to every admitted session of every matching subscription; returns the count.
+
+        A session gets one EVENT per matching subscription (as the spec says), but at most ``max_events``
+        for one publication (0: no bound); the rest are skipped and counted in ``stats["events_capped"]``.
+        """
+        matched = self.subscriptions.match(publication.topic)
+        if 0 < max_events < len(matched):  # only then can a session match more than max_events times
+            return self._deliver_capped(publication, matched, max_events)
         delivered = 0
         gate = self.gate
         simple = publication.only_excludes_publisher
         skipped = publication.publisher if publication.exclude_me else None
-        for subscription in self.subscriptions.match(publication.topic):
+        for subscription in matched:
             event = None
             check = None if subscription.match == EXACT else gate
             for session in subscription.sessions:
@@ -73,6 +96,55 @@ class Broker:
                 session._send(event)
                 delivered += 1
         return delivered
+
+    def _deliver_capped(self, publication: Publication, matched: list[Subscription], max_events: int) -> int:
+        """``deliver`` when more subscriptions match than one session may get EVENTs for: the EVENTs of each
+        session holding more than ``max_events`` subscriptions are counted (the others cannot reach it)."""
+        delivered = 0
+        gate = self.gate
+        simple = publication.only_excludes_publisher
+        skipped = publication.publisher if publication.exclude_me else None
+        topic = publication.topic
+        sent: dict[Session, int] = {}
+        for subscription in matched:
+            event = None
+            check = None if subscription.match == EXACT else gate
+            for session in subscription.sessions:
+                if simple:
+                    if session.id == skipped:
+                        continue
+                elif not publication.admits(session):
+                    continue
+                # -1: not counted, the session holds too few subscriptions to reach the cap
+                count = sent.get(session, 0) if len(session._subscriptions) > max_events else -1
+                if count >= max_events:
+                    sent[session] = count + 1  # counts the skipped ones too
+                    continue
+                if check is not None and not check(session, topic):
+                    continue
+                if count >= 0:
+                    sent[session] = count + 1
+                if event is None:
+                    event = _event(subscription, publication)
+                session._send(event)
+                delivered += 1
+        for session, count in sent.items():
+            if count > max_events:
+                self._capped(session, topic, count, max_events)
+        return delivered
+
+    def _capped(self, session: Session, topic: str, due: int, max_events: int) -> None:
+        """Count a session's skipped EVENTs; log the first time the cap hits a session (not every time)."""
+        self.stats["events_capped"] += due - max_events
+        if session.note_limit("max_events_per_publication"):
+            log.info(
+                "session {session_id} matched {due} subscriptions of one publication to {topic}: sent "
+                "{max_events} EVENTs (max_events_per_publication), skipped the rest",
+                session_id=session.id,
+                due=due,
+                topic=topic,
+                max_events=max_events,
+            )
 
     def send_to(
         self, session: Session, topic: str, args: list[Any] | None, kwargs: dict[str, Any] | None

@@ -14,17 +14,23 @@ Delivery rule (every subscriber in the cluster gets each broadcast exactly once)
   next beat claims them again.
 - An event dispatched while handling a forwarded event gets an id derived from that event's, and nodes run the
   listeners of an event id once, however many nodes sent it.
+
+What outside producers may send and what nodes say to each other are kept apart: producers publish events
+and deliveries on the public channels (``events``, ``deliveries``), which accept nothing else; nodes send
+theirs on the internal ``peers`` channel and calls on per-node channels, signed when the cluster has a
+secret. Channel names carry the cluster name and the Redis database (``docs/bus.md``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -35,22 +41,33 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from ._dispatcher import DispatchResult
 from ._envelope import (
+    NODE,
+    PEERS,
+    PUBLIC_DELIVERIES,
+    PUBLIC_EVENTS,
+    ChannelRule,
     DeliveryMessage,
     EnvelopeError,
     EventCodec,
     EventMessage,
+    MessageRejected,
     NodeMessage,
+    Signer,
     channel_names,
     decode,
+    decode_owner,
     encode_delivery,
     encode_event,
+    encode_node,
+    encode_owner,
 )
 from ._errors import CANCELED, NO_SUCH_PROCEDURE, WampError
+from ._payload import payload_problem
 from ._publication import Publication
 
 if TYPE_CHECKING:
@@ -66,19 +83,36 @@ _MESSAGE_HEAD = '{"v":1,"type":"'
 
 CLUSTER_UNAVAILABLE = "sandstone.error.cluster_unavailable"
 MAX_ID = 2**53
+#: The environment variable a node reads its cluster secret from when none is given in code.
+CLUSTER_SECRET_ENV = "SANDSTONE_CLUSTER_SECRET"
 
 # The forwarded event a node is handling, so that broadcasts made meanwhile get a cluster-wide key.
 _handling: ContextVar[str | None] = ContextVar("sandstone_forwarded_event", default=None)
 
-_CLAIM = """
+# The node id in a procedures-hash entry, or nil when the entry is not one (anyone with write access to Redis
+# can put anything there): such entries count as dead, so they neither block a claim nor break the purge.
+_OWNER_NODE = """
+local function owner_node(entry)
+  local ok, owner = pcall(cjson.decode, entry)
+  if not ok or type(owner) ~= 'table' then return nil end
+  local node = owner['node']
+  if type(node) ~= 'string' or node == '' then return nil end
+  return node
+end
+"""
+
+_CLAIM = (
+    _OWNER_NODE
+    + """
 local current = redis.call('HGET', KEYS[1], ARGV[1])
 if current then
-  local owner = cjson.decode(current)['node']
-  if owner ~= ARGV[4] and redis.call('EXISTS', ARGV[3] .. owner) == 1 then return 0 end
+  local owner = owner_node(current)
+  if owner and owner ~= ARGV[4] and redis.call('EXISTS', ARGV[3] .. owner) == 1 then return 0 end
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 1
 """
+)
 
 # SET the heartbeat; returns whether it still existed (if not, the node's registrations may have been purged)
 _BEAT = """
@@ -92,18 +126,25 @@ if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL'
 return 0
 """
 
-_PURGE_DEAD = """
+# Removes the entries of nodes without a heartbeat, and entries that are not a node's; returns both counts.
+_PURGE_DEAD = (
+    _OWNER_NODE
+    + """
 local entries = redis.call('HGETALL', KEYS[1])
-local removed = 0
+local dead, bad = 0, 0
 for i = 1, #entries, 2 do
-  local owner = cjson.decode(entries[i + 1])['node']
-  if redis.call('EXISTS', ARGV[1] .. owner) == 0 then
+  local owner = owner_node(entries[i + 1])
+  if not owner then
     redis.call('HDEL', KEYS[1], entries[i])
-    removed = removed + 1
+    bad = bad + 1
+  elseif redis.call('EXISTS', ARGV[1] .. owner) == 0 then
+    redis.call('HDEL', KEYS[1], entries[i])
+    dead = dead + 1
   end
 end
-return removed
+return {dead, bad}
 """
+)
 
 
 _NOT_JSON = {
@@ -124,7 +165,7 @@ class RedisAddress:
     port: int
     db: int
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
 
     @classmethod
     def parse(cls, url: str) -> RedisAddress:
@@ -140,6 +181,12 @@ class RedisAddress:
         except ValueError:
             raise ValueError(f"invalid port in Redis URL {url!r}") from None
         return cls(parts.hostname, port, int(path) if path else 0, parts.username or None, parts.password)
+
+    def __str__(self) -> str:
+        """The address as a URL without the password (for logs)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        user = f"{self.username or ''}:***@" if self.password else ""
+        return f"redis://{user}{host}:{self.port}/{self.db}"
 
 
 def publication_id_for(key: str) -> int:
@@ -256,6 +303,10 @@ class RedisBus(Service):
 
     Add it to a service tree (``twistd sandstone --redis URL`` does) or call ``startService`` yourself.
     Without Redis the node keeps serving its own clients; it reconnects with capped backoff.
+
+    ``cluster_name`` (if any) and the Redis database are part of every channel and key name, so that
+    clusters sharing a Redis server stay apart. With a ``cluster_secret`` (default: the environment
+    variable ``SANDSTONE_CLUSTER_SECRET``), the messages between nodes are signed, and unsigned ones refused.
     """
 
     def __init__(
@@ -267,6 +318,8 @@ class RedisBus(Service):
         *,
         node_id: str | None = None,
         prefix: str = "sandstone",
+        cluster_name: str | None = None,
+        cluster_secret: str | bytes | None = None,
         heartbeat_interval: float = 2.0,
         heartbeat_ttl: float = 6.0,
         command_timeout: float = 2.0,
@@ -286,7 +339,11 @@ class RedisBus(Service):
         self.router = router
         self.codec = codec
         self.prefix = prefix
-        self.channels = channel_names(prefix, router.realm)
+        self.cluster_name = cluster_name
+        if cluster_secret is None:
+            cluster_secret = os.environ.get(CLUSTER_SECRET_ENV)
+        self._signer = Signer(cluster_secret) if cluster_secret else None
+        self._set_channels()
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_ttl = heartbeat_ttl
         self.command_timeout = command_timeout
@@ -300,6 +357,8 @@ class RedisBus(Service):
                 "dispatched_remote",
                 "duplicates",
                 "malformed",
+                "rejected",
+                "bad_entries",
                 "send_failures",
             ),
             0,
@@ -315,16 +374,34 @@ class RedisBus(Service):
         self._commands_up = False
         self._subscribed = False
         self._outage_logged = False
+        self._beat_failing = False
+        self._purge_failing = False
         self._ready_waiters: list[Deferred[None]] = []
         self._heartbeat = LoopingCall(self._beat)
         self._heartbeat.clock = reactor
 
     # lifecycle
 
+    @property
+    def signed(self) -> bool:
+        """Whether this node signs its messages to other nodes and refuses unsigned ones."""
+        return self._signer is not None
+
+    def _set_channels(self) -> None:
+        self.channels = channel_names(
+            self.prefix, self.router.realm, cluster_name=self.cluster_name, db=self.address.db
+        )
+        self._heartbeat_prefix = self.channels.heartbeat_prefix
+        self._rules: dict[str, ChannelRule] = {
+            self.channels.events: PUBLIC_EVENTS,
+            self.channels.deliveries: PUBLIC_DELIVERIES,
+            self.channels.peers: PEERS,
+            self.channels.node(self.node_id): NODE,
+        }
+
     def startService(self) -> None:
         super().startService()
-        self.channels = channel_names(self.prefix, self.router.realm)  # the realm may change until now
-        self._heartbeat_prefix = f"{self.prefix}:{self.router.realm}:nodes:"
+        self._set_channels()  # the realm may change until now
         self.router.bus = self
         self.router.dealer.cluster = self
         endpoint = HostnameEndpoint(self._reactor, self.address.host, self.address.port, timeout=5)
@@ -345,11 +422,20 @@ class RedisBus(Service):
         self._subscriber.startConnecting(endpoint)
         self._heartbeat.start(self.heartbeat_interval, now=False)
         log.info(
-            "cluster bus node {node} connecting to {url} (realm {realm})",
+            "cluster bus node {node} connecting to {url} (realm {realm}, channels {base}:*)",
             node=self.node_id,
-            url=self.url,
+            url=str(self.address),
             realm=self.router.realm,
+            base=self.channels.base,
         )
+        if self._signer is None:
+            log.warn(
+                "cluster bus node {node}: no cluster secret (--cluster-secret or {env}): messages between "
+                "nodes are not signed, so any client that may PUBLISH to this Redis can send them; set a "
+                "secret, or limit other Redis users to the public channels (docs/bus.md)",
+                node=self.node_id,
+                env=CLUSTER_SECRET_ENV,
+            )
 
     def _factory(self, factory: txredisapi.RedisFactory, protocol: type) -> txredisapi.RedisFactory:
         factory.protocol = protocol
@@ -371,9 +457,7 @@ class RedisBus(Service):
             self.router.bus = None
             self.router.dealer.cluster = None
         leaving = self._command("delete", self.channels.heartbeat(self.node_id))
-        leaving.addCallback(
-            lambda _: self._command("eval", _PURGE_DEAD, [self.channels.procedures], [self._heartbeat_prefix])
-        )
+        leaving.addCallback(lambda _: self._command("eval", _PURGE_DEAD, *self._purge_arguments()))
         leaving.addErrback(lambda _: None)  # then the TTL does it
         return leaving.addCallback(lambda _: self._disconnect())
 
@@ -400,15 +484,14 @@ class RedisBus(Service):
         if not self.connected:
             return
         if self._outage_logged:
-            log.info("cluster bus node {node} reconnected to {url}", node=self.node_id, url=self.url)
+            log.info("cluster bus node {node} reconnected to {url}", node=self.node_id, url=str(self.address))
             self._outage_logged = False
         waiters, self._ready_waiters = self._ready_waiters, []
         for d in waiters:
             d.callback(None)
 
     def _subscriber_ready(self, protocol: _Subscriber) -> None:
-        channels = [self.channels.events, self.channels.deliveries, self.channels.node(self.node_id)]
-        d = protocol.subscribe(channels)
+        d = protocol.subscribe(list(self._rules))
 
         def subscribed(_: Any) -> None:
             self._subscribed = True
@@ -477,20 +560,76 @@ class RedisBus(Service):
 
         d.addCallbacks(sent, failed)
 
+    def _publish_internal(self, channel: str, payload: bytes) -> None:
+        """Publish a node's message on an internal channel, signed when the cluster has a secret."""
+        self._publish(channel, payload if self._signer is None else self._signer.sign(channel, payload))
+
     def _beat(self) -> Deferred[Any]:
         if not self._commands_up:
             return succeed(None)
         key = self.channels.heartbeat(self.node_id)
         d = self._command("eval", _BEAT, [key], [int(self.heartbeat_ttl * 1000)])
-        # expired (this node was paused longer than the TTL, or Redis lost it): the other nodes purged our
-        # registrations, claim them again
-        d.addCallback(lambda existed: None if existed else self._reclaim())
-        d.addCallback(
-            lambda _: self._command("eval", _PURGE_DEAD, [self.channels.procedures], [self._heartbeat_prefix])
-        )
-        d.addCallback(lambda _: self._check_remote_nodes())
-        d.addErrback(lambda f: log.debug("heartbeat failed: {error}", error=f.getErrorMessage()))
+        d.addCallbacks(self._beaten, self._beat_failed)
         return d
+
+    def _beaten(self, existed: Any) -> Deferred[Any]:
+        if self._beat_failing:
+            self._beat_failing = False
+            log.info("cluster bus node {node}: heartbeats work again", node=self.node_id)
+        if not existed:
+            # expired (this node was paused longer than the TTL, or Redis lost it): the other nodes purged
+            # our registrations, claim them again
+            self._reclaim()
+        d = self._purge()
+        d.addCallback(lambda _: self._check_remote_nodes())
+        return d
+
+    def _beat_failed(self, failure: Failure) -> None:
+        if self._beat_failing or self._outage_logged:  # once per streak; an outage is logged already
+            return
+        self._beat_failing = True
+        log.warn(
+            "cluster bus node {node}: heartbeat failed ({error}); the other nodes purge this node's "
+            "registrations if it keeps failing for {ttl} s",
+            node=self.node_id,
+            error=failure.getErrorMessage(),
+            ttl=self.heartbeat_ttl,
+        )
+
+    def _purge_arguments(self) -> tuple[list[str], list[str]]:
+        return [self.channels.procedures], [self._heartbeat_prefix]
+
+    def _purge(self) -> Deferred[None]:
+        """Remove dead nodes' registrations, and entries that are not a node's, from the procedures hash."""
+        d = self._command("eval", _PURGE_DEAD, *self._purge_arguments())
+        d.addCallbacks(self._purged, self._purge_failed)
+        return d
+
+    def _purged(self, counts: Any) -> None:
+        if self._purge_failing:
+            self._purge_failing = False
+            log.info("cluster bus node {node}: the purge of dead nodes works again", node=self.node_id)
+        bad = counts[1] if isinstance(counts, list) and len(counts) == 2 and isinstance(counts[1], int) else 0
+        if bad:
+            self.stats["bad_entries"] += bad
+            log.warn(
+                "cluster bus: removed {count} entries that name no node from {key} (written there by "
+                "something other than a sandstone node)",
+                count=bad,
+                key=self.channels.procedures,
+            )
+
+    def _purge_failed(self, failure: Failure) -> None:
+        if self._purge_failing or self._outage_logged:  # once per streak; an outage is logged already
+            return
+        self._purge_failing = True
+        log.warn(
+            "cluster bus node {node}: could not purge dead nodes' registrations from {key} ({error}); "
+            "they stay there (and calls to them wait for a dead node) until it works again",
+            node=self.node_id,
+            key=self.channels.procedures,
+            error=failure.getErrorMessage(),
+        )
 
     # broadcasts
 
@@ -529,7 +668,7 @@ class RedisBus(Service):
                 reason=exc,
             )
             return
-        self._publish(self.channels.deliveries, payload)
+        self._publish_internal(self.channels.peers, payload)
 
     # events
 
@@ -548,7 +687,7 @@ class RedisBus(Service):
             event_id = event_id.hexdigest()[:32]
         if not self._seen.first_time(f"event:{event_id}"):
             return succeed(DispatchResult(name, event, called=0, stopped=False, errors=[]))
-        self._publish(self.channels.events, encode_event(self.node_id, event_id, name, data))
+        self._publish_internal(self.channels.peers, encode_event(self.node_id, event_id, name, data))
         return self._dispatch_local(event_id, name, event)
 
     def _dispatch_local(self, event_id: str, name: str, event: object) -> Deferred[DispatchResult]:
@@ -565,16 +704,28 @@ class RedisBus(Service):
         if self._from_self(payload):  # Redis sends a node its own publications too
             return
         try:
-            msg = decode(payload, max_bytes=self.max_message_bytes)
+            rule = self._rules.get(channel)
+            if rule is None:
+                raise MessageRejected("this node does not listen on that channel")
+            msg = decode(
+                payload, max_bytes=self.max_message_bytes, rule=rule, channel=channel, signer=self._signer
+            )
             if msg.origin == self.node_id:
                 return
             self._HANDLERS[type(msg)](self, msg)
+        except MessageRejected as exc:
+            self.stats["rejected"] += 1
+            log.warn("cluster bus: refused a message on {channel}: {reason}", channel=channel, reason=exc)
         except EnvelopeError as exc:
             self.stats["malformed"] += 1
             log.warn("cluster bus: dropped a message on {channel}: {reason}", channel=channel, reason=exc)
         except Exception:
             self.stats["malformed"] += 1
-            log.failure("cluster bus: a message on {channel} could not be handled", channel=channel)
+            log.failure(
+                "cluster bus: a message on {channel} could not be handled",
+                channel=channel,
+                level=LogLevel.error,
+            )
 
     def _from_self(self, payload: Any) -> bool:
         """Whether a message is one this node sent, told from its first bytes without parsing it: every
@@ -596,8 +747,19 @@ class RedisBus(Service):
         if msg.key is not None and not self._seen.first_time(msg.key):
             self.stats["duplicates"] += 1
             return
+        publication = msg.publication
+        problem = payload_problem(publication.args, publication.kwargs)
+        if problem is not None:  # JSON carries what other serializers cannot: 2**70, 1e400, "\u0000..."
+            self.stats["malformed"] += 1
+            log.warn(
+                "cluster bus: dropped a delivery on {topic} from {origin}: {problem}",
+                topic=publication.topic,
+                origin=msg.origin,
+                problem=problem,
+            )
+            return
         self.stats["delivered_remote"] += 1
-        self.router.deliver_remote(msg.publication)
+        self.router.deliver_remote(publication)
 
     def _on_node_message(self, msg: NodeMessage) -> None:
         handler = self._NODE_HANDLERS.get(msg.type)
@@ -642,7 +804,7 @@ class RedisBus(Service):
         )
 
     def _owner(self, registration: Registration) -> str:
-        return json.dumps({"node": self.node_id, "registration": registration.id}, separators=(",", ":"))
+        return encode_owner(self.node_id, registration.id)
 
     def _reclaim(self) -> None:
         for registration in self.router.dealer.client_registrations():
@@ -662,6 +824,16 @@ class RedisBus(Service):
         """A call with no local callee: find the owning node and forward it there."""
         d = self._command("hget", self.channels.procedures, call.procedure)
         d.addCallbacks(self._forward_call, self._lookup_failed, (caller, call), None, (caller, call))
+        d.addErrback(self._forward_failed, caller, call)
+
+    def _forward_failed(self, failure: Failure, caller: Session, call: message.Call) -> None:
+        log.failure(
+            "cluster bus: the call to {procedure} could not be forwarded",
+            failure,
+            procedure=call.procedure,
+            level=LogLevel.error,
+        )
+        self._lookup_failed(failure, caller, call)
 
     def _lookup_failed(self, failure: Failure, caller: Session, call: message.Call) -> None:
         caller._send(
@@ -673,8 +845,8 @@ class RedisBus(Service):
             )
         )
 
-    def _forward_call(self, owner: str | None, caller: Session, call: message.Call) -> None:
-        node = json.loads(owner)["node"] if owner else None
+    def _forward_call(self, owner: Any, caller: Session, call: message.Call) -> None:
+        node = None if owner is None else self._owner_node(owner, call.procedure)
         if node is None or node == self.node_id:
             error = WampError(NO_SUCH_PROCEDURE, f"no callee registered for procedure {call.procedure!r}")
             caller._send(
@@ -705,6 +877,21 @@ class RedisBus(Service):
                     message.Call.MESSAGE_TYPE, call.request, _NOT_JSON["error"], args=_NOT_JSON["args"]
                 )
             )
+
+    def _owner_node(self, owner: Any, procedure: str) -> str | None:
+        """The node an entry of the procedures hash names; None (logged, counted) for a bad entry."""
+        try:
+            return decode_owner(owner)
+        except EnvelopeError as exc:
+            self.stats["bad_entries"] += 1
+            log.warn(
+                "cluster bus: the entry of {procedure} in {key} is not a node's ({reason}); calls to it fail "
+                "with no_such_procedure until the next purge removes it",
+                procedure=procedure,
+                key=self.channels.procedures,
+                reason=exc,
+            )
+            return None
 
     def cancel(self, caller: Session, msg: message.Cancel) -> bool:
         """Forward a CANCEL for a remote call; False if the call is not a remote one."""
@@ -783,6 +970,9 @@ class RedisBus(Service):
     # calls: callee side
 
     def _on_call(self, origin: str, body: dict[str, Any]) -> None:
+        if not self._seen.first_time(f"call:{origin}:{body['call']}"):  # a replayed call runs once
+            self.stats["duplicates"] += 1
+            return
         registration = self.router.dealer.registration(body["procedure"])
         caller = _RemoteCaller(self, origin, body["call"], body)
         if registration is None or registration.callee is None:
@@ -816,9 +1006,7 @@ class RedisBus(Service):
     def _send_node(self, node: str, kind: str, body: dict[str, Any]) -> bool:
         """Send a call/result/error/cancel to one node; False when its arguments cannot travel as JSON."""
         try:
-            payload = json.dumps(
-                {"v": 1, "type": kind, "origin": self.node_id, **body}, separators=(",", ":")
-            )
+            payload = encode_node(kind, self.node_id, body)
         except (TypeError, ValueError) as exc:
             log.warn(
                 "cluster bus: a {kind} for node {node} cannot travel as JSON: {reason}",
@@ -827,7 +1015,7 @@ class RedisBus(Service):
                 reason=exc,
             )
             return False
-        self._publish(self.channels.node(node), payload.encode())
+        self._publish_internal(self.channels.node(node), payload)
         return True
 
     _HANDLERS: dict[type, Callable[[RedisBus, Any], None]] = {

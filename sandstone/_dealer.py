@@ -27,6 +27,7 @@ from ._errors import (
     WampError,
     error_payload,
 )
+from ._payload import payload_problem
 
 if TYPE_CHECKING:
     from ._bus import RedisBus
@@ -75,6 +76,10 @@ class Dealer:
         self.meta: dict[str, Callable[..., Any]] = {}
 
     # registrations
+
+    def may_register(self, session: Session, limit: int) -> bool:
+        """False when a session holds ``limit`` registrations already (0: no limit)."""
+        return limit <= 0 or len(session._registrations) < limit
 
     def register(self, session: Session, uri: str) -> Registration:
         """Register a client session as the callee of ``uri``."""
@@ -174,10 +179,23 @@ class Dealer:
         self._track(tracked)
         tracked.running = d = maybeDeferred(invoke, function, *args, **kwargs)
         d.addBoth(self._function_done, tracked)
-        d.addCallbacks(
-            lambda result: caller._send_result(call.request, result),
-            lambda failure: self._function_failed(caller, call, failure),
-        )
+
+        def returned(result: Any) -> None:
+            answer = result_message(call.request, result)
+            problem = payload_problem(answer.args, answer.kwargs)
+            if problem is None:
+                caller._send(answer)
+                return
+            # An app bug, answered like one: the caller learns why, the log says which procedure.
+            log.warn(
+                "procedure {procedure} returned a value not every WAMP serializer can carry: {problem}",
+                procedure=call.procedure,
+                problem=problem,
+            )
+            text = f"the result of {call.procedure} could not be delivered: {problem}"
+            caller._send_error(call, ErrorPayload(INVALID_ARGUMENT, [text], None))
+
+        d.addCallbacks(returned, lambda failure: self._function_failed(caller, call, failure))
 
     def _function_done(self, outcome: Any, call: _Call) -> Any:
         self._untrack(call)
@@ -190,6 +208,17 @@ class Dealer:
         payload = error_payload(failure)
         if payload.uri.startswith("wamp.error.runtime_error"):
             log.failure("procedure {procedure} failed", failure, procedure=call.procedure)
+        problem = payload_problem(payload.args, payload.kwargs)
+        if problem is not None:
+            log.warn(
+                "procedure {procedure} failed with {error} and arguments not every WAMP serializer can "
+                "carry: {problem}",
+                procedure=call.procedure,
+                error=payload.uri,
+                problem=problem,
+            )
+            text = f"the arguments of the error could not be delivered: {problem}"
+            payload = ErrorPayload(payload.uri, [text], None)
         caller._send_error(call, payload)
 
     def serve_remote(
@@ -227,8 +256,13 @@ class Dealer:
             )
         )
 
-    def yielded(self, callee: Session, msg: message.Yield) -> None:
-        """A callee's YIELD: forward it to the caller as a RESULT (progressive results keep the call open)."""
+    def yielded(self, callee: Session, msg: message.Yield, problem: str | None = None) -> None:
+        """A callee's YIELD: forward it to the caller as a RESULT (progressive results keep the call open).
+
+        ``problem`` says why the YIELD's payload cannot be passed on (see ``_payload.py``): then the call
+        ends with ERROR ``wamp.error.invalid_argument`` for the caller, and a callee sending progressive
+        results is interrupted.
+        """
         call = self._by_callee.get(callee, {}).get(msg.request)
         if call is None:
             log.debug(
@@ -241,20 +275,32 @@ class Dealer:
             self._untrack(call)
         elif not call.receive_progress:
             return  # the caller did not ask for progressive results
+        if problem is not None:
+            if msg.progress:
+                self._untrack(call)
+                if _can_be_interrupted(callee):
+                    callee._send(message.Interrupt(msg.request, mode=message.Cancel.KILLNOWAIT))
+            text = f"the callee's result could not be delivered: {problem}"
+            call.caller._send(
+                message.Error(message.Call.MESSAGE_TYPE, call.request, INVALID_ARGUMENT, args=[text])
+            )
+            return
         call.caller._send(
             message.Result(call.request, args=msg.args, kwargs=msg.kwargs, progress=msg.progress or None)
         )
 
-    def failed(self, callee: Session, msg: message.Error) -> None:
-        """A callee's ERROR for an INVOCATION: forward it to the caller."""
+    def failed(self, callee: Session, msg: message.Error, problem: str | None = None) -> None:
+        """A callee's ERROR for an INVOCATION: forward it to the caller. When its arguments cannot be
+        passed on (``problem``, see ``_payload.py``), the caller gets the error URI with an explanation."""
         call = self._by_callee.get(callee, {}).get(msg.request)
         if call is None:
             return
         self._untrack(call)
+        args, kwargs = msg.args, msg.kwargs
+        if problem is not None:
+            args, kwargs = [f"the arguments of the callee's error could not be delivered: {problem}"], None
         call.caller._send(
-            message.Error(
-                message.Call.MESSAGE_TYPE, call.request, msg.error, args=msg.args, kwargs=msg.kwargs
-            )
+            message.Error(message.Call.MESSAGE_TYPE, call.request, msg.error, args=args, kwargs=kwargs)
         )
 
     def cancel(self, caller: Session, msg: message.Cancel) -> None:

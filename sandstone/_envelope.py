@@ -1,14 +1,17 @@
 """The bus envelope, version 1: the JSON messages sandstone nodes (and outside producers) exchange on Redis.
 
-Every message is one UTF-8 JSON object with ``"v": 1`` and a ``"type"``. Event and delivery messages
-are defined here; the node-channel messages (``call``, ``result``, ``error``, ``cancel``) belong to the
-bus and are only checked for an ``origin`` and handed over as ``NodeMessage``. ``docs/bus.md``
-describes the format for producers written in any language.
+Every message is one UTF-8 JSON object with ``"v": 1`` and a ``"type"``. Outside producers send
+``event`` and ``delivery`` messages on the public channels; nodes send theirs, and the node-channel
+messages (``call``, ``result``, ``error``, ``cancel``), on internal channels, signed with HMAC-SHA256 when
+the cluster has a secret. Each channel accepts its own message types only (``ChannelRule``), and every
+member is checked before use. ``docs/bus.md`` describes the format for producers written in any language.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import hmac
 import json
 import types
 import typing
@@ -25,6 +28,7 @@ MAX_ID = 2**53
 EVENT = "event"
 DELIVERY = "delivery"
 NODE_TYPES = frozenset({"call", "result", "error", "cancel"})
+PUBLIC_TYPES = frozenset({EVENT, DELIVERY})
 
 # characters that would make a channel name ambiguous or turn it into a Redis glob pattern
 _GLOB = frozenset("*?[]\\")
@@ -35,41 +39,70 @@ class EnvelopeError(ValueError):
     not allowed."""
 
 
+class MessageRejected(EnvelopeError):
+    """A well-formed bus message that its channel does not accept: a type or member meant for another
+    channel, or a missing or wrong signature on an internal channel."""
+
+
 # channels
 
 
 @dataclass(frozen=True)
 class Channels:
-    """The Redis channel and key names of one realm on the bus."""
+    """The Redis channel and key names of one realm of one cluster on the bus.
+
+    Every name starts with ``base``: the prefix, the cluster name if any, ``db<N>`` for a Redis database
+    other than 0 (pub/sub ignores the database), and the realm, joined with ``:``.
+    """
 
     prefix: str
     realm: str
+    cluster_name: str | None = None
+    db: int = 0
+    base: str = field(init=False)
     events: str = field(init=False)
     deliveries: str = field(init=False)
+    peers: str = field(init=False)
     procedures: str = field(init=False)
 
     def __post_init__(self) -> None:
         _check_name_part("prefix", self.prefix, allow_colon=True)
         _check_name_part("realm", self.realm, allow_colon=False)
-        base = f"{self.prefix}:{self.realm}"
+        parts = [self.prefix]
+        if self.cluster_name is not None:
+            _check_name_part("cluster name", self.cluster_name, allow_colon=False)
+            parts.append(self.cluster_name)
+        if not _is_int(self.db) or self.db < 0:
+            raise ValueError(f"the Redis database must be a number from 0, not {self.db!r}")
+        if self.db:
+            parts.append(f"db{self.db}")
+        base = ":".join([*parts, self.realm])
+        object.__setattr__(self, "base", base)
         object.__setattr__(self, "events", f"{base}:events")
         object.__setattr__(self, "deliveries", f"{base}:deliveries")
+        object.__setattr__(self, "peers", f"{base}:peers")
         object.__setattr__(self, "procedures", f"{base}:procedures")
 
     def node(self, node_id: str) -> str:
         """The channel of one node (calls and results addressed to it)."""
         _check_name_part("node id", node_id, allow_colon=False)
-        return f"{self.prefix}:{self.realm}:node:{node_id}"
+        return f"{self.base}:node:{node_id}"
 
     def heartbeat(self, node_id: str) -> str:
         """The key a node refreshes while it is alive."""
         _check_name_part("node id", node_id, allow_colon=False)
-        return f"{self.prefix}:{self.realm}:nodes:{node_id}"
+        return f"{self.base}:nodes:{node_id}"
+
+    @property
+    def heartbeat_prefix(self) -> str:
+        """What every heartbeat key starts with (the node id follows)."""
+        return f"{self.base}:nodes:"
 
 
-def channel_names(prefix: str, realm: str) -> Channels:
-    """The channel and key names for ``realm`` under ``prefix`` (e.g. ``"sandstone"``)."""
-    return Channels(prefix, realm)
+def channel_names(prefix: str, realm: str, *, cluster_name: str | None = None, db: int = 0) -> Channels:
+    """The channel and key names for ``realm`` under ``prefix`` (e.g. ``"sandstone"``), for the cluster
+    called ``cluster_name`` (if any) on Redis database ``db``."""
+    return Channels(prefix, realm, cluster_name, db)
 
 
 def _check_name_part(what: str, value: object, *, allow_colon: bool) -> None:
@@ -450,24 +483,44 @@ _ABSENT: Any = object()
 _PUBLICATION_HAS_KEY = "key" in {f.name for f in dataclasses.fields(Publication)}
 
 
-def decode(raw: bytes | str, *, max_bytes: int = MAX_BYTES) -> AnyMessage:
-    """Parse and check one bus message; raises only ``EnvelopeError``, with the reason."""
-    if isinstance(raw, str):
-        if len(raw) > max_bytes:  # a character takes at least one byte
-            raise EnvelopeError(f"message too large: more than {max_bytes} bytes")
+@dataclass(frozen=True)
+class ChannelRule:
+    """What one channel accepts: its message ``types``, and whether it is ``internal`` (written by nodes
+    only: node-only members such as a delivery's dedupe ``key`` are allowed, and signatures are checked
+    when the cluster has a secret)."""
+
+    types: frozenset[str]
+    internal: bool
+
+
+PUBLIC_EVENTS = ChannelRule(frozenset({EVENT}), internal=False)
+PUBLIC_DELIVERIES = ChannelRule(frozenset({DELIVERY}), internal=False)
+PEERS = ChannelRule(PUBLIC_TYPES, internal=True)
+NODE = ChannelRule(NODE_TYPES, internal=True)
+ANY_CHANNEL = ChannelRule(PUBLIC_TYPES | NODE_TYPES, internal=True)
+
+
+def decode(
+    raw: bytes | str,
+    *,
+    max_bytes: int = MAX_BYTES,
+    rule: ChannelRule = ANY_CHANNEL,
+    channel: str = "",
+    signer: Signer | None = None,
+) -> AnyMessage:
+    """Parse and check one bus message received on ``channel``, which follows ``rule``; raises only
+    ``EnvelopeError`` (``MessageRejected`` for a well-formed message the channel does not accept).
+
+    With a ``signer``, a message on an internal channel must carry a valid signature.
+    """
+    data, text = _message_bytes(raw, max_bytes)
+    if signer is not None and rule.internal:
+        signer.check(channel, data)
+    if text is None:
         try:
-            raw = raw.encode("utf-8")
-        except UnicodeEncodeError as e:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
             raise EnvelopeError(f"message is not valid UTF-8: {e}") from None
-    elif not isinstance(raw, (bytes, bytearray, memoryview)):
-        raise EnvelopeError(f"message must be bytes or str, not {type(raw).__name__}")
-    size = len(raw) if not isinstance(raw, memoryview) else raw.nbytes
-    if size > max_bytes:
-        raise EnvelopeError(f"message too large: {size} bytes, the limit is {max_bytes}")
-    try:
-        text = bytes(raw).decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise EnvelopeError(f"message is not valid UTF-8: {e}") from None
     try:
         message = json.loads(text, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as e:
@@ -482,21 +535,45 @@ def decode(raw: bytes | str, *, max_bytes: int = MAX_BYTES) -> AnyMessage:
     kind = message.get("type", _ABSENT)
     if kind is _ABSENT:
         raise EnvelopeError('message has no "type"')
+    if not isinstance(kind, str) or kind not in _DECODERS:
+        raise EnvelopeError(f"unknown message type {kind!r}")
+    if kind not in rule.types:
+        raise MessageRejected(f"{kind} messages are not accepted on this channel: {_where(kind)}")
+    return _DECODERS[kind](message, rule)
+
+
+def _message_bytes(raw: Any, max_bytes: int) -> tuple[bytes, str | None]:
+    """The message's bytes (and its text when it came as text), checked against the size limit."""
+    if isinstance(raw, str):
+        if len(raw) > max_bytes:  # a character takes at least one byte
+            raise EnvelopeError(f"message too large: more than {max_bytes} bytes")
+        try:
+            data = raw.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise EnvelopeError(f"message is not valid UTF-8: {e}") from None
+        text: str | None = raw
+    elif isinstance(raw, (bytes, bytearray, memoryview)):
+        data, text = bytes(raw), None
+    else:
+        raise EnvelopeError(f"message must be bytes or str, not {type(raw).__name__}")
+    if len(data) > max_bytes:
+        raise EnvelopeError(f"message too large: {len(data)} bytes, the limit is {max_bytes}")
+    return data, text
+
+
+def _where(kind: str) -> str:
+    if kind in NODE_TYPES:
+        return "it is a node-internal message, sent by nodes on their own channels only"
     if kind == EVENT:
-        return _event(message)
-    if kind == DELIVERY:
-        return _delivery(message)
-    if isinstance(kind, str) and kind in NODE_TYPES:
-        _field(message, "origin", _NONEMPTY_STR)
-        return NodeMessage(kind, message["origin"], message)
-    raise EnvelopeError(f"unknown message type {kind!r}")
+        return "producers publish event messages on the events channel"
+    return "producers publish delivery messages on the deliveries channel"
 
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def _event(message: dict[str, Any]) -> EventMessage:
+def _event(message: dict[str, Any], rule: ChannelRule) -> EventMessage:
     for key in ("origin", "id", "name"):
         _field(message, key, _NONEMPTY_STR)
     if "data" not in message:
@@ -504,9 +581,13 @@ def _event(message: dict[str, Any]) -> EventMessage:
     return EventMessage(message["origin"], message["id"], message["name"], message["data"])
 
 
-def _delivery(message: dict[str, Any]) -> DeliveryMessage:
+def _delivery(message: dict[str, Any], rule: ChannelRule) -> DeliveryMessage:
     for key, check in _DELIVERY_FIELDS.items():
         _field(message, key, check)
+    if not rule.internal and message.get("key") is not None:
+        raise MessageRejected(
+            "delivery message: key is the nodes' internal dedupe key; producers leave it out"
+        )
     get = message.get
     publication = Publication(
         message["topic"],
@@ -528,6 +609,19 @@ def _delivery(message: dict[str, Any]) -> DeliveryMessage:
     if _PUBLICATION_HAS_KEY:
         publication.key = get("key")  # type: ignore[attr-defined]
     return DeliveryMessage(message["origin"], publication, get("key"))
+
+
+def _node(message: dict[str, Any], rule: ChannelRule) -> NodeMessage:
+    for key, check in _NODE_FIELDS[message["type"]].items():
+        _field(message, key, check)
+    return NodeMessage(message["type"], message["origin"], message)
+
+
+_DECODERS: dict[str, Callable[[dict[str, Any], ChannelRule], AnyMessage]] = {
+    EVENT: _event,
+    DELIVERY: _delivery,
+    **dict.fromkeys(NODE_TYPES, _node),
+}
 
 
 def _frozen(values: list[Any] | None) -> frozenset[Any] | None:
@@ -607,21 +701,170 @@ _DELIVERY_FIELDS: dict[str, _Check] = {
     "key": _nullable(_STR),
 }
 
+
+_CANCEL_MODES = ("skip", "kill", "killnowait")
+
+
+def _is_node_id(value: Any) -> bool:
+    return (
+        isinstance(value, str)
+        and bool(value)
+        and not any(c.isspace() or c in _GLOB or c == ":" for c in value)
+    )
+
+
+_NODE_ID = _Check(_is_node_id, "a node id (a non-empty string without whitespace, ':' or * ? [ ] \\)")
+_URI = _Check(
+    lambda v: isinstance(v, str) and bool(v) and not any(c.isspace() for c in v),
+    "a URI (a non-empty string without whitespace)",
+)
+_MODE = _Check(
+    lambda v: v is None or v in _CANCEL_MODES, '"skip", "kill", "killnowait" or null', optional=True
+)
+_PAYLOAD_FIELDS: dict[str, _Check] = {"args": _nullable(_ARRAY), "kwargs": _nullable(_OBJECT)}
+
+_NODE_FIELDS: dict[str, dict[str, _Check]] = {
+    "call": {
+        "origin": _NODE_ID,
+        "call": _NONEMPTY_STR,
+        "procedure": _URI,
+        **_PAYLOAD_FIELDS,
+        "receive_progress": _BOOL,
+        "caller": _nullable(_ID),
+        "caller_authid": _nullable(_STR),
+        "caller_authrole": _nullable(_STR),
+    },
+    "result": {"origin": _NODE_ID, "call": _NONEMPTY_STR, **_PAYLOAD_FIELDS, "progress": _BOOL},
+    "error": {"origin": _NODE_ID, "call": _NONEMPTY_STR, "error": _URI, **_PAYLOAD_FIELDS},
+    "cancel": {"origin": _NODE_ID, "call": _NONEMPTY_STR, "mode": _MODE},
+}
+
+
+# node-internal messages: encoding and signatures
+
+
+def encode_node(kind: str, origin: str, body: dict[str, Any]) -> bytes:
+    """A node-channel message (``call``, ``result``, ``error``, ``cancel``) from node ``origin``.
+
+    Raises ``TypeError`` when the body (e.g. binary arguments) is not JSON-encodable.
+    """
+    if kind not in NODE_TYPES:
+        raise ValueError(f"{kind!r} is not a node message type")
+    return _dumps({"v": VERSION, "type": kind, "origin": origin, **body}, f"{kind} message")
+
+
+_SIG_HEAD = b',"sig":"'
+_SIG_TAIL = b'"}'
+_SIG_SIZE = len(_SIG_HEAD) + 64 + len(_SIG_TAIL)
+
+
+class Signer:
+    """Signs and checks the messages of internal channels with HMAC-SHA256 of the cluster secret.
+
+    The signature covers the channel name and the message's exact bytes, and travels as a last member
+    ``"sig"`` (64 hex digits): a signed message is still one JSON object.
+    """
+
+    __slots__ = ("_key",)
+
+    def __init__(self, secret: str | bytes) -> None:
+        key = secret.encode("utf-8") if isinstance(secret, str) else bytes(secret)
+        if not key:
+            raise ValueError("the cluster secret must not be empty")
+        self._key = key
+
+    def __repr__(self) -> str:
+        return "Signer(<cluster secret>)"
+
+    def sign(self, channel: str, body: bytes) -> bytes:
+        """``body`` (the bytes of a JSON object) with its signature for ``channel`` added as ``"sig"``."""
+        if not body.endswith(b"}"):
+            raise ValueError("only a JSON object can be signed")
+        return body[:-1] + _SIG_HEAD + self._mac(channel, body) + _SIG_TAIL
+
+    def check(self, channel: str, raw: bytes) -> None:
+        """Raise ``MessageRejected`` unless ``raw`` was signed for ``channel`` with this secret."""
+        head = len(raw) - _SIG_SIZE
+        if head < 1 or not raw.endswith(_SIG_TAIL) or raw[head : head + len(_SIG_HEAD)] != _SIG_HEAD:
+            raise MessageRejected(
+                "unsigned message on an internal channel: every node of this cluster must be given the "
+                "same cluster secret"
+            )
+        signature = raw[head + len(_SIG_HEAD) : -len(_SIG_TAIL)]
+        if not hmac.compare_digest(signature, self._mac(channel, raw[:head] + b"}")):
+            raise MessageRejected(
+                "bad signature on an internal channel: the sender has another cluster secret, or the "
+                "message was changed or sent to another channel"
+            )
+
+    def _mac(self, channel: str, body: bytes) -> bytes:
+        message = channel.encode("utf-8") + b"\n" + body
+        return hmac.new(self._key, message, hashlib.sha256).hexdigest().encode("ascii")
+
+
+# the procedures hash
+
+
+def encode_owner(node_id: str, registration_id: int) -> str:
+    """A procedures-hash entry: the node (and its registration id) holding a procedure."""
+    return json.dumps({"node": node_id, "registration": registration_id}, separators=(",", ":"))
+
+
+_OWNER_FIELDS: dict[str, _Check] = {"node": _NODE_ID, "registration": _ID}
+_MAX_OWNER_CHARS = 1024
+
+
+def decode_owner(raw: Any) -> str:
+    """The node id of a procedures-hash entry; ``EnvelopeError`` says what is wrong with the entry."""
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise EnvelopeError("the entry is not valid UTF-8") from None
+    if not isinstance(raw, str):
+        raise EnvelopeError(f"the entry must be a JSON object, not {type(raw).__name__} {raw!r}")
+    if len(raw) > _MAX_OWNER_CHARS:
+        raise EnvelopeError(f"the entry is longer than {_MAX_OWNER_CHARS} characters")
+    try:
+        owner = json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        shown = raw if len(raw) <= 60 else raw[:57] + "..."
+        raise EnvelopeError(f"the entry is not JSON: {shown!r}") from None
+    if not isinstance(owner, dict):
+        raise EnvelopeError(f"the entry must be a JSON object, not {_json_type(owner)}")
+    for key, check in _OWNER_FIELDS.items():
+        problem = check.problem(owner.get(key, _ABSENT))
+        if problem is not None:
+            raise EnvelopeError(f"the entry's {key} {problem}")
+    return owner["node"]
+
+
 __all__ = [
     "MAX_BYTES",
     "MAX_ID",
     "VERSION",
+    "ANY_CHANNEL",
+    "NODE",
+    "PEERS",
+    "PUBLIC_DELIVERIES",
+    "PUBLIC_EVENTS",
     "AnyMessage",
+    "ChannelRule",
     "Channels",
     "DeliveryMessage",
     "EnvelopeError",
     "EventCodec",
     "EventMessage",
     "Message",
+    "MessageRejected",
     "NodeMessage",
+    "Signer",
     "channel_names",
     "decode",
+    "decode_owner",
     "encode_delivery",
     "encode_event",
+    "encode_node",
+    "encode_owner",
     "event_data",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -81,3 +82,54 @@ def origin_allowed(origin: str | None, host: str | None, patterns: Sequence[str]
     if parts.scheme not in ("http", "https") or not parts.netloc:
         return False
     return _authority(parts.scheme, parts.netloc) == _authority(parts.scheme, host)
+
+
+_LOOPBACK_NAMES = frozenset(("localhost", "localhost.", "ip6-localhost", "ip6-loopback"))
+
+
+def _split_host(host: str) -> tuple[str, str]:
+    """``(name, port)`` of a ``Host`` header, lower case, IPv6 brackets removed."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        name, _, rest = host[1:].partition("]")
+        return name, rest[1:] if rest.startswith(":") else ""
+    name, _, port = host.partition(":")
+    return name, port
+
+
+def _is_loopback(name: str) -> bool:
+    return name in _LOOPBACK_NAMES or name.endswith(".localhost") or _is_loopback_ip(name)
+
+
+def host_allowed(host: str | None, patterns: Sequence[str] | None, local_ip: str = "") -> bool:
+    """May a request (REST or WebSocket handshake) carrying this ``Host`` header be served?
+
+    With ``patterns`` (an app's ``allowed_hosts``), the host name must match one of them (``fnmatch``
+    style: ``example.com``, ``*.example.com``; a pattern with a port, ``example.com:8443``, is matched
+    against name and port; ``*`` allows any). Without (``None``, the default), a server reached on a
+    loopback address only answers loopback names (``localhost``, ``*.localhost``, ``127.0.0.1``,
+    ``[::1]``): a page that rebinds its own DNS name to 127.0.0.1 (DNS rebinding) cannot reach a
+    development server; any other address serves any host. A request without ``Host`` is allowed.
+    """
+    if host is None or not host.strip():
+        return True
+    name, port = _split_host(host)
+    if patterns is None:
+        return not _is_loopback_ip(local_ip) or _is_loopback(name)
+    for pattern in patterns:
+        pattern = pattern.strip().lower()
+        if pattern == "*":
+            return True
+        want_name, want_port = _split_host(pattern)
+        if fnmatch.fnmatchcase(name, want_name) and (not want_port or fnmatch.fnmatchcase(port, want_port)):
+            return True
+    return False
+
+
+def _is_loopback_ip(ip: str) -> bool:
+    try:
+        address = ipaddress.ip_address(ip.partition("%")[0])
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1 on a dual-stack socket
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)

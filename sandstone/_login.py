@@ -2,23 +2,34 @@
 ``Identity``; REST handlers read it back with ``app.identity(request)``, and the app's WebSocket accepts it
 as WAMP auth method ``cookie``.
 
-Sessions live in a ``SessionStore``; ``MemorySessionStore`` (one process, lost on restart) is the default.
+Sessions live in a ``SessionStore``; ``MemorySessionStore`` (one process, lost on restart, bounded) is the
+default. ``app.logout`` also ends the WAMP sessions opened with the REST session: they remember its
+``token_digest``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import secrets
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
+
+from twisted.logger import Logger
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
 
     from ._auth import Identity
 
+log = Logger()
+
 SESSION_COOKIE = "sandstone_session"
 DEFAULT_TTL = 24 * 3600.0
+DEFAULT_MAX_SESSIONS = 100_000
 _EXPIRED = "Thu, 01 Jan 1970 00:00:00 GMT"
+_SWEEP_STEP = 4  # expired sessions dropped, at most, per session started
+_EVICTION_LOG_INTERVAL = 60.0  # seconds between two log lines about evictions
 
 
 class SessionStore(Protocol):
@@ -41,13 +52,30 @@ class SessionStore(Protocol):
 
 
 class MemorySessionStore:
-    """Sessions in a dict of this process, each expiring ``ttl`` seconds after it started."""
+    """Sessions in memory of this process, each expiring ``ttl`` seconds after it started.
 
-    def __init__(self, ttl: float = DEFAULT_TTL, clock: IReactorTime | None = None) -> None:
+    At most ``max_sessions`` are kept: starting one more evicts the oldest (its token stops working at once;
+    evictions are logged at info, at most once a minute). Expired sessions are dropped a few at a time as
+    new ones start, so no call does more than a bounded amount of work; one session costs about 400 bytes
+    (more if its ``Identity`` is large), so the default cap bounds the store to some 40 MB.
+    """
+
+    def __init__(
+        self,
+        ttl: float = DEFAULT_TTL,
+        clock: IReactorTime | None = None,
+        *,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
+    ) -> None:
+        if max_sessions < 1:
+            raise ValueError(f"max_sessions must be at least 1, not {max_sessions!r}")
         self.ttl = ttl
+        self.max_sessions = max_sessions
         self._clock = clock
-        self._sessions: dict[str, tuple[Identity, float]] = {}
-        self._next_sweep = 0.0
+        # Oldest first: every session gets the same ttl, so the first entries are also the first to expire.
+        self._sessions: OrderedDict[str, tuple[Identity, float]] = OrderedDict()
+        self._evicted = 0  # evictions not logged yet
+        self._next_eviction_log = 0.0
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -56,7 +84,10 @@ class MemorySessionStore:
         now = self._now()
         self._sweep(now)
         token = secrets.token_urlsafe(32)
-        self._sessions[token] = (identity, now + self.ttl)
+        sessions = self._sessions
+        sessions[token] = (identity, now + self.ttl)
+        if len(sessions) > self.max_sessions:
+            self._evict(now)
         return token
 
     def get(self, token: str) -> Identity | None:
@@ -79,12 +110,32 @@ class MemorySessionStore:
         return clock.seconds()  # type: ignore[union-attr]
 
     def _sweep(self, now: float) -> None:
-        """Drop expired sessions now and then, so that sessions nobody uses again do not pile up."""
-        if now < self._next_sweep:
-            return
-        self._next_sweep = now + min(self.ttl, 60.0)
-        for token in [t for t, (_, expires) in self._sessions.items() if now >= expires]:
-            del self._sessions[token]
+        """Drop up to ``_SWEEP_STEP`` expired sessions from the oldest end: more than one per session started,
+        so sessions nobody uses again never pile up, and never a scan of the whole store."""
+        sessions = self._sessions
+        for _ in range(_SWEEP_STEP):
+            if not sessions:
+                return
+            token = next(iter(sessions))
+            if now < sessions[token][1]:
+                return
+            del sessions[token]
+
+    def _evict(self, now: float) -> None:
+        """Over the cap: drop the oldest sessions; say so now and then."""
+        sessions = self._sessions
+        while len(sessions) > self.max_sessions:
+            sessions.popitem(last=False)
+            self._evicted += 1
+        if now >= self._next_eviction_log:
+            log.info(
+                "REST session store full ({max_sessions} sessions): evicted the {count} oldest since the "
+                "last report",
+                max_sessions=self.max_sessions,
+                count=self._evicted,
+            )
+            self._evicted = 0
+            self._next_eviction_log = now + _EVICTION_LOG_INTERVAL
 
 
 def session_tokens(cookie: str | None, authorization: str | None) -> list[str]:
@@ -104,18 +155,30 @@ def session_tokens(cookie: str | None, authorization: str | None) -> list[str]:
 
 def lookup(store: SessionStore, tokens: list[str]) -> Identity | None:
     """The identity of the first live session among ``tokens``."""
+    found = _first_live(store, tokens)
+    return found[1] if found is not None else None
+
+
+def _first_live(store: SessionStore, tokens: list[str]) -> tuple[str, Identity] | None:
     for token in tokens:
         identity = store.get(token)
         if identity is not None:
-            return identity
+            return token, identity
     return None
 
 
-def identity_from_headers(store: SessionStore, headers: Mapping[str, str] | None) -> Identity | None:
-    """The identity of a WebSocket handshake's REST session (headers keyed in lower case), or ``None``."""
+def login_from_headers(store: SessionStore, headers: Mapping[str, str] | None) -> tuple[str, Identity] | None:
+    """The token and identity of a WebSocket handshake's REST session (headers keyed in lower case), or
+    ``None``."""
     if not headers:
         return None
-    return lookup(store, session_tokens(headers.get("cookie"), headers.get("authorization")))
+    return _first_live(store, session_tokens(headers.get("cookie"), headers.get("authorization")))
+
+
+def token_digest(token: str) -> str:
+    """What a WAMP session keeps of the REST session it was opened with: enough to be found by ``logout``,
+    useless as a credential."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def request_tokens(request: Any) -> list[str]:
@@ -135,9 +198,10 @@ def login(store: SessionStore, request: Any, identity: Identity) -> str:
     return token
 
 
-def logout(store: SessionStore, request: Any) -> None:
-    """End the request's REST sessions and clear the cookie."""
-    for token in request_tokens(request):
+def logout(store: SessionStore, request: Any) -> list[str]:
+    """End the request's REST sessions and clear the cookie; returns the tokens the request carried."""
+    tokens = request_tokens(request)
+    for token in tokens:
         store.delete(token)
     request.addCookie(
         SESSION_COOKIE,
@@ -149,3 +213,4 @@ def logout(store: SessionStore, request: Any) -> None:
         sameSite="lax",
         secure=bool(request.isSecure()),
     )
+    return tokens

@@ -1,4 +1,4 @@
-"""Token buckets: how many PUBLISH and CALL messages a session may send, sustained and at once."""
+"""Token buckets: how many PUBLISH, CALL and SUBSCRIBE messages a connection may send (sustained, at once)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ class TokenBucket:
     ``clock`` returns seconds (``time.monotonic`` by default; tests pass a fake such as
     ``twisted.internet.task.Clock().seconds``). A ``rate`` of 0 (or less) disables the limit.
     """
+
+    __slots__ = ("rate", "burst", "_clock", "_tokens", "_stamp")
 
     def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.rate = rate
@@ -42,8 +44,43 @@ class TokenBucket:
 
 
 class SessionRates:
-    """The publish and call buckets of one session, built from the app's ``Limits``."""
+    """The PUBLISH, CALL and SUBSCRIBE buckets of one connection, built from the app's ``Limits``.
+
+    Every session on the connection shares them (GOODBYE then HELLO does not refill them). A bucket is
+    made on the first message of its kind: most connections never call, many never publish.
+    """
+
+    __slots__ = ("_limits", "_clock", "_publish", "_call", "_subscribe")
 
     def __init__(self, limits: Limits, clock: Callable[[], float] = time.monotonic) -> None:
-        self.publish = TokenBucket(limits.publish_rate, limits.publish_burst, clock)
-        self.call = TokenBucket(limits.call_rate, limits.call_burst, clock)
+        self._limits = limits
+        self._clock = clock
+        self._publish: TokenBucket | None = None
+        self._call: TokenBucket | None = None
+        self._subscribe: TokenBucket | None = None
+
+    @property
+    def publish(self) -> TokenBucket:
+        """PUBLISH messages: ``publish_rate`` per second, ``publish_burst`` at once."""
+        bucket = self._publish
+        if bucket is None:
+            limits = self._limits
+            bucket = self._publish = TokenBucket(limits.publish_rate, limits.publish_burst, self._clock)
+        return bucket
+
+    @property
+    def call(self) -> TokenBucket:
+        """CALL messages: ``call_rate`` per second, ``call_burst`` at once."""
+        bucket = self._call
+        if bucket is None:
+            bucket = self._call = TokenBucket(self._limits.call_rate, self._limits.call_burst, self._clock)
+        return bucket
+
+    @property
+    def subscribe(self) -> TokenBucket:
+        """SUBSCRIBE messages: ``subscribe_rate`` per second, ``subscribe_burst`` at once."""
+        bucket = self._subscribe
+        if bucket is None:
+            limits = self._limits
+            bucket = self._subscribe = TokenBucket(limits.subscribe_rate, limits.subscribe_burst, self._clock)
+        return bucket

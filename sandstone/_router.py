@@ -5,26 +5,30 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from autobahn.util import rid
 from autobahn.wamp import message
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 
 from ._auth import Authentication
 from ._authorization import Authorization, meta_procedures, refuse_reserved
 from ._broker import Broker
 from ._dealer import Dealer
-from ._errors import NO_SUCH_TOPIC, PROCEDURE_ALREADY_EXISTS, WampError
+from ._errors import LIMIT_EXCEEDED, NO_SUCH_TOPIC, PROCEDURE_ALREADY_EXISTS, WampError
 from ._limits import Limits
 from ._login import MemorySessionStore
 from ._publication import Publication
+from ._ratelimit import SessionRates
 from ._session import Session, Transport
 from ._subscriptions import EXACT, Subscription
 
 if TYPE_CHECKING:
     from ._bus import RedisBus
     from ._topic import TopicHost
+
+log = Logger()
 
 
 class Router:
@@ -47,13 +51,13 @@ class Router:
         self.auth = Authentication(MemorySessionStore(), anonymous=anonymous)
         self.open_uris = open_uris
         self.strict_uris = strict_uris
-        self.broker = Broker()
+        self.stats: Counter[str] = Counter()  # what the limits refused: rate_limited, oversize_skipped...
+        self.broker = Broker(self.stats)
         self.dealer = Dealer()
         self.sessions: dict[int, Session] = {}
         self._topics = topics
         self.bus: RedisBus | None = None  # set while a cluster bus is running
         self.limits = Limits()  # the app's limits (rates here; sizes and buffers on the transport)
-        self.stats: Counter[str] = Counter()  # what the limits refused: rate_limited, oversize_skipped...
         self.clock = time.monotonic  # seconds, for the rate limits (tests inject a fake clock)
         self.authorization = Authorization(self, topics)
         self.dealer.meta.update(meta_procedures(self))
@@ -64,9 +68,14 @@ class Router:
 
     # sessions
 
-    def attach(self, transport: Transport) -> Session:
-        """A new connection: a session waiting for its HELLO."""
-        return Session(self, transport)
+    def attach(self, transport: Transport, rates: SessionRates | None = None) -> Session:
+        """A session waiting for its HELLO on a connection; ``rates`` are the connection's rate buckets,
+        shared by every session it carries in turn (fresh ones when not given)."""
+        return Session(self, transport, rates)
+
+    def rates(self) -> SessionRates:
+        """Fresh rate buckets (PUBLISH, CALL, SUBSCRIBE) for a new connection, from the app's limits."""
+        return SessionRates(self.limits, self.clock)
 
     def join(self, session: Session) -> None:
         """Give a welcomed session its id and make it reachable."""
@@ -106,12 +115,15 @@ class Router:
         refuse_reserved(msg.topic, "subscribe to")
         if match == EXACT and not self._accepts(msg.topic):
             raise WampError(NO_SUCH_TOPIC, f"no topic is declared for URI {msg.topic!r}")
+        self._check_subscription_room(session, msg.topic, match)  # before authorization does any work
         checks, cleanup = self.authorization.checks(session, "subscribe", msg.topic, match)
         return self.authorization.gate(
             session, checks, "subscribe to", msg.topic, lambda: self._subscribe(session, msg, match), cleanup
         )
 
     def _subscribe(self, session: Session, msg: message.Subscribe, match: str) -> None:
+        # Again: while an asynchronous authorization answered, other SUBSCRIBEs of the session got in.
+        self._check_subscription_room(session, msg.topic, match)
         subscription, added = self.broker.subscribe(session, msg.topic, match)
         # On open URIs an exact subscription may have no declared topic: then there is no hook to run.
         topics = self._topics if added and match == EXACT and self._declared(msg.topic) else None
@@ -124,6 +136,35 @@ class Router:
         session._send(message.Subscribed(msg.request, subscription.id))
         if topics is not None:
             topics.subscribed(session, msg.topic)
+
+    def _check_subscription_room(self, session: Session, uri: str, match: str) -> None:
+        """Refuse a new subscription beyond ``max_subscriptions_per_session`` with ``limit_exceeded``."""
+        limit = self.limits.max_subscriptions_per_session
+        if not self.broker.may_subscribe(session, uri, match, limit):
+            self._refuse_beyond_limit(session, "subscriptions", "max_subscriptions_per_session", limit)
+
+    def _check_registration_room(self, session: Session) -> None:
+        """Refuse a registration beyond ``max_registrations_per_session`` with ``limit_exceeded``."""
+        limit = self.limits.max_registrations_per_session
+        if not self.dealer.may_register(session, limit):
+            self._refuse_beyond_limit(session, "registrations", "max_registrations_per_session", limit)
+
+    def _refuse_beyond_limit(self, session: Session, what: str, field: str, limit: int) -> NoReturn:
+        """Count the refusal (``stats["<what>_refused"]``), log it once per session, raise the ERROR."""
+        self.stats[f"{what}_refused"] += 1
+        if session.note_limit(field):
+            log.info(
+                "session {session_id} (authid {authid}) holds {limit} {what} ({field}): further ones are "
+                "refused with limit_exceeded",
+                session_id=session.id,
+                authid=session.authid,
+                limit=limit,
+                what=what,
+                field=field,
+            )
+        raise WampError(
+            LIMIT_EXCEEDED, f"a session may hold at most {limit} {what} ({field}); release some first"
+        )
 
     def unsubscribe(self, session: Session, msg: message.Unsubscribe) -> None:
         """Unsubscribe a session from one subscription, answer UNSUBSCRIBED, then run topic hooks."""
@@ -169,7 +210,7 @@ class Router:
         bus = self.bus
         if bus is not None and not bus.prepare(publication):
             return 0  # another node's copy of this keyed broadcast was delivered here already
-        delivered = self.broker.deliver(publication)
+        delivered = self.broker.deliver(publication, self.limits.max_events_per_publication)
         if bus is not None:
             bus.announce(publication)
         self.delivered()
@@ -177,7 +218,7 @@ class Router:
 
     def deliver_remote(self, publication: Publication) -> int:
         """A publication another node delivered and announced: to the local subscribers only."""
-        delivered = self.broker.deliver(publication)
+        delivered = self.broker.deliver(publication, self.limits.max_events_per_publication)
         self.delivered()
         return delivered
 
@@ -185,6 +226,7 @@ class Router:
         """Register a client callee (if authorized), claiming the URI cluster-wide when a bus runs;
         answers REGISTERED."""
         refuse_reserved(msg.procedure, "register")
+        self._check_registration_room(session)
         checks, cleanup = self.authorization.checks(session, "register", msg.procedure)
         return self.authorization.gate(
             session, checks, "register", msg.procedure, lambda: self._register(session, msg), cleanup
@@ -200,6 +242,7 @@ class Router:
         )
 
     def _register(self, session: Session, msg: message.Register) -> None:
+        self._check_registration_room(session)  # again, after an asynchronous authorization
         registration = self.dealer.register(session, msg.procedure)
         if self.bus is None:
             session._send(message.Registered(msg.request, registration.id))
@@ -228,6 +271,11 @@ class Router:
     ) -> int:
         """Send one EVENT on ``topic`` to a single subscribed session; returns the publication id."""
         return self.broker.send_to(session, topic, args, kwargs)
+
+    def sessions_opened_with(self, login_digest: str) -> list[Session]:
+        """The open sessions of this node opened (auth method ``cookie``) with the REST session whose token
+        has this ``token_digest``."""
+        return [session for session in self.sessions.values() if session.login_digest == login_digest]
 
 
 def _nothing() -> None:

@@ -30,6 +30,7 @@ from ._errors import (
     WampError,
     error_payload,
 )
+from ._payload import payload_problem, refuse_payload
 from ._publication import Publication, optional_set
 from ._ratelimit import SessionRates
 from ._subscriptions import EXACT, PREFIX
@@ -121,9 +122,14 @@ class Session:
     ``authrole`` and ``authmethod``. Sessions are compared by identity.
     """
 
-    def __init__(self, router: Router, transport: Transport) -> None:
+    # limits this session hit and were logged already (see ``note_limit``)
+    _limits_noted: frozenset[str] = frozenset()
+
+    def __init__(self, router: Router, transport: Transport, rates: SessionRates | None = None) -> None:
         self._router = router
         self._transport = transport
+        # The connection's rate buckets, shared by every session on it (a new set if not given).
+        self._rates = rates if rates is not None else router.rates()
         self._state = _WAITING_HELLO
         self._challenge: Challenge | None = None
         self._auth_pending: Deferred[Any] | None = None  # the app hook being awaited, if any
@@ -282,6 +288,8 @@ class Session:
         self.authid = accepted.identity.authid
         self.authrole = accepted.identity.authrole
         self.authmethod = accepted.method
+        # Public, read-only: the token_digest of the REST session it was opened with (method cookie), or None.
+        self.login_digest = accepted.login
         self._state = _ESTABLISHED
         self._router.join(self)
         self._send(
@@ -317,6 +325,9 @@ class Session:
         self._send_error(msg, error_payload(failure))
 
     def _on_subscribe(self, msg: message.Subscribe) -> None:
+        if not self._within_rate(msg):
+            return
+
         def work() -> Deferred[None] | None:
             self._check_uri(msg.topic, msg.match)
             return self._router.subscribe(self, msg)
@@ -332,6 +343,10 @@ class Session:
 
         def work() -> None:
             self._check_uri(msg.topic, EXACT)
+            problem = payload_problem(msg.args, msg.kwargs)
+            if problem is not None:  # it would break the EVENTs of subscribers on other serializers
+                first = self.note_limit("payload")
+                raise refuse_payload(self._router.stats, "PUBLISH", self.id, problem, first)
             publication = self._publication(msg)
             done = self._router.publish_from(self, publication)
             if msg.acknowledge:
@@ -403,13 +418,20 @@ class Session:
 
         def work() -> Deferred[None] | None:
             self._check_uri(msg.procedure, EXACT)
+            problem = payload_problem(msg.args, msg.kwargs)
+            if problem is not None:  # the callee may speak another serializer
+                first = self.note_limit("payload")
+                raise refuse_payload(self._router.stats, "CALL", self.id, problem, first)
             return self._router.call(self, msg)
 
         self._request(msg, work)
 
     def _on_yield(self, msg: message.Yield) -> None:
         _check_request_id(msg)
-        self._router.dealer.yielded(self, msg)
+        problem = payload_problem(msg.args, msg.kwargs)
+        if problem is not None:  # the dealer ends the call with an ERROR for the caller instead
+            refuse_payload(self._router.stats, "YIELD", self.id, problem, self.note_limit("payload"))
+        self._router.dealer.yielded(self, msg, problem)
 
     def _on_cancel(self, msg: message.Cancel) -> None:
         _check_request_id(msg)
@@ -419,25 +441,44 @@ class Session:
         if msg.request_type != message.Invocation.MESSAGE_TYPE:
             raise _ProtocolViolation(f"ERROR for a message of type {msg.request_type} sent to a router")
         _check_request_id(msg)
-        self._router.dealer.failed(self, msg)
+        problem = payload_problem(msg.args, msg.kwargs)
+        if problem is not None:  # the caller gets the error URI with an explanation instead of these
+            refuse_payload(self._router.stats, "ERROR", self.id, problem, self.note_limit("payload"))
+        self._router.dealer.failed(self, msg, problem)
 
-    def _within_rate(self, msg: message.Publish | message.Call) -> bool:
-        """Take a token from the session's PUBLISH or CALL bucket; over the rate, answer ERROR
-        ``rate_limited`` (an unacknowledged PUBLISH is dropped and counted) and return False."""
-        rates: SessionRates | None = getattr(self, "_rates", None)
-        if rates is None:
-            rates = self._rates = SessionRates(self._router.limits, self._router.clock)
-        is_call = isinstance(msg, message.Call)
-        if (rates.call if is_call else rates.publish).allow():
+    def _within_rate(self, msg: message.Publish | message.Call | message.Subscribe) -> bool:
+        """Take a token from the connection's PUBLISH, CALL or SUBSCRIBE bucket; over the rate, answer
+        ERROR ``rate_limited`` (an unacknowledged PUBLISH is dropped and counted) and return False."""
+        rates = self._rates
+        if isinstance(msg, message.Publish):
+            bucket, kind = rates.publish, "PUBLISH"
+        elif isinstance(msg, message.Call):
+            bucket, kind = rates.call, "CALL"
+        else:
+            bucket, kind = rates.subscribe, "SUBSCRIBE"
+        if bucket.allow():
             return True
         _check_request_id(msg)
-        kind = "CALL" if is_call else "PUBLISH"
         self._router.stats["rate_limited"] += 1
-        if is_call or msg.acknowledge:
-            self._send_error(msg, ErrorPayload(RATE_LIMITED, [f"too many {kind} messages; slow down"], None))
-        else:
+        if isinstance(msg, message.Publish) and not msg.acknowledge:
             self._router.stats["rate_limited_dropped"] += 1
+        else:
+            self._send_error(msg, ErrorPayload(RATE_LIMITED, [f"too many {kind} messages; slow down"], None))
+        if kind == "SUBSCRIBE" and self.note_limit("subscribe_rate"):
+            log.info(
+                "session {session_id} sends SUBSCRIBE faster than subscribe_rate/subscribe_burst allow: "
+                "the excess gets rate_limited",
+                session_id=self.id,
+            )
         return False
+
+    def note_limit(self, name: str) -> bool:
+        """Record that this session ran into the limit ``name``; True the first time only, so that a
+        refusal is logged once per session rather than once per message."""
+        if name in self._limits_noted:
+            return False
+        self._limits_noted = self._limits_noted | {name}
+        return True
 
     def _check_uri(self, uri: str, match: str) -> None:
         try:
@@ -452,6 +493,19 @@ class Session:
             raise WampError(INVALID_URI, f"invalid URI {uri!r} for match policy {match!r}") from None
         if match == EXACT and (not uri or ".." in uri or uri.startswith(".") or uri.endswith(".")):
             raise WampError(INVALID_URI, f"invalid URI {uri!r}: exact URIs need non-empty parts")
+
+    def close(self, reason: str, text: str | None = None) -> None:
+        """End the session from the router's side: GOODBYE ``reason`` (ABORT if it is not open yet), leave the
+        router and close the connection. Clients such as autobahn-js do not reconnect after a GOODBYE."""
+        if self._state == _CLOSED:
+            return
+        if self._state != _ESTABLISHED:
+            self.abort(reason, text or reason)
+            return
+        log.info("closing session {session_id}: {reason}", session_id=self.id, reason=reason)
+        self._transport.send_message(message.Goodbye(reason, text))
+        self._leave()
+        self._transport.close_transport(text or reason)
 
 
 def _check_request_id(msg: Any) -> None:

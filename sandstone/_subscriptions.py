@@ -99,6 +99,12 @@ class SubscriptionTable:
         """The exact subscription for a URI, if any."""
         return self._exact.get(uri)
 
+    def find(self, uri: str, match: str) -> Subscription | None:
+        """The subscription for this (URI, match policy), if any (nothing is created)."""
+        if match == WILDCARD:
+            return self._wildcard.get(uri.count(".") + 1, {}).get(uri)
+        return self._table(match, uri).get(uri)
+
     def match(self, uri: str) -> list[Subscription]:
         """Every subscription receiving a publication to ``uri``: exact first, then prefix, then wildcard."""
         found: list[Subscription] = []

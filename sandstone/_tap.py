@@ -188,6 +188,9 @@ def _apply_limits(app: Sandstone, options: Any) -> None:
     origins = options.get("allowed-origins")
     if origins is not None:
         app.allowed_origins = [origin.strip() for origin in origins.split(",") if origin.strip()]
+    hosts = options.get("allowed-hosts")
+    if hosts is not None:
+        app.allowed_hosts = [host.strip() for host in hosts.split(",") if host.strip()]
 
 
 class Options(usage.Options):
@@ -222,11 +225,35 @@ class Options(usage.Options):
             "with the same Redis and app behaves as one server. Default: no Redis, one process.",
         ],
         [
+            "cluster-name",
+            None,
+            None,
+            "Name of this cluster (with --redis), part of every Redis channel and key name, so that "
+            "clusters sharing one Redis server stay apart. Default: none (the database number of --redis "
+            "still separates clusters on different databases).",
+        ],
+        [
+            "cluster-secret",
+            None,
+            None,
+            "Secret shared by the nodes of the cluster (with --redis): messages between nodes are signed "
+            "with it and unsigned ones refused. Prefer the environment variable SANDSTONE_CLUSTER_SECRET "
+            "(read when this option is not given): a command line is visible to other local users.",
+        ],
+        [
             "allowed-origins",
             None,
             None,
             "Comma-separated browser origins (patterns like https://*.example.com, http://localhost:*) "
             "allowed to open the WebSocket besides the app's own. Default: the app's own list.",
+        ],
+        [
+            "allowed-hosts",
+            None,
+            None,
+            "Comma-separated host names (patterns like example.com, *.example.com, example.com:8443, or *) "
+            "the app answers to, REST and WebSocket; others get 400. Default: the app's own list, or any "
+            "host except that on a loopback address only loopback names (localhost, 127.0.0.1) are served.",
         ],
         *[[name, None, None, help] for name, (_field, _kind, help) in _LIMIT_OPTIONS.items()],
         [
@@ -290,13 +317,25 @@ class Options(usage.Options):
 
     def _check_redis(self) -> None:
         if self["redis"] is None:
+            given = [f"--{name}" for name in ("cluster-name", "cluster-secret") if self[name] is not None]
+            if given:
+                verb = "need" if len(given) > 1 else "needs"
+                raise usage.UsageError(f"{' and '.join(given)} {verb} --redis URL")
             return
         from sandstone._bus import RedisAddress
+        from sandstone._envelope import channel_names
 
         try:
             RedisAddress.parse(self["redis"])
         except ValueError as err:
             raise usage.UsageError(f"--redis: {err}") from None
+        if self["cluster-name"] is not None:
+            try:
+                channel_names("sandstone", "realm1", cluster_name=self["cluster-name"])
+            except ValueError as err:
+                raise usage.UsageError(f"--cluster-name: {err}") from None
+        if self["cluster-secret"] == "":
+            raise usage.UsageError("--cluster-secret must not be empty")
 
     def _check_listen(self) -> None:
         # Parse (without listening) so that a typo is a usage error, not a
@@ -362,6 +401,28 @@ def _freeze_startup_objects() -> None:
     )
 
 
+def _fit_fd_limit(app: Sandstone) -> None:
+    """Raise the process's file descriptor limit (up to its hard limit) so that ``max_connections`` fits;
+    where it cannot, say how many connections the limit allows."""
+    from sandstone._admission import FD_RESERVE, fd_limit, raise_fd_limit
+
+    wanted = app.limits.max_connections + FD_RESERVE
+    before = fd_limit()
+    if before is None or app.limits.max_connections <= 0 or before >= wanted:
+        return
+    after = raise_fd_limit(wanted)
+    if after is not None and after < wanted:
+        _log.warn(
+            "the file descriptor limit ({fds}) allows {allowed} connections, not max_connections "
+            "{wanted}: raise it (ulimit -n) to serve more",
+            fds=after,
+            allowed=max(1, after - FD_RESERVE),
+            wanted=app.limits.max_connections,
+        )
+    elif after != before:
+        _log.info("file descriptor limit raised from {before} to {after}", before=before, after=after)
+
+
 def makeService(options: Options, *, inherited_fd: int | None = None) -> IService:
     """
     Build the service tree: a L{SandstoneService} named "sandstone" holding a
@@ -380,6 +441,7 @@ def makeService(options: Options, *, inherited_fd: int | None = None) -> IServic
         SharedListener,
         WorkerSupervisor,
         worker_arguments,
+        worker_environment,
     )
 
     app = getattr(options, "app", None)
@@ -397,6 +459,7 @@ def makeService(options: Options, *, inherited_fd: int | None = None) -> IServic
     workers = 1 if inherited_fd is not None else int(options.get("workers") or 1)
     if workers > 1 and not _is_tcp(listen):
         raise usage.UsageError(f"--workers {workers} needs a tcp: or tcp6: --listen endpoint, got {listen!r}")
+    _fit_fd_limit(app)
     site = app.site()
     if inherited_fd is not None:
         web: IService = InheritedPortService(inherited_fd, site)
@@ -420,11 +483,25 @@ def makeService(options: Options, *, inherited_fd: int | None = None) -> IServic
             worker_arguments(options, Options.optParameters),
             listener,
             shutdown_timeout + KILL_GRACE,
+            environment=worker_environment(options),
         )
         supervisor.setServiceParent(root)
     redis = options.get("redis")
     if redis:
-        bus = app.bus if app.bus is not None and app.bus.url == redis else app.use_redis(redis)
+        cluster = {
+            key: options[name]
+            for name, key in (("cluster-name", "cluster_name"), ("cluster-secret", "cluster_secret"))
+            if options.get(name) is not None
+        }
+        if app.bus is not None and app.bus.url == redis:
+            if cluster:
+                raise usage.UsageError(
+                    "--cluster-name/--cluster-secret: this app sets up its bus in code (app.use_redis); "
+                    "give cluster_name/cluster_secret to app.use_redis instead"
+                )
+            bus = app.bus
+        else:
+            bus = app.use_redis(redis, **cluster)
         bus.setName("bus")
         bus.setServiceParent(root)
     elif app.bus is not None:  # the app set up its bus in code

@@ -15,6 +15,7 @@ from ._calling import invoke
 from ._dispatcher import EventDispatcher
 from ._errors import RUNTIME_ERROR, WampError, error_payload
 from ._pattern import TopicPattern, TopicRoutes
+from ._payload import require_carried
 from ._publication import Publication, session_ids
 
 if TYPE_CHECKING:
@@ -111,8 +112,10 @@ class Topic:
     ) -> int:
         """Send ``payload`` as the first argument of an EVENT to every subscriber of this URI
         (pattern subscriptions included), except ``exclude`` and, when given, only ``eligible``.
-        Returns the publication id.
+        Returns the publication id. A payload not every WAMP serializer can carry alike (a datetime, a
+        set, a dict with integer keys...) raises ``TypeError`` saying where, and nothing is sent.
         """
+        require_carried(payload, "broadcast on", self.uri)
         publication = Publication(
             topic=self.uri,
             args=[payload],
@@ -124,7 +127,9 @@ class Topic:
         return publication.id
 
     def send(self, session: Session, payload: Any) -> int:
-        """Send ``payload`` to one subscriber of this URI only. Returns the publication id."""
+        """Send ``payload`` to one subscriber of this URI only. Returns the publication id. A payload not
+        every WAMP serializer can carry raises ``TypeError``, as in ``broadcast``."""
+        require_carried(payload, "send on", self.uri)
         return self._require_router().send(session, self.uri, [payload], None)
 
     def _require_router(self) -> Router:

@@ -13,7 +13,7 @@ from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.wamp import message
 from autobahn.wamp.interfaces import ISerializer
-from autobahn.wamp.serializer import CBORSerializer, MsgPackSerializer
+from autobahn.wamp.serializer import MsgPackSerializer
 from autobahn.websocket import protocol as _autobahn_protocol
 from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
 from autobahn.websocket.protocol import TrafficStats
@@ -23,10 +23,14 @@ from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTim
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from ._admission import Ticket
+from ._cbor import cbor_serializer
 from ._codec import DecodeError, decode
-from ._errors import HELLO_TIMEOUT, PAYLOAD_TOO_LARGE, SYSTEM_SHUTDOWN
+from ._errors import HELLO_TIMEOUT, INVALID_ARGUMENT, PAYLOAD_TOO_LARGE, SYSTEM_SHUTDOWN
 from ._json import json_serializer
-from ._limits import Limits, origin_allowed
+from ._limits import Limits, host_allowed, origin_allowed
+from ._payload import payload_problem
+from ._ratelimit import SessionRates
 from ._router import Router
 from ._session import Session
 
@@ -71,8 +75,8 @@ def default_serializers() -> dict[str, ISerializer]:
     serializes a broadcast EVENT once per serializer, not once per subscriber.
     """
     serializers: list[ISerializer] = [
-        CBORSerializer(),
-        CBORSerializer(batched=True),
+        cbor_serializer(),
+        cbor_serializer(batched=True),
         MsgPackSerializer(),
         MsgPackSerializer(batched=True),
         json_serializer(),
@@ -119,7 +123,8 @@ class WampServerProtocol(WebSocketServerProtocol):
     _wamp: Session | None = None
 
     def onConnect(self, request: ConnectionRequest) -> str:
-        self.factory.admit(request)  # limits: origin (403), concurrent connections (503)
+        # limits: allowed hosts (400), origin (403), concurrent connections (503)
+        self.factory.admit(request, str(getattr(self.transport.getHost(), "host", "") or ""))
         # The session reads a REST session's cookie or bearer token from these (WAMP auth method "cookie").
         self.handshake_headers: dict[str, str] = {
             name: value for name, value in request.headers.items() if name in _CREDENTIAL_HEADERS
@@ -162,8 +167,9 @@ class WampServerProtocol(WebSocketServerProtocol):
                 else:
                     self._wamp = None
                 break
-        if self._hello_timer is not None and session.is_open:
+        if (self._hello_timer is not None or self._pending) and session.is_open:
             self._cancel_hello_timer()
+            self._serving()
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self._cancel_hello_timer()
@@ -177,12 +183,18 @@ class WampServerProtocol(WebSocketServerProtocol):
         """Serialize (through the shared serializer's cache) and send one WAMP message.
 
         A message larger than ``max_message_size`` is not sent (counted in ``stats["oversize_skipped"]``;
-        a RESULT becomes an ERROR for the call). A client whose unsent bytes exceed
-        ``max_outgoing_buffer`` is dropped (``stats["slow_consumers_dropped"]``).
+        a RESULT becomes an ERROR for the call), nor one this connection's serializer cannot serialize
+        (``stats["unserializable_skipped"]``; a RESULT or a call's ERROR becomes an ERROR saying why).
+        A client whose unsent bytes exceed ``max_outgoing_buffer`` is dropped
+        (``stats["slow_consumers_dropped"]``).
         """
         if self.state != self.STATE_OPEN:
             return
-        payload, frame = framed(msg, self._serializer)
+        try:
+            payload, frame = framed(msg, self._serializer)
+        except Exception as exc:  # a broadcast's other subscribers must still get their EVENT
+            self._skip_unserializable(msg, exc)
+            return
         limit = self.factory.limits.max_message_size
         if 0 < limit < len(payload):
             self._skip_oversize(msg, len(payload))
@@ -220,6 +232,20 @@ class WampServerProtocol(WebSocketServerProtocol):
     _hello_timer: IDelayedCall | None = None
     _backlog: _Backlog | None = None
     _shutting_down = False
+    _ticket: Ticket | None = None
+    _pending = False  # admitted by a SandstoneSite, and no WAMP session open yet
+
+    def admitted(self, ticket: Ticket) -> None:
+        """Take over the connection's admission ticket from the Site: the connection counts as pending
+        (see ``_admission.py``) until its first WAMP session is open."""
+        self._ticket = ticket
+        self._pending = True
+
+    def _serving(self) -> None:
+        if self._pending:
+            self._pending = False
+            assert self._ticket is not None
+            self._ticket.ready()
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -233,11 +259,23 @@ class WampServerProtocol(WebSocketServerProtocol):
         _turn.queued.pop(self, None)
         self.factory.connections.discard(self)
         self._cancel_hello_timer()
+        if self._ticket is not None:
+            self._pending = False
+            self._ticket.release()
         super().connectionLost(reason)
 
+    _rates: SessionRates | None = None  # the connection's rate buckets, made with its first session
+
     def _attach(self) -> None:
-        """A fresh session waiting for HELLO, which must be welcomed within ``hello_timeout``."""
-        self._wamp = self.factory.router.attach(self)
+        """A fresh session waiting for HELLO, which must be welcomed within ``hello_timeout``.
+
+        Every session on this connection shares its rate buckets: GOODBYE then HELLO does not refill them.
+        """
+        router = self.factory.router
+        rates = self._rates
+        if rates is None:
+            rates = self._rates = router.rates()
+        self._wamp = router.attach(self, rates)
         self._cancel_hello_timer()
         timeout = self.factory.limits.hello_timeout
         if timeout > 0:
@@ -309,6 +347,36 @@ class WampServerProtocol(WebSocketServerProtocol):
             text = f"the result ({size} bytes) is larger than the client accepts ({limit} bytes)"
             error = message.Error(message.Call.MESSAGE_TYPE, msg.request, PAYLOAD_TOO_LARGE, [text])
             self.send_message(error)
+
+    def _skip_unserializable(self, msg: message.Message, error: Exception) -> None:
+        """Not sending a message this connection's serializer cannot carry (what the router's edge checks
+        could not refuse: an app's value, one from another node). Logged once per message, however many
+        subscribers it was for; a RESULT, or the ERROR of a call, becomes an ERROR for that caller."""
+        self.factory.stats["unserializable_skipped"] += 1
+        serializer = self._serializer.SERIALIZER_ID
+        internal = msg._router_internal
+        if internal is None:
+            internal = msg._router_internal = {}
+        if "unserializable" not in internal:  # the first session it fails for
+            problem = payload_problem(getattr(msg, "args", None), getattr(msg, "kwargs", None))
+            internal["unserializable"] = problem
+            log.warn(
+                "a {kind} cannot be serialized for {serializer} and is not sent to the sessions it fails "
+                "for: {problem}",
+                kind=type(msg).__name__.upper(),
+                serializer=serializer,
+                problem=problem or f"{type(error).__name__}: {error}",
+            )
+        problem = internal["unserializable"]
+        is_call_error = isinstance(msg, message.Error) and msg.request_type == message.Call.MESSAGE_TYPE
+        if (isinstance(msg, message.Result) or is_call_error) and not internal.get("replacement"):
+            uri = msg.error if is_call_error else INVALID_ARGUMENT  # type: ignore[attr-defined]
+            reason = problem or f"its payload cannot be serialized as {serializer}"
+            text = f"the {'error' if is_call_error else 'result'} could not be delivered: {reason}"
+            request = msg.request  # type: ignore[attr-defined]
+            replacement = message.Error(message.Call.MESSAGE_TYPE, request, uri, [text])
+            replacement._router_internal = {"replacement": True}  # never replaced in turn
+            self.send_message(replacement)
 
     def shut_down(self, grace: float = 1.0) -> None:
         """Server shutdown: GOODBYE ``wamp.close.system_shutdown`` to an open session, then close."""
@@ -480,6 +548,7 @@ class WampServerFactory(WebSocketServerFactory):
         *,
         limits: Limits | None = None,
         allowed_origins: Sequence[str] | None = None,
+        allowed_hosts: Sequence[str] | None = None,
         clock: IReactorTime | None = None,
         **kwargs: Any,
     ) -> None:
@@ -491,6 +560,7 @@ class WampServerFactory(WebSocketServerFactory):
         router.delivered = _turn.end_direct
         self.limits = limits if limits is not None else router.limits
         self.allowed_origins = list(allowed_origins or ())
+        self.allowed_hosts = None if allowed_hosts is None else list(allowed_hosts)
         if clock is None:
             from twisted.internet import reactor as clock  # type: ignore[assignment]
         self.clock: IReactorTime = clock  # type: ignore[assignment]
@@ -525,9 +595,15 @@ class WampServerFactory(WebSocketServerFactory):
         options = {name: getattr(self, name) for name in WebSocketServerProtocol.CONFIG_ATTRS}
         self.protocol = type(base.__name__, (base,), {"__module__": base.__module__, **options})
 
-    def admit(self, request: ConnectionRequest) -> None:
-        """Refuse a WebSocket handshake: 403 for a foreign browser origin, 503 beyond ``max_connections``."""
+    def admit(self, request: ConnectionRequest, local_ip: str = "") -> None:
+        """Refuse a WebSocket handshake: 400 for a host name not in ``allowed_hosts`` (received on
+        ``local_ip``), 403 for a foreign browser origin, 503 beyond ``max_connections``."""
         headers = getattr(request, "headers", None) or {}
+        host = headers.get("host")
+        if not host_allowed(host, self.allowed_hosts, local_ip):
+            self.stats["hosts_refused"] += 1
+            log.info("WebSocket refused: host {host!r} is not in allowed_hosts", host=host)
+            raise ConnectionDeny(ConnectionDeny.BAD_REQUEST, f"host {host!r} is not served here")
         origin = getattr(request, "origin", None) or headers.get("origin")
         if not origin_allowed(origin, headers.get("host"), self.allowed_origins):
             self.stats["origins_refused"] += 1

@@ -1,7 +1,10 @@
-"""The HTTP side of serving an app: a Site limiting request bodies, and a graceful shutdown service."""
+"""The HTTP side of serving an app: a Site bounding connections, request heads and bodies, and a graceful
+shutdown service."""
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
@@ -10,7 +13,12 @@ from twisted.internet.interfaces import IAddress, IDelayedCall, IProtocol, IProt
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
+from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
+from zope.interface import implementer
+
+from ._admission import Admission, Refusal, Ticket
+from ._limits import Limits, host_allowed
 
 if TYPE_CHECKING:
     from ._app import Sandstone
@@ -80,121 +88,341 @@ class LimitedRequest(Request):
         self.channel.loseConnection()
 
     def process(self) -> None:
-        inflight = getattr(self.channel.site, "inflight", None)
+        site = self.channel.site
+        if isinstance(site, SandstoneSite):
+            host = self.requestHeaders.getRawHeaders(b"host", [None])[0]
+            if not site.host_allowed(host.decode("latin-1") if host else None, self.getHost()):
+                self._refuse_host(site, host)
+                return
+        inflight = getattr(site, "inflight", None)
         if inflight is not None:
             inflight.add(self)
             self.notifyFinish().addBoth(lambda _: inflight.discard(self))
         super().process()
+
+    def _refuse_host(self, site: SandstoneSite, host: bytes | None) -> None:
+        site.stats["hosts_refused"] += 1
+        site._refusals.log("400 for a request to host {host!r}: not in allowed_hosts", host=host)
+        self.setResponseCode(400)
+        self.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        self.setHeader(b"connection", b"close")
+        self.write(_HOST_REFUSED)
+        self.finish()
+
+
+_HOST_REFUSED = b"this host name is not served here (see allowed_hosts)\n"
+
+
+class _Channel(HTTPChannel):
+    """twisted.web's HTTP/1.1 channel, with deadlines that do not move with every byte received.
+
+    A request's head must arrive within ``header_timeout`` and the whole request within ``request_timeout``
+    of its first byte (else 408 and the connection is closed); its head is bounded by
+    ``max_header_bytes`` and ``max_header_count`` (twisted.web answers 400 beyond). The channel's admission
+    ticket stops counting as pending once its first request has been received.
+    """
+
+    ticket: Ticket | None = None
+    _deadline: IDelayedCall | None = None
+    _receiving = False  # between the first byte of a request and its last
+    _started = 0.0
+
+    def admitted(self, ticket: Ticket) -> None:
+        """Take over the connection's admission ticket (see ``SandstoneSite``)."""
+        self.ticket = ticket
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        limits = self._limits()
+        if limits is not None:
+            if limits.max_header_count > 0:
+                self.maxHeaders = limits.max_header_count
+            if limits.max_header_bytes > 0:
+                self.totalHeadersSize = limits.max_header_bytes
+
+    def _limits(self) -> Limits | None:
+        site = getattr(self, "site", None)
+        return site.limits if isinstance(site, SandstoneSite) else None
+
+    def lineReceived(self, line: bytes) -> None:
+        if not self._receiving:
+            self._receiving = True
+            limits = self._limits()
+            if limits is not None:
+                self._started = self.site.clock.seconds()
+                self._arm(limits.header_timeout, "no complete request head within {timeout:g} s")
+        super().lineReceived(line)
+
+    def allHeadersReceived(self) -> None:
+        super().allHeadersReceived()
+        limits = self._limits()
+        if limits is not None and self._receiving:
+            elapsed = self.site.clock.seconds() - self._started
+            left = limits.request_timeout - elapsed if limits.request_timeout > 0 else 0
+            self._arm(
+                max(left, 0.001) if limits.request_timeout > 0 else 0,
+                "no complete request within {timeout:g} s",
+            )
+
+    def allContentReceived(self) -> None:
+        self._receiving = False
+        self._disarm()
+        if self.ticket is not None:
+            self.ticket.ready()
+        super().allContentReceived()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self._disarm()
+        if self.ticket is not None:
+            self.ticket.release()
+        super().connectionLost(reason)
+
+    def _arm(self, timeout: float, text: str) -> None:
+        self._disarm()
+        if timeout > 0:
+            self._deadline = self.site.clock.callLater(timeout, self._too_slow, text.format(timeout=timeout))
+
+    def _disarm(self) -> None:
+        deadline, self._deadline = self._deadline, None
+        if deadline is not None and deadline.active():
+            deadline.cancel()
+
+    def _too_slow(self, reason: str) -> None:
+        self._deadline = None
+        site = self.site
+        site.stats["request_timeouts"] += 1
+        site._refusals.log(
+            "408 to {peer}: {reason}", peer=getattr(self.transport.getPeer(), "host", ""), reason=reason
+        )
+        self.transport.write(_TIMED_OUT)
+        self.transport.loseConnection()
 
 
 class SandstoneSite(Site):
     """A Site for a sandstone app (see ``Sandstone.site()``): ``LimitedRequest``s, and ``inflight``,
     the REST requests being served (WebSocket upgrades leave it once upgraded).
 
-    Given ``websocket=(path, factory)``, a connection whose first request line is ``GET path`` goes
-    straight to ``factory``'s WebSocket protocol, which parses the handshake itself: no twisted.web
-    request, resource lookup or transport takeover for it. Any other connection is served by the Site.
+    Every new connection is admitted against the connection limits first (``Admission``: all connections,
+    and those not serving yet, server-wide and per client IP; over a limit: 503 and closed). Its request
+    head is then read whole, within ``max_header_bytes``, ``max_header_count`` (431 beyond) and
+    ``header_timeout`` (408), before anything parses it. Given ``websocket=(path, factory)``, a head
+    whose request line is ``GET path`` goes straight to ``factory``'s WebSocket protocol: no twisted.web
+    request, resource lookup or transport takeover for it. Any other is served by the Site, whose HTTP
+    channel bounds each later request on the connection the same way (plus ``request_timeout`` for the
+    body) and closes a keep-alive connection idle for ``idle_timeout``.
     """
 
     requestFactory = LimitedRequest
+    protocol = _Channel  # type: ignore[assignment]
 
     def __init__(
         self,
         resource: Any,
         *,
-        max_request_body: int = 0,
+        limits: Limits | None = None,
+        max_request_body: int | None = None,
         websocket: tuple[str, IProtocolFactory] | None = None,
-        handshake_timeout: float = 10.0,
+        header_timeout: float | None = None,
+        allowed_hosts: Sequence[str] | None = None,
+        stats: Counter[str] | None = None,
         clock: IReactorTime | None = None,
+        admission: Admission | None = None,
         **kwargs: Any,
     ) -> None:
+        limits = limits if limits is not None else Limits()
+        kwargs.setdefault("timeout", limits.idle_timeout or None)
         super().__init__(resource, **kwargs)
-        self.max_request_body = max_request_body
+        self.limits = limits
+        self.max_request_body = limits.max_request_body if max_request_body is None else max_request_body
+        self.header_timeout = limits.header_timeout if header_timeout is None else header_timeout
+        self.allowed_hosts = None if allowed_hosts is None else list(allowed_hosts)
+        self.stats: Counter[str] = stats if stats is not None else Counter()
+        self.admission = admission if admission is not None else Admission(lambda: self.limits)
         self.inflight: set[Request] = set()
         self.websocket = websocket
         self._upgrade_line = b"GET " + websocket[0].encode("utf-8") if websocket is not None else b""
-        self.handshake_timeout = handshake_timeout
         if clock is None:
             from twisted.internet import reactor as clock
         self.clock: IReactorTime = clock  # type: ignore[assignment]
+        self._refusals = _Throttled(self.clock)
 
     def buildProtocol(self, addr: IAddress) -> IProtocol | None:
-        if self.websocket is None:
-            return super().buildProtocol(addr)
-        return _FirstLine(self, addr)
+        ip = str(getattr(addr, "host", "") or "")
+        try:
+            ticket = self.admission.admit(ip)
+        except Refusal as refusal:
+            self.stats[refusal.counter] += 1
+            self._refusals.log(
+                "refused a connection from {peer} with 503: {reason}", peer=ip, reason=refusal.reason
+            )
+            return _Refused()
+        return _Head(self, addr, ticket)
+
+    def host_allowed(self, host: str | None, local: IAddress | None) -> bool:
+        """May a request carrying this ``Host`` header, received on ``local``, be served?"""
+        return host_allowed(host, self.allowed_hosts, str(getattr(local, "host", "") or ""))
 
     def _protocol_for(self, request_line: bytes, addr: IAddress) -> IProtocol | None:
         """The WebSocket protocol for ``GET <ws_path>[?query] HTTP/...``, else the Site's HTTP channel."""
-        assert self.websocket is not None
-        target, _, _ = request_line.partition(b" HTTP/")
-        path = target.partition(b"?")[0]
-        if path == self._upgrade_line:
-            return self.websocket[1].buildProtocol(addr)
+        if self.websocket is not None:
+            target, _, _ = request_line.partition(b" HTTP/")
+            path = target.partition(b"?")[0]
+            if path == self._upgrade_line:
+                return self.websocket[1].buildProtocol(addr)
         return super().buildProtocol(addr)
 
 
-# The longest first line waited for: longer, the connection is answered 400 and closed, as twisted.web
-# answers an oversized request head (its HTTP channel would wait for up to 16 KiB and then close silently).
-_MAX_FIRST_LINE = 8192
-_BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+def _response(status: str, text: str) -> bytes:
+    """A complete plain-text HTTP response that closes the connection."""
+    body = text.encode("utf-8")
+    return (
+        b"HTTP/1.1 %s\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (status.encode("ascii"), len(body), body)
+    )
 
 
-class _FirstLine(Protocol):
-    """A new connection's protocol until its first request line says who serves it (see ``SandstoneSite``).
+_SERVICE_UNAVAILABLE = _response("503 Service Unavailable", "too many connections; retry later\n")
+_HEAD_TOO_LARGE = _response("431 Request Header Fields Too Large", "request header fields too large\n")
+_TIMED_OUT = _response("408 Request Timeout", "the request did not arrive in time\n")
 
-    It then hands the transport and the bytes received so far to that protocol. A peer sending no
-    complete line within the site's ``handshake_timeout`` is disconnected.
-    """
 
-    def __init__(self, site: SandstoneSite, addr: IAddress) -> None:
-        self.site = site
-        self.addr = addr
-        self.buffer = b""
-        self.timer: IDelayedCall | None = None
+class _Throttled:
+    """Logs a repeated condition (an attack may cause thousands) at most once per ``interval`` seconds,
+    saying how many were not logged in between."""
+
+    def __init__(self, clock: IReactorTime, interval: float = 10.0) -> None:
+        self._clock = clock
+        self._interval = interval
+        self._next = float("-inf")
+        self._skipped = 0
+
+    def log(self, text: str, **fields: Any) -> None:
+        now = self._clock.seconds()
+        if now < self._next:
+            self._skipped += 1
+            return
+        skipped, self._skipped = self._skipped, 0
+        self._next = now + self._interval
+        if skipped:
+            text += " ({skipped} more like it not logged in the last {interval:g} s)"
+        log.info(text, skipped=skipped, interval=self._interval, **fields)
+
+
+@implementer(IProtocol)
+class _Refused(Protocol):
+    """A connection over the limits: answered 503 and closed at once."""
 
     def connectionMade(self) -> None:
-        if self.site.handshake_timeout > 0:
-            self.timer = self.site.clock.callLater(self.site.handshake_timeout, self._timed_out)
+        self.transport.write(_SERVICE_UNAVAILABLE)
+        self.transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
-        buffer = self.buffer + data
-        end = buffer.find(b"\r\n")
-        if end < 0 and len(buffer) < _MAX_FIRST_LINE:
+        pass
+
+
+class _Head(Protocol):
+    """A new connection's protocol until its first request head is complete and says who serves it.
+
+    It then hands the transport, the bytes received so far and the connection's admission ticket to that
+    protocol (see ``SandstoneSite``). A head over ``max_header_bytes`` or ``max_header_count`` is answered
+    431, one not complete within ``header_timeout`` of connecting 408; the connection is then closed.
+    """
+
+    def __init__(self, site: SandstoneSite, addr: IAddress, ticket: Ticket) -> None:
+        self.site = site
+        self.addr = addr
+        self.ticket = ticket
+        self.buffer = b""
+        self.timer: IDelayedCall | None = None
+        self.done = False  # the head was handed over, or refused
+        self.handed_over = False
+
+    def connectionMade(self) -> None:
+        if self.site.header_timeout > 0:
+            self.timer = self.site.clock.callLater(self.site.header_timeout, self._timed_out)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.done:
+            return
+        buffer = self.buffer + data if self.buffer else data
+        if buffer[:1] in (b"\r", b"\n"):  # empty lines before a request line are allowed (RFC 9112 2.2)
+            buffer = buffer.lstrip(b"\r\n")
+        end = _head_end(buffer)
+        head = buffer if end < 0 else buffer[:end]
+        problem = self._too_large(head, end >= 0)
+        if problem is not None:
+            self._refuse(_HEAD_TOO_LARGE, "head_refused", problem)
+            return
+        if end < 0:
             self.buffer = buffer
             return
         self.buffer = b""
+        self.done = self.handed_over = True
         self._cancel_timer()
-        if end < 0:
-            self.transport.write(_BAD_REQUEST)
-            self.transport.loseConnection()
-            return
-        protocol = self.site._protocol_for(buffer[:end], self.addr)
+        line_end = buffer.find(b"\n")
+        protocol = self.site._protocol_for(buffer[:line_end].rstrip(b"\r"), self.addr)
         transport = self.transport
         if protocol is None:
+            self.ticket.release()
             transport.loseConnection()
             return
         if isinstance(transport, ProtocolWrapper):  # TLS and other wrapping transports
             transport.wrappedProtocol = protocol
         else:
             transport.protocol = protocol
+        admitted = getattr(protocol, "admitted", None)
+        if admitted is not None:
+            admitted(self.ticket)
+        else:  # a protocol that cannot report its end: count it as serving, and as closed
+            self.ticket.release()
         protocol.makeConnection(transport)
         protocol.dataReceived(buffer)
 
+    def _too_large(self, head: bytes, complete: bool) -> str | None:
+        limits = self.site.limits
+        if 0 < limits.max_header_bytes < len(head):
+            return f"a request head of more than {limits.max_header_bytes} bytes (max_header_bytes)"
+        # Lines ended so far, less the request line and (in a complete head) the blank line.
+        if 0 < limits.max_header_count < head.count(b"\n") - (2 if complete else 1):
+            return f"more than {limits.max_header_count} header lines (max_header_count)"
+        return None
+
     def connectionLost(self, reason: Any = None) -> None:
         self._cancel_timer()
+        if not self.handed_over:
+            self.ticket.release()
 
     def _timed_out(self) -> None:
         self.timer = None
-        log.info(
-            "closing a connection that sent no request line within {timeout} s",
-            timeout=self.site.handshake_timeout,
+        self._refuse(
+            _TIMED_OUT, "head_timeouts", f"no complete request head within {self.site.header_timeout:g} s"
         )
-        self.transport.abortConnection()
+
+    def _refuse(self, response: bytes, counter: str, reason: str) -> None:
+        self.done = True
+        self.buffer = b""
+        self._cancel_timer()
+        self.site.stats[counter] += 1
+        status = response[9:12].decode()
+        self.site._refusals.log(
+            "{status} to {peer}: {reason}", status=status, peer=getattr(self.addr, "host", ""), reason=reason
+        )
+        self.transport.write(response)
+        self.transport.loseConnection()
 
     def _cancel_timer(self) -> None:
         timer, self.timer = self.timer, None
         if timer is not None and timer.active():
             timer.cancel()
+
+
+def _head_end(buffer: bytes) -> int:
+    """Where the first request head in ``buffer`` ends (after its blank line), or -1 while incomplete."""
+    crlf = buffer.find(b"\r\n\r\n")
+    lf = buffer.find(b"\n\n", 0, crlf if crlf >= 0 else len(buffer))
+    if lf >= 0:
+        return lf + 2
+    return crlf + 4 if crlf >= 0 else -1
 
 
 class GracefulShutdown(Service):

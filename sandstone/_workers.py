@@ -25,7 +25,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from twisted.application.service import Service
@@ -178,16 +178,32 @@ class InheritedPortService(Service):
         return port.stopListening() if port is not None else None
 
 
+# Options a worker gets some other way than its command line (which other local users can read).
+_NOT_IN_ARGV = frozenset({"workers", "cluster-secret"})
+
+
 def worker_arguments(options: Any, parameters: Sequence[Sequence[Any]]) -> list[str]:
-    """The ``twistd sandstone`` arguments a worker gets: every option given, except ``--workers``."""
+    """The ``twistd sandstone`` arguments a worker gets: every option given, except ``--workers`` and
+    ``--cluster-secret`` (see ``worker_environment``)."""
     arguments = []
     for long, *_rest in parameters:
-        if long == "workers":
+        if long in _NOT_IN_ARGV:
             continue
         value = options.get(long)
         if value is not None:
             arguments.append(f"--{long}={value}")
     return arguments
+
+
+def worker_environment(options: Any) -> dict[str, str]:
+    """The environment variables a worker gets besides the supervisor's own: the cluster secret given
+    with ``--cluster-secret`` travels as ``SANDSTONE_CLUSTER_SECRET``, not on the command line."""
+    secret = options.get("cluster-secret")
+    if not secret:
+        return {}
+    from sandstone._bus import CLUSTER_SECRET_ENV
+
+    return {CLUSTER_SECRET_ENV: secret}
 
 
 def _describe_end(reason: Failure) -> str:
@@ -245,7 +261,8 @@ class _WorkerProcess(ProcessProtocol):
 class WorkerSupervisor(Service):
     """Runs workers 2..``count`` on the listening port that ``listening()`` returns, while it runs.
 
-    ``arguments`` are the ``twistd sandstone`` options of a worker (see ``worker_arguments``).
+    ``arguments`` are the ``twistd sandstone`` options of a worker (see ``worker_arguments``);
+    ``environment`` adds variables to the supervisor's own for the workers (see ``worker_environment``).
     """
 
     name = "workers"
@@ -258,9 +275,11 @@ class WorkerSupervisor(Service):
         stop_timeout: float,
         reactor: Any = None,
         observer: ILogObserver | None = None,
+        environment: Mapping[str, str] | None = None,
     ) -> None:
         self.count = count
         self.arguments = list(arguments)
+        self._extra_environment = dict(environment or {})
         self.listener = listener
         self.stop_timeout = stop_timeout
         if reactor is None:
@@ -291,7 +310,7 @@ class WorkerSupervisor(Service):
         # The worker imports this very sandstone, whatever made it importable here.
         package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         paths = [package_root, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-        return dict(os.environ, PYTHONPATH=os.pathsep.join(dict.fromkeys(paths)))
+        return {**os.environ, **self._extra_environment, "PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}
 
     def _spawn(self, number: int) -> None:
         self._restarts.pop(number, None)

@@ -21,6 +21,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from ._envelope import MAX_BYTES, MAX_ID, channel_names, encode_delivery, encode_event, event_data
+from ._payload import value_problem
 from ._publication import Publication
 
 if TYPE_CHECKING:
@@ -32,10 +33,11 @@ __all__ = ["Pusher"]
 class Pusher:
     """Push events and broadcasts to a running sandstone cluster through its Redis.
 
-    ``realm`` and ``prefix`` must be the cluster's. A ``client`` given here is used as it is and is not
-    closed by ``close()``; otherwise one is made from ``url``. ``origin`` names this producer in the
-    messages (default: ``push-`` and a random hex string). Redis errors (``redis.exceptions.RedisError``)
-    reach the caller as they are.
+    ``realm``, ``prefix`` and ``cluster_name`` must be the cluster's (``--cluster-name``); the channel names
+    also carry the Redis database of ``url`` (or of ``client``), as the nodes' do. A ``client`` given here
+    is used as it is and is not closed by ``close()``; otherwise one is made from ``url``. ``origin`` names
+    this producer in the messages (default: ``push-`` and a random hex string). Redis errors
+    (``redis.exceptions.RedisError``) reach the caller as they are.
     """
 
     def __init__(
@@ -44,6 +46,7 @@ class Pusher:
         *,
         realm: str = "realm1",
         prefix: str = "sandstone",
+        cluster_name: str | None = None,
         client: redis.Redis | None = None,
         origin: str | None = None,
         max_bytes: int = MAX_BYTES,
@@ -56,11 +59,20 @@ class Pusher:
             origin = f"push-{uuid.uuid4().hex}"
         elif not isinstance(origin, str) or not origin:
             raise ValueError(f"origin must be a non-empty str, not {origin!r}")
-        self.channels = channel_names(prefix, realm)
+        if client is None:
+            client = redis.Redis.from_url(url)
+            self._owns_client = True
+        else:
+            self._owns_client = False
+        try:
+            self.channels = channel_names(prefix, realm, cluster_name=cluster_name, db=_database(client))
+        except (TypeError, ValueError):
+            if self._owns_client:
+                client.close()
+            raise
         self.origin = origin
         self.max_bytes = max_bytes
-        self._owns_client = client is None
-        self.client: redis.Redis = redis.Redis.from_url(url) if client is None else client
+        self.client: redis.Redis = client
         self._closed = False
 
     def dispatch(self, name: str, event: object) -> str:
@@ -90,6 +102,9 @@ class Pusher:
         ``eligible`` are WAMP session ids (an empty ``eligible`` reaches nobody).
         """
         _check_topic(topic)
+        problem = value_problem(payload)
+        if problem is not None:
+            raise TypeError(f"cannot broadcast on {topic!r}: {problem}")
         publication = Publication(
             topic,
             [payload],
@@ -128,6 +143,11 @@ class Pusher:
                 f"send less data (e.g. an id the listeners look up)"
             )
         self.client.publish(channel, message)
+
+
+def _database(client: redis.Redis) -> int:
+    """The database number ``client`` uses (0 unless its URL or options say otherwise)."""
+    return int(client.connection_pool.connection_kwargs.get("db") or 0)
 
 
 def _check_topic(topic: object) -> None:

@@ -147,7 +147,8 @@ class TestSession:
         self._serializer = _SERIALIZERS[serializer]()
         self._transport = _MemoryTransport(self, headers)
         self._router = app.router
-        self._session: Session = app.router.attach(self._transport)
+        self._rates = app.router.rates()  # the connection's, kept by every session on it
+        self._session: Session = app.router.attach(self._transport, self._rates)
         self._requests = itertools.count(1)
         self._pending: dict[int, Deferred[Any]] = {}
         self._subscriptions: dict[int, TestSubscription] = {}
@@ -293,7 +294,7 @@ class TestSession:
             if self._session.has_left:
                 # As a WebSocket connection does: after GOODBYE a new session may join on it.
                 if not self._transport.closed:
-                    self._session = self._router.attach(self._transport)
+                    self._session = self._router.attach(self._transport, self._rates)
                 break
 
     # internals

@@ -7,13 +7,15 @@ import re
 from pathlib import Path
 from typing import Any
 
-from autobahn.wamp import message
+from autobahn.wamp import message, role
 from autobahn.wamp.auth import compute_wcs, derive_key
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from sandstone import CraUser, Credentials, Identity, MemorySessionStore, Sandstone
+from sandstone import CraUser, Credentials, Identity, MemorySessionStore, Publication, Sandstone
+from sandstone._auth import CraDecoy
 from sandstone.testing import SessionClosed, TestClient, TestSession
 
 HELLO = message.Hello.MESSAGE_TYPE
@@ -173,11 +175,14 @@ class WampCraTests(SynchronousTestCase):
         self.assertEqual(
             set(fields), {"authid", "authrole", "authmethod", "authprovider", "nonce", "timestamp", "session"}
         )
-        self.assertEqual(
-            (fields["authid"], fields["authrole"], fields["authmethod"]), ("bob", "editor", "wampcra")
-        )
+        self.assertEqual((fields["authid"], fields["authmethod"]), ("bob", "wampcra"))
         session.send_raw([AUTHENTICATE, cra_signature(challenge, "bob-secret"), {}])
         self.assertEqual(last(session).session, fields["session"])
+
+    def test_challenge_names_no_role(self) -> None:
+        for authid in ("bob", "carol", "nobody"):
+            _, challenge = self.challenge(authid)
+            self.assertIsNone(json.loads(challenge.extra["challenge"])["authrole"], authid)
 
     def test_unsalted_challenge_has_no_salt(self) -> None:
         _, challenge = self.challenge("bob")
@@ -193,11 +198,16 @@ class WampCraTests(SynchronousTestCase):
         )
 
     def test_unknown_user_gets_a_challenge_like_a_known_one(self) -> None:
-        _, known = self.challenge("bob")
+        self.app.router.auth.wampcra_decoy = CraDecoy(iterations=100, keylen=16)  # carol's parameters
+        _, known = self.challenge("carol")
         _, unknown = self.challenge("nobody")
         self.assertEqual(set(unknown.extra), set(known.extra))
         self.assertEqual(
             set(json.loads(unknown.extra["challenge"])), set(json.loads(known.extra["challenge"]))
+        )
+        self.assertEqual(
+            (unknown.extra["iterations"], unknown.extra["keylen"]),
+            (known.extra["iterations"], known.extra["keylen"]),
         )
 
     def test_missing_authid_is_denied(self) -> None:
@@ -242,6 +252,73 @@ class WampCraTests(SynchronousTestCase):
         second.send_raw([AUTHENTICATE, signature, {}])
         self.assertEqual(last(second).reason, DENIED)
         self.assertEqual(list(self.app.router.sessions), [first.id])
+
+
+class WampCraDecoyTests(SynchronousTestCase):
+    """An unknown authid's challenge looks like a real user's, whoever was looked up before it."""
+
+    def setUp(self) -> None:
+        self.app = make_app()
+
+    def challenge(self, authid: str) -> message.Challenge:
+        session = TestSession(self.app)
+        hello(session, "wampcra", authid=authid)
+        challenge = last(session)
+        self.assertIsInstance(challenge, message.Challenge)
+        return challenge
+
+    def shape(self, challenge: message.Challenge) -> tuple[Any, ...]:
+        fields = json.loads(challenge.extra["challenge"])
+        extra = challenge.extra
+        return (
+            sorted(extra),
+            sorted(fields),
+            fields["authrole"],
+            extra.get("iterations"),
+            extra.get("keylen"),
+            len(extra.get("salt", "")),
+        )
+
+    def test_unknown_users_look_the_same_whoever_was_looked_up_before(self) -> None:
+        self.challenge("carol")  # salted, 100 iterations, keylen 16, role admin
+        after_carol = self.challenge("nobody")
+        self.challenge("bob")  # unsalted, role editor
+        after_bob = self.challenge("nemo")
+        self.assertEqual(self.shape(after_carol), self.shape(after_bob))
+
+    def test_unknown_users_look_salted_with_from_password_defaults(self) -> None:
+        self.challenge("carol")
+        real = CraUser.from_password("pw", "admin")
+        shape = self.shape(self.challenge("nobody"))
+        self.assertEqual(shape[2:], (None, real.iterations, real.keylen, len(real.salt or "")))
+
+    def test_unknown_users_salt_is_stable_per_authid(self) -> None:
+        first, again, other = (self.challenge(a).extra["salt"] for a in ("nobody", "nobody", "nemo"))
+        self.assertEqual(first, again)
+        self.assertNotEqual(first, other)
+
+    def test_decoy_key_decides_the_salt(self) -> None:
+        key = b"k" * 32
+        self.assertEqual(CraDecoy(key=key).user("nobody"), CraDecoy(key=key).user("nobody"))
+        self.assertNotEqual(CraDecoy(key=key).user("nobody").salt, CraDecoy().user("nobody").salt)
+
+    def test_unsalted_decoy_for_apps_with_unsalted_users(self) -> None:
+        self.app.router.auth.wampcra_decoy = CraDecoy(salted=False)
+        self.assertEqual(self.shape(self.challenge("nobody")), self.shape(self.challenge("bob")))
+
+    def test_decoy_with_the_users_parameters_looks_like_them(self) -> None:
+        self.app.router.auth.wampcra_decoy = CraDecoy(iterations=100, keylen=16)
+        # All but the salt's length: carol's salt is the hand-picked "pepper", not a from_password one.
+        self.assertEqual(self.shape(self.challenge("nobody"))[:5], self.shape(self.challenge("carol"))[:5])
+
+    def test_unknown_user_is_denied_even_signing_with_the_decoy_secret(self) -> None:
+        decoy = self.app.router.auth.wampcra_decoy
+        session = TestSession(self.app)
+        hello(session, "wampcra", authid="nobody")
+        challenge = last(session)
+        signature = compute_wcs(decoy.user("nobody").secret, challenge.extra["challenge"]).decode("ascii")
+        session.send_raw([AUTHENTICATE, signature, {}])
+        self.assertEqual(last(session).reason, DENIED)
 
 
 class ProtocolTests(SynchronousTestCase):
@@ -511,6 +588,71 @@ class RestSessionTests(SynchronousTestCase):
         self.assertEqual(len(store), 1)
 
 
+class LogCapture:
+    """Log events emitted during a test."""
+
+    def __init__(self, case: SynchronousTestCase) -> None:
+        self.events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        case.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def texts(self, fragment: str) -> list[str]:
+        return [t for t in map(formatEvent, self.events) if fragment in t]
+
+
+class SessionStoreCapTests(SynchronousTestCase):
+    """``MemorySessionStore`` keeps at most ``max_sessions`` and sweeps expired ones a few at a time."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.store = MemorySessionStore(ttl=60, clock=self.clock, max_sessions=5)
+
+    def create(self, count: int) -> list[str]:
+        return [self.store.create(Identity(f"user{i}", "member")) for i in range(count)]
+
+    def test_default_cap(self) -> None:
+        self.assertEqual(MemorySessionStore().max_sessions, 100_000)
+
+    def test_beyond_the_cap_the_oldest_sessions_are_evicted(self) -> None:
+        tokens = self.create(8)
+        self.assertEqual(len(self.store), 5)
+        self.assertEqual([self.store.get(t) for t in tokens[:3]], [None] * 3)
+        self.assertEqual([self.store.get(t).authid for t in tokens[3:]], [f"user{i}" for i in range(3, 8)])
+
+    def test_evictions_are_logged_at_info_once_a_minute(self) -> None:
+        self.store.ttl = 3600  # nothing expires meanwhile: every new session evicts one
+        logs = LogCapture(self)
+        self.create(20)
+        self.clock.advance(30)
+        self.create(1)
+        self.assertEqual(len(logs.texts("session store full")), 1)
+        self.clock.advance(31)
+        self.create(1)
+        [_, second] = logs.texts("session store full")
+        self.assertIn("evicted the 16 oldest", second)  # 14 more at once, then 1, then 1
+        self.assertTrue(all(e["log_level"] == LogLevel.info for e in logs.events))
+
+    def test_expired_sessions_are_swept_a_few_per_create(self) -> None:
+        store = MemorySessionStore(ttl=60, clock=self.clock, max_sessions=1000)
+        for i in range(100):
+            store.create(Identity(f"user{i}", "member"))
+        self.clock.advance(61)
+        store.create(Identity("new", "member"))
+        self.assertEqual(len(store), 100 - 4 + 1)  # bounded work per call, not a scan of the store
+        for _ in range(24):
+            store.create(Identity("new", "member"))
+        self.assertEqual(len(store), 25)  # every expired session is gone
+
+    def test_deleted_sessions_free_their_place(self) -> None:
+        tokens = self.create(5)
+        self.store.delete(tokens[0])
+        self.create(1)
+        self.assertEqual(self.store.get(tokens[1]).authid, "user1")
+
+    def test_max_sessions_must_be_positive(self) -> None:
+        self.assertRaises(ValueError, MemorySessionStore, max_sessions=0)
+
+
 class CookieMethodTests(SynchronousTestCase):
     """A REST session authenticates the app's WebSocket (auth method ``cookie``), with no CHALLENGE."""
 
@@ -553,6 +695,118 @@ class CookieMethodTests(SynchronousTestCase):
         session.leave()
         session.join(self.app.realm, authmethods=["cookie"])
         self.assertEqual((session.authid, session.authmethod), ("dave", "cookie"))
+
+
+class LogoutTests(SynchronousTestCase):
+    """``app.logout`` ends the WAMP sessions opened with the REST session it ends; nothing else."""
+
+    def setUp(self) -> None:
+        self.app = make_app()
+        self.client = TestClient(self.app)
+        self.token = self.login()
+
+    def login(self) -> str:
+        response = self.client.post("/login", json={"user": "dave", "password": "dave-password"})
+        return str(response.json()["token"])
+
+    def logout(self, token: str) -> None:
+        TestClient(self.app).post("/logout", headers={"Authorization": f"Bearer {token}"})
+
+    def test_logout_says_goodbye_logged_out_and_closes_the_connection(self) -> None:
+        session = self.client.connect(cookie=self.token)
+        self.logout(self.token)
+        goodbye = last(session)
+        self.assertIsInstance(goodbye, message.Goodbye)
+        self.assertEqual(goodbye.reason, "sandstone.close.logged_out")
+        self.assertTrue(session.transport_closed)
+        self.assertEqual(self.app.router.sessions, {})
+
+    def test_logout_ends_every_session_of_the_token_bearer_or_cookie(self) -> None:
+        first = self.client.connect(cookie=self.token)
+        second = self.client.connect(bearer=self.token)
+        self.logout(self.token)
+        self.assertTrue(first.transport_closed and second.transport_closed)
+
+    def test_sessions_of_other_logins_stay(self) -> None:
+        other = self.login()
+        stays = self.client.connect(cookie=other)
+        ticket = self.client.connect(authid="alice", ticket="alice-ticket")
+        self.client.connect(cookie=self.token).subscribe("news")
+        stays.subscribe("news")
+        self.logout(self.token)
+        self.assertEqual(set(self.app.router.sessions), {stays.id, ticket.id})
+        self.assertFalse(stays.transport_closed)
+        # The logged-out session's subscription left with it: one EVENT, to the session that stays.
+        self.assertEqual(self.app.router.publish(Publication("news", ["hi"])), 1)
+
+    def test_deleting_the_token_from_the_store_leaves_wamp_sessions_open(self) -> None:
+        session = self.client.connect(cookie=self.token)
+        self.app.session_store.delete(self.token)
+        self.assertEqual(list(self.app.router.sessions), [session.id])
+        self.assertFalse(session.transport_closed)
+
+    def test_logout_with_an_unknown_token_closes_nothing(self) -> None:
+        session = self.client.connect(cookie=self.token)
+        self.logout("forged")
+        self.assertFalse(session.transport_closed)
+
+    def test_logout_is_logged_at_info(self) -> None:
+        logs = LogCapture(self)
+        session = self.client.connect(cookie=self.token)
+        self.logout(self.token)
+        [text] = logs.texts("closing session")
+        self.assertIn(str(session.id), text)
+        self.assertIn("sandstone.close.logged_out", text)
+
+
+class RecordingTransport:
+    """A session's transport that records what the router sends and whether it closed the connection."""
+
+    def __init__(self) -> None:
+        self.sent: list[message.Message] = []
+        self.closed: str | None = None
+
+    def send_message(self, msg: message.Message) -> None:
+        self.sent.append(msg)
+
+    def close_transport(self, reason: str) -> None:
+        self.closed = reason
+
+
+class SessionCloseTests(SynchronousTestCase):
+    """``Session.close``: the router ends a session (what ``logout`` uses)."""
+
+    def setUp(self) -> None:
+        self.app = make_app(anonymous=True)
+        self.transport = RecordingTransport()
+        self.session = self.app.router.attach(self.transport)
+
+    def hello(self, **details: Any) -> None:
+        roles = {"subscriber": role.RoleSubscriberFeatures()}
+        self.session.on_message(message.Hello(self.app.realm, roles, **details))
+
+    def test_open_session_gets_goodbye_leaves_and_is_disconnected(self) -> None:
+        self.hello()
+        self.session.close("sandstone.close.logged_out", "logged out")
+        goodbye = self.transport.sent[-1]
+        self.assertIsInstance(goodbye, message.Goodbye)
+        self.assertEqual((goodbye.reason, goodbye.message), ("sandstone.close.logged_out", "logged out"))
+        self.assertEqual(self.transport.closed, "logged out")
+        self.assertTrue(self.session.has_left)
+        self.assertEqual(self.app.router.sessions, {})
+
+    def test_session_not_open_yet_gets_abort(self) -> None:
+        self.hello(authmethods=["wampcra"], authid="bob")  # waits for its AUTHENTICATE
+        self.session.close("sandstone.close.logged_out", "logged out")
+        self.assertIsInstance(self.transport.sent[-1], message.Abort)
+        self.assertEqual(self.transport.closed, "logged out")
+
+    def test_closing_twice_sends_nothing_more(self) -> None:
+        self.hello()
+        self.session.close("sandstone.close.logged_out")
+        sent = len(self.transport.sent)
+        self.session.close("sandstone.close.logged_out")
+        self.assertEqual(len(self.transport.sent), sent)
 
 
 class ReadmeExampleTests(SynchronousTestCase):

@@ -73,6 +73,9 @@ class InvalidArticleTests(BlogTestCase):
     def test_body_that_is_not_utf8_is_refused(self) -> None:
         self.assertRefused(self.client.post("/api/articles", data=b"\xff\xfe"))
 
+    def test_title_with_a_lone_surrogate_is_refused(self) -> None:
+        self.assertRefused(self.client.post("/api/articles", data=b'{"title": "A \\ud800 B"}'))
+
     def test_empty_body_is_refused(self) -> None:
         self.assertRefused(self.client.post("/api/articles", data=b""))
 

@@ -11,11 +11,12 @@ from autobahn.wamp.interfaces import ISerializer
 from autobahn.wamp.serializer import JsonSerializer, MsgPackSerializer
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from sandstone import Limits, Publication, Sandstone, Topic
 from sandstone._broker import Broker
-from sandstone._subscriptions import EXACT, PREFIX
+from sandstone._subscriptions import EXACT, PREFIX, WILDCARD
 from sandstone._transport import WampServerFactory, WampServerProtocol
 from sandstone.testing import TestClient, TestSession
 from tests.support import websocket_payloads
@@ -652,3 +653,124 @@ class ProtocolSerializeOnceTests(SynchronousTestCase):
         self.assertEqual(self.counter.events, 1)
         self.assertEqual(len(set(frames)), 1)
         self.assertEqual(self.serializer._serializer.unserialize(frames[0])[0][0], EVENT)  # type: ignore[attr-defined]
+
+
+def wildcard_patterns(topic: str, count: int) -> list[str]:
+    """``count`` distinct wildcard patterns matching ``topic``: each leaves some of its parts empty."""
+    parts = topic.split(".")
+    if count >= 2 ** len(parts):
+        raise ValueError(f"{topic!r} has only {2 ** len(parts) - 1} wildcard patterns")
+    blank = [[mask >> i & 1 for i in range(len(parts))] for mask in range(1, count + 1)]
+    return [".".join("" if b else part for b, part in zip(bits, parts, strict=True)) for bits in blank]
+
+
+class NotingFakeSession(FakeSession):
+    """A fake session that also remembers which limits it ran into (``note_limit``)."""
+
+    def __init__(self, session_id: int, transport: FakeTransport) -> None:
+        super().__init__(session_id, transport)
+        self.noted: list[str] = []
+
+    def note_limit(self, name: str) -> bool:
+        first = name not in self.noted
+        self.noted.append(name)
+        return first
+
+
+class EventCapTests(SynchronousTestCase):
+    """One publication produces at most ``max_events`` EVENTs for one session, however many of its
+    subscriptions match; below that every matching subscription gets its EVENT, as the spec says."""
+
+    TOPIC = "p0.p1.p2.p3.p4.p5.p6"  # 127 wildcard patterns match it
+
+    def setUp(self) -> None:
+        self.broker = Broker()
+        self.json = JsonSerializer()
+        self.ids = iter(range(1, 1000))
+
+    def session(self, *patterns: str, exact: bool = False) -> NotingFakeSession:
+        session = NotingFakeSession(next(self.ids), FakeTransport(self.json))
+        if exact:
+            self.broker.subscribe(session, self.TOPIC, EXACT)  # type: ignore[arg-type]
+        for pattern in patterns:
+            self.broker.subscribe(session, pattern, WILDCARD)  # type: ignore[arg-type]
+        return session
+
+    def events(self, session: NotingFakeSession) -> list[list[Any]]:
+        unserialize = self.json._serializer.unserialize  # type: ignore[attr-defined]
+        return [unserialize(frame)[0] for frame in session.transport.frames]
+
+    def test_a_session_matching_more_subscriptions_than_the_cap_gets_the_cap(self) -> None:
+        attacker = self.session(*wildcard_patterns(self.TOPIC, 100))
+        self.assertEqual(self.broker.deliver(Publication(self.TOPIC, ["x"]), max_events=32), 32)
+        self.assertEqual(len(attacker.transport.frames), 32)
+
+    def test_the_skipped_events_are_counted(self) -> None:
+        self.session(*wildcard_patterns(self.TOPIC, 100))
+        self.broker.deliver(Publication(self.TOPIC, ["x"]), max_events=32)
+        self.assertEqual(self.broker.stats["events_capped"], 68)
+
+    def test_each_event_of_a_capped_session_is_for_a_different_subscription(self) -> None:
+        attacker = self.session(*wildcard_patterns(self.TOPIC, 100))
+        self.broker.deliver(Publication(self.TOPIC, ["x"]), max_events=32)
+        self.assertEqual(len({event[1] for event in self.events(attacker)}), 32)
+
+    def test_up_to_the_cap_every_matching_subscription_gets_its_event(self) -> None:
+        session = self.session(*wildcard_patterns(self.TOPIC, 31), exact=True)
+        self.assertEqual(self.broker.deliver(Publication(self.TOPIC, ["x"]), max_events=32), 32)
+        self.assertEqual(len(session.transport.frames), 32)
+        self.assertEqual(self.broker.stats["events_capped"], 0)
+        self.assertEqual(session.noted, [])
+
+    def test_a_cap_of_zero_delivers_every_event(self) -> None:
+        session = self.session(*wildcard_patterns(self.TOPIC, 100))
+        self.assertEqual(self.broker.deliver(Publication(self.TOPIC, ["x"]), max_events=0), 100)
+        self.assertEqual(len(session.transport.frames), 100)
+
+    def test_other_sessions_keep_every_event(self) -> None:
+        self.session(*wildcard_patterns(self.TOPIC, 100))
+        reader = self.session(exact=True)
+        several = self.session(*wildcard_patterns(self.TOPIC, 5))
+        self.assertEqual(self.broker.deliver(Publication(self.TOPIC, ["x"]), max_events=32), 32 + 1 + 5)
+        self.assertEqual([event[0] for event in self.events(reader)], [EVENT])
+        self.assertEqual(len(several.transport.frames), 5)
+        self.assertEqual((reader.noted, several.noted), ([], []))
+
+    def test_the_cap_holds_for_each_publication(self) -> None:
+        attacker = self.session(*wildcard_patterns(self.TOPIC, 100))
+        for n in range(3):
+            self.broker.deliver(Publication(self.TOPIC, [n]), max_events=32)
+        self.assertEqual(len(attacker.transport.frames), 3 * 32)
+        self.assertEqual(self.broker.stats["events_capped"], 3 * 68)
+
+    def test_the_cap_is_noted_once_per_publication_and_logged_once_per_session(self) -> None:
+        attacker = self.session(*wildcard_patterns(self.TOPIC, 100))
+        with capturedLogs() as logs:
+            for n in range(3):
+                self.broker.deliver(Publication(self.TOPIC, [n]), max_events=32)
+        self.assertEqual(attacker.noted, ["max_events_per_publication"] * 3)
+        capped = [e for e in logs if "max_events_per_publication" in e["log_format"]]
+        self.assertEqual(len(capped), 1)
+        self.assertEqual(capped[0]["log_level"], LogLevel.info)
+        self.assertEqual(capped[0]["session_id"], attacker.id)
+
+    def test_excluded_sessions_are_neither_sent_nor_counted(self) -> None:
+        attacker = self.session(*wildcard_patterns(self.TOPIC, 100))
+        reader = self.session(exact=True)
+        publication = Publication(self.TOPIC, ["x"], publisher=attacker.id)  # excluded as its publisher
+        self.assertEqual(self.broker.deliver(publication, max_events=32), 1)
+        self.assertEqual((len(attacker.transport.frames), len(reader.transport.frames)), (0, 1))
+        self.assertEqual(self.broker.stats["events_capped"], 0)
+
+    def test_events_the_gate_refuses_do_not_count_against_the_cap(self) -> None:
+        attacker = self.session(*wildcard_patterns(self.TOPIC, 100))
+        asked: list[str] = []
+
+        def gate(session: Any, uri: str) -> bool:
+            asked.append(uri)
+            return len(asked) > 10  # the first ten pattern deliveries are refused
+
+        self.broker.gate = gate
+        self.broker.deliver(Publication(self.TOPIC, ["x"]), max_events=32)
+        self.assertEqual(len(attacker.transport.frames), 32)
+        self.assertEqual(self.broker.stats["events_capped"], 100 - 10 - 32)

@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from typing import Any
 
+from autobahn.wamp.exception import ApplicationError
 from twisted.internet import defer, task
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from sandstone import Publication, Sandstone, Topic, on_event
 from sandstone import _bus as bus_module
-from sandstone._bus import MAX_ID, RedisAddress, RedisBus, _Recent, publication_id_for
-from sandstone._envelope import decode, encode_delivery, encode_event
+from sandstone._bus import CLUSTER_SECRET_ENV, MAX_ID, RedisAddress, RedisBus, _Recent, publication_id_for
+from sandstone._envelope import Signer, decode, encode_delivery, encode_event, encode_node, encode_owner
 from sandstone.testing import TestClient
 
 
@@ -63,6 +65,13 @@ class RedisAddressTests(SynchronousTestCase):
             with self.assertRaises(ValueError, msg=url) as caught:
                 RedisAddress.parse(url)
             self.assertIn(message, str(caught.exception), url)
+
+    def test_shown_without_the_password(self) -> None:
+        address = RedisAddress.parse("redis://app:s3cret@127.0.0.1:6380/2")
+        self.assertEqual(str(address), "redis://app:***@127.0.0.1:6380/2")
+        self.assertNotIn("s3cret", repr(address))
+        self.assertEqual(str(RedisAddress.parse("redis://:s3cret@[::1]")), "redis://:***@[::1]:6379/0")
+        self.assertEqual(str(RedisAddress.parse("redis://h")), "redis://h:6379/0")
 
     def test_use_redis_checks_the_url_at_once(self) -> None:
         with self.assertRaises(ValueError):
@@ -120,9 +129,9 @@ class RecentTests(SynchronousTestCase):
         self.assertEqual(len(recent), 3)
 
 
-def make_app(node_id: str) -> tuple[Sandstone, RedisBus, list[dict[str, Any]]]:
+def make_app(node_id: str, **options: Any) -> tuple[Sandstone, RedisBus, list[dict[str, Any]]]:
     """An app with a bus that is never started (no Redis): the router uses it as if it ran, and
-    what it would send is decoded into the returned list."""
+    what it would send is decoded into the returned list. ``options`` go to the bus."""
     app = Sandstone(anonymous=True, open_uris=True)
     app.forward("ping", Ping)
     app.forward("note")
@@ -133,7 +142,7 @@ def make_app(node_id: str) -> tuple[Sandstone, RedisBus, list[dict[str, Any]]]:
         def pinged(self, event: Ping) -> None:
             self.broadcast({"from": "topic", "n": event.n})
 
-    bus = app.use_redis("redis://127.0.0.1:1/0", node_id=node_id, reactor=task.Clock())
+    bus = app.use_redis("redis://127.0.0.1:1/0", node_id=node_id, reactor=task.Clock(), **options)
     app.router.bus = bus  # what startService does
     sent: list[dict[str, Any]] = []
     bus._publish = lambda channel, payload: sent.append(  # type: ignore[method-assign]
@@ -152,7 +161,7 @@ class PrepareTests(SynchronousTestCase):
         self.assertTrue(bus.prepare(publication))  # nothing is remembered for unkeyed broadcasts
         app.broadcast("articles", "x")
         [delivery] = sent
-        self.assertEqual(delivery["channel"], "sandstone:realm1:deliveries")
+        self.assertEqual(delivery["channel"], "sandstone:realm1:peers")  # nodes speak on their own channel
         self.assertNotIn("key", delivery)
 
     def test_keys_inside_a_forwarded_event(self) -> None:
@@ -199,17 +208,17 @@ class PrepareTests(SynchronousTestCase):
         publication = Publication(
             "articles", [{"from": "topic", "n": 1}], id=publication_id_for(key), key=key
         )
-        bus._received(bus.channels.deliveries, encode_delivery("a", publication))
+        bus._received(bus.channels.peers, encode_delivery("a", publication))
         self.assertEqual(reader.payloads, [{"from": "topic", "n": 1}])
         # node a's event arrives after its delivery: b's own broadcast of that key is neither delivered
         # here nor announced again
-        bus._received(bus.channels.events, encode_event("a", "e1", "ping", {"n": 1}))
+        bus._received(bus.channels.peers, encode_event("a", "e1", "ping", {"n": 1}))
         self.assertEqual(reader.payloads, [{"from": "topic", "n": 1}])
         self.assertEqual(sent, [])
         self.assertEqual(bus.stats["dispatched_remote"], 1)
         self.assertEqual(bus.stats["delivered_remote"], 1)
         # a third node's copy is a duplicate
-        bus._received(bus.channels.deliveries, encode_delivery("c", publication))
+        bus._received(bus.channels.peers, encode_delivery("c", publication))
         self.assertEqual(bus.stats["duplicates"], 1)
         self.assertEqual(len(reader.events), 1)
         self.assertEqual(reader.events[0].publication, publication_id_for(key))
@@ -222,7 +231,7 @@ class PrepareTests(SynchronousTestCase):
         [announced] = sent
         del announced["channel"]
         self.assertEqual(announced["key"], "e1:topic:articles:1")
-        bus._received(bus.channels.deliveries, json.dumps({**announced, "origin": "a"}))
+        bus._received(bus.channels.peers, json.dumps({**announced, "origin": "a"}))
         self.assertEqual(reader.payloads, [{"from": "topic", "n": 1}])
         self.assertEqual(bus.stats["duplicates"], 1)
 
@@ -288,9 +297,9 @@ class DeliveredHookTests(SynchronousTestCase):
         publication = Publication(
             "articles", [{"from": "topic", "n": 1}], id=publication_id_for(key), key=key
         )
-        bus._received(bus.channels.deliveries, encode_delivery("a", publication))
+        bus._received(bus.channels.peers, encode_delivery("a", publication))
         # node a's event arrives after its delivery: this node's broadcast of that key is skipped
-        bus._received(bus.channels.events, encode_event("a", "e1", "ping", {"n": 1}))
+        bus._received(bus.channels.peers, encode_event("a", "e1", "ping", {"n": 1}))
         self.assertEqual(reader.payloads, [{"from": "topic", "n": 1}])
         self.assertEqual(len(seen), 1)
 
@@ -335,24 +344,44 @@ class ReceivedTests(SynchronousTestCase):
             (encode_event("x", "4", "note", [1]), "data must be a JSON object"),
             ('{"v":1,"type":"delivery","origin":"x","topic":"articles","publication":0}', "publication must"),
             ('{"v":1,"type":"delivery","origin":"x","topic":"a b","publication":1}', "topic must"),
-            ('{"v": 1, "type": "call", "origin": ""}', "origin must be a non-empty string"),
+            ('{"v": 1, "type": "event", "origin": "", "id": "1", "name": "note", "data": {}}', "origin must"),
         ]
         for count, (payload, reason) in enumerate(cases, 1):
-            self.bus._received("sandstone:realm1:events", payload)  # must not raise
+            kind = "deliveries" if "delivery" in str(payload) else "events"
+            self.bus._received(f"sandstone:realm1:{kind}", payload)  # must not raise
             self.assertEqual(self.bus.stats["malformed"], count, payload)
             self.assertIn(reason, self.warnings()[-1], payload)
-            self.assertIn("dropped a message on sandstone:realm1:events", self.warnings()[-1])
+            self.assertIn(f"dropped a message on sandstone:realm1:{kind}", self.warnings()[-1])
         self.assertEqual(self.bus.stats["received"], len(cases))
         self.assertEqual(self.bus.stats["dispatched_remote"], 0)
         self.assertEqual(self.bus.stats["delivered_remote"], 0)
         self.assertEqual(self.events, [])
         self.assertEqual(self.reader.payloads, [])
 
-    def test_a_message_that_breaks_its_handler_is_counted_and_logged(self) -> None:
-        self.bus._received(self.bus.channels.node("me"), '{"v": 1, "type": "result", "origin": "other"}')
+    def test_a_message_that_breaks_its_handler_is_counted_and_logged_as_an_error(self) -> None:
+        def broken(event: Any) -> None:
+            raise KeyError("a bug")
+
+        self.patch(self.bus.router, "deliver_remote", broken)
+        delivery = encode_delivery("other", Publication("news", [1], id=9))
+        self.bus._received(self.bus.channels.deliveries, delivery)
         self.assertEqual(self.bus.stats["malformed"], 1)
         self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
         self.assertIn("could not be handled", self.warnings()[-1])
+        self.assertNotIn(LogLevel.critical, [e["log_level"] for e in self.logged])
+
+    def test_a_delivery_other_serializers_cannot_carry_is_dropped(self) -> None:
+        """JSON carries integers beyond 64 bits, 1e400 (infinity) and strings starting with NUL, which
+        MessagePack/CBOR subscribers (or JSON ones) cannot receive as sent."""
+        for count, args in enumerate(([2**70], "[1e400]", '["\\u0000not bytes"]'), 1):
+            raw = encode_delivery("other", Publication("news", args if isinstance(args, list) else [0], id=9))
+            if isinstance(args, str):
+                raw = raw.replace(b'"args":[0]', b'"args":' + args.encode())
+            self.bus._received(self.bus.channels.deliveries, raw)
+            self.assertEqual(self.bus.stats["malformed"], count, raw)
+            self.assertIn("dropped a delivery on news", self.warnings()[-1])
+        self.assertEqual(self.reader.payloads, [])
+        self.assertEqual(self.bus.stats["delivered_remote"], 0)
 
     def test_good_messages_from_others(self) -> None:
         self.bus._received(self.bus.channels.events, encode_event("other", "e1", "ping", {"n": 3}))
@@ -388,15 +417,16 @@ class ReceivedTests(SynchronousTestCase):
             self.bus._received(self.bus.channels.deliveries, payload)
         self.assertEqual(parsed, [])
         # a node whose id starts like this one's, and another key order: parsed and handled
+        channels = self.bus.channels
         others = [
-            encode_delivery("me2", Publication("news", ["theirs"], id=6)).decode(),
-            '{"type":"event","v":1,"origin":"other","id":"e9","name":"note","data":{"k":1}}',
+            (channels.deliveries, encode_delivery("me2", Publication("news", ["theirs"], id=6)).decode()),
+            (channels.events, '{"type":"event","v":1,"origin":"other","id":"e9","name":"note","data":{}}'),
         ]
-        for payload in others:
-            self.bus._received(self.bus.channels.deliveries, payload)
-        self.assertEqual(parsed, others)
+        for channel, payload in others:
+            self.bus._received(channel, payload)
+        self.assertEqual(parsed, [payload for _, payload in others])
         self.assertEqual(self.reader.payloads, ["theirs"])
-        self.assertEqual(self.events, [{"k": 1}])
+        self.assertEqual(self.events, [{}])
         self.assertEqual(self.bus.stats["received"], 5)
 
     def test_own_messages_are_ignored(self) -> None:
@@ -404,7 +434,9 @@ class ReceivedTests(SynchronousTestCase):
         self.bus._received(
             self.bus.channels.deliveries, encode_delivery("me", Publication("news", ["mine"], id=5))
         )
-        self.bus._received(self.bus.channels.node("me"), '{"v": 1, "type": "result", "origin": "me"}')
+        self.bus._received(
+            self.bus.channels.node("me"), '{"v": 1, "type": "result", "origin": "me", "call": "c1"}'
+        )
         self.assertEqual(self.events, [])
         self.assertEqual(self.reader.payloads, [])
         self.assertEqual(self.bus.stats["received"], 3)
@@ -413,3 +445,334 @@ class ReceivedTests(SynchronousTestCase):
             [0, 0, 0, 0],
         )
         self.assertEqual(self.warnings(), [])
+
+
+def forged_call(origin: str = "intruder", call: str = "c1", **fields: Any) -> bytes:
+    """A well-formed node-internal call of com.x, as the attacker of issue 10 published it."""
+    body = {
+        "call": call,
+        "procedure": "com.x",
+        "args": ["payload"],
+        "kwargs": None,
+        "receive_progress": False,
+        "caller": None,
+        "caller_authid": "root",
+        "caller_authrole": "admin",
+        **fields,
+    }
+    return encode_node("call", origin, body)
+
+
+class BusTestCase(SynchronousTestCase):
+    """A node ``me`` with a reader of ``articles`` and a callee of ``com.x`` that records its calls."""
+
+    options: dict[str, Any] = {}
+
+    def setUp(self) -> None:
+        self.app, self.bus, self.sent = make_app("me", **self.options)
+        self.logged: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.logged.append)
+        self.reader = TestClient(self.app).connect().subscribe("articles")
+        self.invoked: list[Any] = []
+        TestClient(self.app).connect().register("com.x", lambda *args: self.invoked.append(args) or "done")
+        del self.logged[:]  # the claim of com.x, which has no Redis to go to
+
+    def warnings(self) -> list[str]:
+        return [formatEvent(e) for e in self.logged if e.get("log_level") == LogLevel.warn]
+
+    def assertNoCritical(self) -> None:
+        bad = [e for e in self.logged if "log_failure" in e or e.get("log_level") == LogLevel.critical]
+        self.assertEqual(bad, [])
+
+
+class ChannelSeparationTests(BusTestCase):
+    """Each channel accepts its own message types: outside producers cannot reach node internals."""
+
+    def test_a_call_published_on_the_public_channels_reaches_no_callee(self) -> None:
+        for channel in (self.bus.channels.deliveries, self.bus.channels.events):
+            self.bus._received(channel, forged_call())
+            self.assertIn(
+                f"refused a message on {channel}: call messages are not accepted on this channel: it is a "
+                "node-internal message",
+                self.warnings()[-1],
+            )
+        self.assertEqual(self.invoked, [])
+        self.assertEqual(self.bus.stats["rejected"], 2)
+        self.assertEqual(self.bus.stats["malformed"], 0)
+        self.assertEqual(self.sent, [])
+        self.assertNoCritical()
+
+    def test_without_a_secret_the_node_channel_serves_a_call_once(self) -> None:
+        self.bus._received(self.bus.channels.node("me"), forged_call(origin="other"))
+        self.bus._received(self.bus.channels.node("me"), forged_call(origin="other"))  # replayed
+        self.assertEqual(self.invoked, [("payload",)])
+        self.assertEqual(self.bus.stats["duplicates"], 1)
+        [result] = self.sent
+        self.assertEqual(
+            (result["channel"], result["type"], result["args"]),
+            ("sandstone:realm1:node:other", "result", ["done"]),
+        )
+
+    def test_each_channel_takes_its_own_types(self) -> None:
+        event = encode_event("other", "e1", "note", {})
+        delivery = encode_delivery("other", Publication("articles", ["x"], id=5))
+        channels = self.bus.channels
+        for channel, payload in [
+            (channels.deliveries, event),
+            (channels.events, delivery),
+            (channels.node("me"), event),
+            (channels.node("me"), delivery),
+            (channels.peers, forged_call()),
+            ("sandstone:realm1:node:someone-else", forged_call()),
+        ]:
+            self.bus._received(channel, payload)
+        self.assertEqual(self.bus.stats["rejected"], 6)
+        self.assertEqual(self.reader.payloads, [])
+        self.assertEqual(self.invoked, [])
+        self.assertIn("producers publish event messages on the events channel", self.warnings()[0])
+        self.assertIn("producers publish delivery messages on the deliveries channel", self.warnings()[1])
+        self.assertNoCritical()
+
+    def test_a_producer_cannot_set_the_dedupe_key_of_the_nodes(self) -> None:
+        key = "e1:topic:articles:1"
+        forged = Publication("articles", ["forged"], id=publication_id_for(key), key=key)
+        self.bus._received(self.bus.channels.deliveries, encode_delivery("producer", forged))
+        self.assertIn("key is the nodes' internal dedupe key", self.warnings()[-1])
+        self.assertEqual(self.bus.stats["rejected"], 1)
+        # the key was not remembered: the node's own broadcast of it still reaches the reader
+        self.app._core.topics.instance("articles")
+        self.bus._dispatch_local("e1", "ping", Ping(1))
+        self.assertEqual(self.reader.payloads, [{"from": "topic", "n": 1}])
+
+    def test_what_nodes_send_goes_to_the_internal_channels(self) -> None:
+        self.app.broadcast("articles", "x")
+        self.successResultOf(self.app.dispatch("note", {"k": 1}))
+        self.assertEqual([m["channel"] for m in self.sent], ["sandstone:realm1:peers"] * 2)
+        self.assertEqual([m["type"] for m in self.sent], ["delivery", "event"])
+
+
+class NodeMessageValidationTests(BusTestCase):
+    """Every member of a node message is checked before use: bad ones are a warning, not a traceback."""
+
+    def test_malformed_node_messages_are_dropped_with_the_reason(self) -> None:
+        result = {"call": "c1", "args": None, "kwargs": None}
+        cases: list[tuple[bytes | str, str]] = [
+            ('{"v": 1, "type": "call", "origin": "other", "call": "c1"}', "procedure is missing"),
+            (forged_call(procedure="com x"), "procedure must be a URI"),
+            (forged_call(procedure=7), "procedure must be a URI"),
+            (forged_call(call=""), "call must be a non-empty string"),
+            (forged_call(args={"a": 1}), "args must be an array or null"),
+            (forged_call(kwargs=[1]), "kwargs must be an object or null"),
+            (forged_call(receive_progress="yes"), "receive_progress must be true or false"),
+            (forged_call(caller=0), "caller must be an integer from 1 to 2^53 or null"),
+            (forged_call(caller_authid=1), "caller_authid must be a string or null"),
+            (forged_call(origin="a:b"), "origin must be a node id"),
+            ('{"v": 1, "type": "result", "origin": "other"}', "call is missing"),
+            (encode_node("result", "other", {**result, "progress": 1}), "progress must be true or false"),
+            (encode_node("error", "other", result), "error is missing"),
+            (encode_node("error", "other", {**result, "error": 5}), "error must be a URI"),
+            (encode_node("cancel", "other", {"call": "c1", "mode": "now"}), "mode must be"),
+            (encode_node("cancel", "other", {"call": ["c1"]}), "call must be a non-empty string"),
+        ]
+        for count, (payload, reason) in enumerate(cases, 1):
+            self.bus._received(self.bus.channels.node("me"), payload)
+            self.assertEqual(self.bus.stats["malformed"], count, payload)
+            self.assertIn(reason, self.warnings()[-1], payload)
+            self.assertIn("dropped a message on sandstone:realm1:node:me", self.warnings()[-1])
+        self.assertEqual(self.invoked, [])
+        self.assertEqual(self.sent, [])
+        self.assertNoCritical()
+
+    def test_answers_for_unknown_calls_are_ignored(self) -> None:
+        for kind, body in [
+            ("result", {"call": "nobody", "args": [1], "progress": True}),
+            ("error", {"call": "nobody", "error": "wamp.error.canceled"}),
+            ("cancel", {"call": "nobody", "mode": "kill"}),
+        ]:
+            self.bus._received(self.bus.channels.node("me"), encode_node(kind, "other", body))
+        self.assertEqual(self.warnings(), [])
+        self.assertEqual(self.bus.stats["malformed"], 0)
+
+
+class SignatureTests(BusTestCase):
+    """With a cluster secret, the internal channels take only messages signed with it."""
+
+    options = {"cluster_secret": "s3cret"}
+
+    def test_sent_messages_are_signed_for_their_channel(self) -> None:
+        raw: list[tuple[str, bytes]] = []
+        self.patch(self.bus, "_publish", lambda channel, payload: raw.append((channel, payload)))
+        self.app.broadcast("articles", "x")
+        node = "sandstone:realm1:node:me"
+        self.bus._received(node, Signer("s3cret").sign(node, forged_call(origin="b")))
+        self.assertEqual([c for c, _ in raw], ["sandstone:realm1:peers", "sandstone:realm1:node:b"])
+        for channel, payload in raw:
+            Signer("s3cret").check(channel, payload)  # raises when wrong
+            self.assertTrue(json.loads(payload)["sig"])
+        self.assertTrue(self.bus.signed)
+        self.assertNotIn("s3cret", repr(self.bus._signer))
+
+    def test_unsigned_or_badly_signed_messages_are_refused(self) -> None:
+        node = self.bus.channels.node("me")
+        call = forged_call(origin="other")
+        cases = [
+            (call, "unsigned message on an internal channel"),
+            (Signer("guess").sign(node, call), "bad signature"),
+            (Signer("s3cret").sign("sandstone:realm1:node:elsewhere", call), "bad signature"),
+            (Signer("s3cret").sign(node, call)[:-3] + b'0"}', "bad signature"),
+            (Signer("s3cret").sign(node, call).replace(b"payload", b"PAYLOAD"), "bad signature"),
+            (call[:-1] + b',"sig":"' + b"0" * 64 + b'"}', "bad signature"),
+        ]
+        for count, (payload, reason) in enumerate(cases, 1):
+            self.bus._received(node, payload)
+            self.assertEqual(self.bus.stats["rejected"], count)
+            self.assertIn(reason, self.warnings()[-1])
+        key = "e1:topic:articles:1"
+        keyed = Publication("articles", ["x"], id=publication_id_for(key), key=key)
+        delivery = encode_delivery("other", keyed)
+        self.bus._received(self.bus.channels.peers, delivery)
+        self.assertEqual(self.bus.stats["rejected"], len(cases) + 1)
+        self.assertEqual(self.invoked, [])
+        self.assertEqual(self.reader.payloads, [])
+        self.assertNoCritical()
+        # signed with the secret for this channel: served and delivered
+        self.bus._received(node, Signer("s3cret").sign(node, call))
+        self.bus._received(self.bus.channels.peers, Signer("s3cret").sign(self.bus.channels.peers, delivery))
+        self.assertEqual(self.invoked, [("payload",)])
+        self.assertEqual(self.reader.payloads, ["x"])
+
+    def test_public_channels_need_no_signature(self) -> None:
+        events: list[Any] = []
+        self.app.on_event("note")(events.append)
+        self.bus._received(self.bus.channels.events, encode_event("producer", "e1", "note", {"k": 1}))
+        self.bus._received(
+            self.bus.channels.deliveries, encode_delivery("producer", Publication("articles", ["x"], id=3))
+        )
+        self.assertEqual(events, [{"k": 1}])
+        self.assertEqual(self.reader.payloads, ["x"])
+
+    def test_the_secret_comes_from_the_environment_by_default(self) -> None:
+        os.environ[CLUSTER_SECRET_ENV] = "from-env"
+        self.addCleanup(os.environ.pop, CLUSTER_SECRET_ENV)
+        _, bus, _ = make_app("n")
+        self.assertTrue(bus.signed)
+        raw: list[bytes] = []
+        self.patch(bus, "_publish", lambda channel, payload: raw.append(payload))
+        bus.announce(Publication("articles", ["x"], id=3))
+        Signer("from-env").check(bus.channels.peers, raw[0])
+        _, given, _ = make_app("n", cluster_secret="given")
+        self.assertTrue(given.signed)
+        self.assertFalse(make_app("n", cluster_secret="")[1].signed)
+
+
+class ClusterNameTests(SynchronousTestCase):
+    """Channel and key names carry the cluster name and the Redis database."""
+
+    def bus(self, url: str, **options: Any) -> RedisBus:
+        return Sandstone(anonymous=True).use_redis(url, node_id="n1", reactor=task.Clock(), **options)
+
+    def test_database_zero_without_a_name_keeps_the_names(self) -> None:
+        channels = self.bus("redis://127.0.0.1:6379").channels
+        self.assertEqual(
+            (channels.events, channels.deliveries, channels.peers, channels.procedures, channels.node("n1")),
+            (
+                "sandstone:realm1:events",
+                "sandstone:realm1:deliveries",
+                "sandstone:realm1:peers",
+                "sandstone:realm1:procedures",
+                "sandstone:realm1:node:n1",
+            ),
+        )
+
+    def test_other_databases_and_names(self) -> None:
+        cases = {
+            ("redis://h/1", None): "sandstone:db1:realm1",
+            ("redis://h/0", "blog"): "sandstone:blog:realm1",
+            ("redis://h/15", "blog"): "sandstone:blog:db15:realm1",
+        }
+        for (url, name), base in cases.items():
+            channels = self.bus(url, cluster_name=name).channels
+            self.assertEqual(channels.events, f"{base}:events")
+            self.assertEqual(channels.heartbeat("n1"), f"{base}:nodes:n1")
+            self.assertEqual(channels.node("n1"), f"{base}:node:n1")
+
+    def test_bad_cluster_names(self) -> None:
+        for name in ("a:b", "", "a b", "a*"):
+            self.assertRaises(ValueError, self.bus, "redis://h/0", cluster_name=name)
+
+
+class ProceduresEntryTests(BusTestCase):
+    """Entries of the procedures hash are checked before use; heartbeat and purge say when they fail."""
+
+    def redis_answers(self, answers: dict[str, Any]) -> list[tuple[str, tuple[Any, ...]]]:
+        commands: list[tuple[str, tuple[Any, ...]]] = []
+
+        def command(name: str, *args: Any) -> defer.Deferred[Any]:
+            commands.append((name, args))
+            answer = answers[name]
+            if isinstance(answer, Exception):
+                return defer.fail(answer)
+            return defer.succeed(answer)
+
+        self.patch(self.bus, "_command", command)
+        return commands
+
+    def test_a_call_to_a_procedure_whose_entry_is_not_a_nodes_fails_at_once(self) -> None:
+        self.patch(self.app.router.dealer, "cluster", self.bus)  # what startService does
+        caller = TestClient(self.app).connect()
+        entries = [
+            "not json",
+            123,
+            "[1]",
+            '{"node": 5}',
+            '{"node": "a:b", "registration": 1}',
+            '{"node": "b"}',
+        ]
+        for count, entry in enumerate(entries, 1):
+            self.redis_answers({"hget": entry})
+            failure = self.failureResultOf(caller.call("com.y"), ApplicationError)
+            self.assertEqual(failure.value.error, "wamp.error.no_such_procedure")
+            self.assertEqual(self.bus.stats["bad_entries"], count)
+            self.assertIn(
+                "the entry of com.y in sandstone:realm1:procedures is not a node's", self.warnings()[-1]
+            )
+        self.assertEqual(self.sent, [])
+        self.assertNoCritical()
+        self.redis_answers({"hget": encode_owner("b", 4)})
+        caller.call("com.y")
+        self.assertEqual(
+            [(m["channel"], m["procedure"]) for m in self.sent], [("sandstone:realm1:node:b", "com.y")]
+        )
+
+    def test_heartbeat_failures_are_warned_once_per_streak(self) -> None:
+        self.patch(self.bus, "_commands_up", True)
+        self.redis_answers({"eval": defer.TimeoutError("timed out")})
+        for _ in range(3):
+            self.bus._beat()
+        beat = [m for m in self.warnings() if "heartbeat failed" in m]
+        self.assertEqual(len(beat), 1)
+        self.assertIn("heartbeat failed (", beat[0])
+        self.redis_answers({"eval": 1, "exists": 1})
+        self.bus._beat()
+        self.assertIn("heartbeats work again", formatEvent(self.logged[-1]))
+
+    def test_purge_failures_and_bad_entries_are_warned(self) -> None:
+        self.patch(self.bus, "_commands_up", True)
+        outcomes = iter([1, Exception("ERR script failed"), 1, Exception("ERR script failed"), 1, [0, 2]])
+
+        def command(name: str, *args: Any) -> defer.Deferred[Any]:
+            answer = next(outcomes)
+            return defer.fail(answer) if isinstance(answer, Exception) else defer.succeed(answer)
+
+        self.patch(self.bus, "_command", command)
+        for _ in range(3):
+            self.bus._beat()
+        purge = [m for m in self.warnings() if "could not purge" in m]
+        self.assertEqual(len(purge), 1)
+        self.assertIn("ERR script failed", purge[0])
+        self.assertIn(
+            "removed 2 entries that name no node from sandstone:realm1:procedures", self.warnings()[-1]
+        )
+        self.assertEqual(self.bus.stats["bad_entries"], 2)
+        self.assertNoCritical()

@@ -1,5 +1,6 @@
 """End-to-end authentication over real TCP with autobahn-python clients: ticket, WAMP-CRA (plain and salted),
-refusals, and a REST login (treq) whose cookie authenticates the WebSocket."""
+refusals and decoy challenges, a REST login (treq) whose cookie authenticates the WebSocket, and a REST logout
+that ends the WebSocket sessions opened with it."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ from typing import Any
 
 from autobahn.twisted.websocket import WampWebSocketClientFactory
 from autobahn.wamp.auth import AuthWampCra, compute_wcs
-from autobahn.wamp.types import ComponentConfig
+from autobahn.wamp.types import ComponentConfig, PublishOptions
 from twisted.internet import defer, reactor
 
-from sandstone import CraUser, Credentials, Identity, Sandstone
-from tests.support import SERIALIZERS, Client, ServerTestCase
+from sandstone import CraUser, Credentials, Identity, MemorySessionStore, Sandstone
+from sandstone._auth import CraDecoy
+from tests.support import SERIALIZERS, Client, ServerTestCase, wait_until
 
 DENIED = "wamp.error.authentication_denied"
 
@@ -41,6 +43,11 @@ def make_app() -> Sandstone:
             request.setResponseCode(401)
             return b""
         return json.dumps({"token": app.login(request, Identity("dave", "member"))})
+
+    @app.route("/logout", methods=["POST"])
+    def logout(request: Any) -> bytes:
+        app.logout(request)
+        return b""
 
     @app.route("/me")
     def me(request: Any) -> Any:
@@ -81,8 +88,17 @@ class AuthClient(Client):
         super().onLeave(details)
 
 
-def client_class(**attributes: Any) -> type[AuthClient]:
-    return type("Configured", (AuthClient,), attributes)
+class PassiveClient(AuthClient):
+    """A client that does not close its connection when its session ends: whatever closes it is the server."""
+
+    def onLeave(self, details: Any) -> None:
+        self.abort_reason, self.abort_message = details.reason, details.message
+        if not self.left.called:
+            self.left.callback(details)
+
+
+def client_class(base: type[AuthClient] = AuthClient, **attributes: Any) -> type[AuthClient]:
+    return type("Configured", (base,), attributes)
 
 
 class AuthTestCase(ServerTestCase):
@@ -208,3 +224,94 @@ class CookieSessionTests(AuthTestCase):
     def test_websocket_without_a_session_is_denied(self) -> Any:
         client = yield defer.Deferred.fromCoroutine(self.refused(client_class(authmethods=["cookie"])))
         self.assertEqual(client.abort_reason, DENIED)
+
+
+def challenge_shape(challenge: Any) -> tuple[Any, ...]:
+    """What a WAMP-CRA challenge tells about its user: its fields, its announced role, its key derivation."""
+    extra = challenge.extra
+    fields = json.loads(extra["challenge"])
+    return (
+        sorted(extra),
+        sorted(fields),
+        fields["authrole"],
+        extra.get("iterations"),
+        extra.get("keylen"),
+        len(extra.get("salt", "")),
+    )
+
+
+class WampCraDecoyTests(AuthTestCase):
+    @defer.inlineCallbacks
+    def test_unknown_authids_get_the_challenge_of_a_salted_user(self) -> Any:
+        self.app.router.auth.wampcra_decoy = CraDecoy(iterations=500)  # the app's users' parameters
+        challenges = {}
+        for authid in ("carol", "nobody", "bob", "nemo"):  # a real salted, unknown, real unsalted, unknown
+            cls = client_class(authmethods=["wampcra"], authid=authid, secret="wrong", salted=True)
+            client = yield defer.Deferred.fromCoroutine(self.refused(cls))
+            self.assertEqual(client.abort_reason, DENIED)
+            [challenges[authid]] = client.challenges
+        carol, nobody, nemo = (challenge_shape(challenges[a]) for a in ("carol", "nobody", "nemo"))
+        self.assertEqual(nobody, nemo)
+        self.assertEqual(nobody, carol)
+        self.assertEqual(nobody[2:5], (None, 500, 32))  # no role before success
+        self.assertIsNone(challenge_shape(challenges["bob"])[2])
+        self.assertNotEqual(challenges["nobody"].extra["salt"], challenges["nemo"].extra["salt"])
+
+
+class LogoutTests(AuthTestCase):
+    async def log_in(self) -> tuple[str, str]:
+        """POST /login over HTTP; returns (the Set-Cookie header's name=value, the bearer token)."""
+        response = await self.http().post(
+            f"{self.base_url}/login", json={"user": "dave", "password": "dave-password"}
+        )
+        self.assertEqual(response.code, 200)
+        [set_cookie] = response.headers.getRawHeaders("set-cookie")
+        token = json.loads(await response.content())["token"]
+        return set_cookie.split(";", 1)[0], token
+
+    @defer.inlineCallbacks
+    def test_logout_ends_the_websocket_sessions_of_that_login_only(self) -> Any:
+        cookie, _ = yield defer.Deferred.fromCoroutine(self.log_in())
+        _, other = yield defer.Deferred.fromCoroutine(self.log_in())
+        ended = yield defer.Deferred.fromCoroutine(
+            self.joined(client_class(PassiveClient, authmethods=["cookie"]), headers={"Cookie": cookie})
+        )
+        stays = yield defer.Deferred.fromCoroutine(
+            self.joined(client_class(authmethods=["cookie"]), headers={"Authorization": f"Bearer {other}"})
+        )
+        yield ended.record("news")
+        yield stays.record("news")
+        response = yield self.http().post(f"{self.base_url}/logout", headers={"Cookie": cookie})
+        self.assertEqual(response.code, 200)
+        details = yield ended.left.addTimeout(5, reactor)
+        self.assertEqual((details.reason, details.message), ("sandstone.close.logged_out", "logged out"))
+        # The server closed the WebSocket: this client never does by itself.
+        yield ended.disconnected.addTimeout(5, reactor)
+        self.assertEqual(list(self.app.router.sessions), [stays._session_id])
+        yield stays.publish("news", "still here", options=PublishOptions(acknowledge=True, exclude_me=False))
+        yield wait_until(lambda: stays.received["news"])
+        self.assertEqual([r.payload for r in stays.received["news"]], ["still here"])
+        self.assertEqual(ended.received["news"], [])
+        stays.leave()
+        yield stays.left
+
+
+class SessionStoreCapTests(AuthTestCase):
+    @defer.inlineCallbacks
+    def test_logins_beyond_the_cap_evict_the_oldest(self) -> Any:
+        self.app.session_store = MemorySessionStore(max_sessions=3)
+        tokens = []
+        for _ in range(5):
+            response = yield self.http().post(
+                f"{self.base_url}/login", json={"user": "dave", "password": "dave-password"}
+            )
+            tokens.append(json.loads((yield response.content()))["token"])
+        self.assertEqual(len(self.app.session_store), 3)
+        identities = []
+        for token in tokens:
+            response = yield self.http().get(
+                f"{self.base_url}/me", headers={"Authorization": f"Bearer {token}"}
+            )
+            identities.append(json.loads((yield response.content())))
+        member = {"authid": "dave", "authrole": "member"}
+        self.assertEqual(identities, [None, None, member, member, member])

@@ -185,7 +185,8 @@ class ConnectionKilledTests(FaultTestCase):
 
         def resubscribed() -> bool:
             clients = redis.client_list(_type="pubsub")
-            return len(clients) == 2 and all(c["id"] not in before and c["sub"] == "3" for c in clients)
+            # events, deliveries, peers and the node's own channel
+            return len(clients) == 2 and all(c["id"] not in before and c["sub"] == "4" for c in clients)
 
         await wait_until(resubscribed)
         for node in (a, b):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 import redis
@@ -11,10 +13,11 @@ from twisted.internet import defer
 
 from sandstone._envelope import channel_names
 from tests.redis_server import RedisServer
-from tests.support import sleep, wait_until
+from tests.support import Client, sleep, wait_until
 from tests.test_e2e_twistd import Twistd, TwistdTestCase
 
 CHANNELS = channel_names("sandstone", "realm1")
+NODE_ID = re.compile(r"cluster bus node ([0-9a-f]+) connecting")
 
 
 class TwistdClusterTestCase(TwistdTestCase):
@@ -120,3 +123,79 @@ class OpenRouterClusterTests(TwistdClusterTestCase):
         await newcomer.register(lambda a, b: a + b, "com.example.multiply")
         self.assertEqual(await caller.call("com.example.multiply", 6, 7), 13)
         await self.terminate(first)
+
+
+class ClusterOptionsTests(TwistdClusterTestCase):
+    """``--cluster-name`` and ``--cluster-secret`` (or ``SANDSTONE_CLUSTER_SECRET``) across processes."""
+
+    async def test_named_signed_cluster_on_another_database(self) -> None:
+        url = self.redis_server.url.replace("/0", "/2")
+        options = ("--redis", url, "--cluster-name", "blog", "--cluster-secret", "s3cret")
+        first = await self.start(*options)
+        url1 = self.ws_url
+        second = await self.start(*options)
+        url2 = self.ws_url
+        channels = channel_names("sandstone", "realm1", cluster_name="blog", db=2)
+        await wait_until(lambda: int(self.redis.pubsub_numsub(channels.peers)[0][1]) == 2, timeout=10)
+        self.assertEqual(self.redis.pubsub_numsub(CHANNELS.events)[0][1], 0)
+
+        calls: list[Any] = []
+        callee = await self.connect(url=url2)
+        await callee.register(lambda *args: calls.append(args) or len(calls), "com.example.count")
+        caller, reader = await self.connect("cbor", url=url1), await self.connect(url=url1)
+        await reader.record("news")
+        self.assertEqual(await caller.call("com.example.count", "legit"), 1)  # signed both ways
+        await callee.publish("news", "hi", options=PublishOptions(acknowledge=True))
+        await wait_until(lambda: [e.payload for e in reader.received["news"]] == ["hi"])
+
+        [node] = NODE_ID.findall(second.output)
+        forged = {
+            "v": 1,
+            "type": "call",
+            "origin": "intruder",
+            "call": "forged-1",
+            "procedure": "com.example.count",
+            "args": ["forged"],
+            "caller_authid": "root",
+        }
+        self.assertEqual(self.redis.publish(channels.node(node), json.dumps(forged)), 1)
+        await wait_until(lambda: "refused a message on sandstone:blog:db2:realm1:node:" in second.output)
+        self.assertIn("unsigned message on an internal channel", second.output)
+        self.assertEqual(calls, [("legit",)])
+        for process in (first, second):
+            self.assertNotIn("no cluster secret", process.output)
+            self.assertNotIn("Traceback", process.output)
+        await self.terminate(first)
+        await self.terminate(second)
+
+    async def test_workers_share_the_secret_outside_their_command_line(self) -> None:
+        process = await self.start(
+            "--app",
+            "examples.blog:app",
+            "--redis",
+            self.redis_server.url,
+            "--workers",
+            "2",
+            "--cluster-name",
+            "blog",
+            "--cluster-secret",
+            "s3cret",
+        )
+        await wait_until(lambda: "worker 2: accepting connections" in process.output, timeout=30)
+        channels = channel_names("sandstone", "realm1", cluster_name="blog")
+        await wait_until(lambda: int(self.redis.pubsub_numsub(channels.peers)[0][1]) == 2, timeout=10)
+        [worker_pid] = re.findall(r"worker 2 started \(pid (\d+)\)", process.output)
+        with open(f"/proc/{worker_pid}/cmdline", "rb") as cmdline:
+            argv = cmdline.read().split(b"\0")
+        self.assertIn(b"--cluster-name=blog", argv)
+        self.assertFalse([arg for arg in argv if b"s3cret" in arg])
+
+        readers: list[Client] = [await self.connect(url=self.ws_url) for _ in range(6)]
+        for reader in readers:
+            await reader.record("articles")
+        response = await self.http().post(f"{self.base_url}/api/articles", json={"title": "Signed"})
+        self.assertEqual(response.code, 201)
+        await wait_until(lambda: all(len(r.received["articles"]) == 1 for r in readers))
+        self.assertNotIn("no cluster secret", process.output)  # worker 2's log is relayed here too
+        self.assertNotIn("refused a message", process.output)
+        await self.terminate(process)

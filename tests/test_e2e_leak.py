@@ -7,7 +7,7 @@ from typing import Any
 from autobahn.wamp.types import PublishOptions
 from twisted.internet import defer
 
-from sandstone import Sandstone, Session, Topic, on_event
+from sandstone import Limits, Sandstone, Session, Topic, on_event
 from tests.support import ServerTestCase, wait_until
 
 TOPICS = 10_000
@@ -15,7 +15,8 @@ BATCH = 500
 
 
 def make_app() -> Sandstone:
-    app = Sandstone(anonymous=True)
+    # one client holds every topic: beyond the default per-session subscription limit and rate
+    app = Sandstone(anonymous=True, limits=Limits(max_subscriptions_per_session=0, subscribe_rate=0))
 
     @app.topic("item/{n:int}")
     class Item(Topic):

@@ -11,16 +11,25 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from sandstone._envelope import (
     MAX_ID,
+    NODE,
+    PEERS,
+    PUBLIC_DELIVERIES,
+    PUBLIC_EVENTS,
     VERSION,
     DeliveryMessage,
     EnvelopeError,
     EventCodec,
     EventMessage,
+    MessageRejected,
     NodeMessage,
+    Signer,
     channel_names,
     decode,
+    decode_owner,
     encode_delivery,
     encode_event,
+    encode_node,
+    encode_owner,
     event_data,
 )
 from sandstone._publication import Publication
@@ -135,11 +144,37 @@ class ChannelTests(SynchronousTestCase):
     def test_names(self) -> None:
         """Every channel and key is C{prefix:realm:...}."""
         channels = channel_names("sandstone", "realm1")
+        self.assertEqual(channels.base, "sandstone:realm1")
         self.assertEqual(channels.events, "sandstone:realm1:events")
         self.assertEqual(channels.deliveries, "sandstone:realm1:deliveries")
+        self.assertEqual(channels.peers, "sandstone:realm1:peers")
         self.assertEqual(channels.procedures, "sandstone:realm1:procedures")
         self.assertEqual(channels.node("n1"), "sandstone:realm1:node:n1")
         self.assertEqual(channels.heartbeat("n1"), "sandstone:realm1:nodes:n1")
+        self.assertEqual(channels.heartbeat_prefix, "sandstone:realm1:nodes:")
+
+    def test_clusterNameAndDatabase(self) -> None:
+        """The cluster name, then C{db<N>} for a database other than 0, come between prefix and realm."""
+        cases = {
+            (None, 0): "sandstone:realm1",
+            (None, 3): "sandstone:db3:realm1",
+            ("blog", 0): "sandstone:blog:realm1",
+            ("blog", 3): "sandstone:blog:db3:realm1",
+        }
+        for (name, db), base in cases.items():
+            channels = channel_names("sandstone", "realm1", cluster_name=name, db=db)
+            self.assertEqual(channels.events, f"{base}:events")
+            self.assertEqual(channels.peers, f"{base}:peers")
+            self.assertEqual(channels.node("n1"), f"{base}:node:n1")
+            self.assertEqual(channels.heartbeat("n1"), f"{base}:nodes:n1")
+
+    def test_badClusterNameOrDatabase(self) -> None:
+        """A cluster name follows the realm's rules; the database is a number from 0."""
+        for name in ("", "a:b", "a b", "a?"):
+            self.assertRaises(ValueError, channel_names, "sandstone", "realm1", cluster_name=name)
+        self.assertRaises(TypeError, channel_names, "sandstone", "realm1", cluster_name=1)
+        for db in (-1, True, "1"):
+            self.assertRaises(ValueError, channel_names, "sandstone", "realm1", db=db)
 
     def test_frozen(self) -> None:
         """The names cannot be changed."""
@@ -682,20 +717,207 @@ class DecodeRejectionTests(SynchronousTestCase):
         self.assertRejected(_raw(v=1, type=["event"], origin="n"), "unknown message type")
 
 
+_CALL = {
+    "v": 1,
+    "type": "call",
+    "origin": "node-b",
+    "call": "9f1c",
+    "procedure": "com.example.add",
+    "args": [1, 2],
+    "kwargs": None,
+    "receive_progress": False,
+    "caller": None,
+    "caller_authid": None,
+    "caller_authrole": None,
+}
+_GOOD_NODE_MESSAGES: list[dict[str, Any]] = [
+    _CALL,
+    {"v": 1, "type": "call", "origin": "node-b", "call": "c", "procedure": "p"},
+    {**_CALL, "caller": 7, "caller_authid": "alice", "caller_authrole": "user", "kwargs": {"a": 1}},
+    {"v": 1, "type": "result", "origin": "node-b", "call": "c", "args": ["r"], "progress": True},
+    {"v": 1, "type": "result", "origin": "node-b", "call": "c"},
+    {"v": 1, "type": "error", "origin": "node-b", "call": "c", "error": "wamp.error.canceled", "args": None},
+    {"v": 1, "type": "cancel", "origin": "node-b", "call": "c", "mode": "killnowait"},
+    {"v": 1, "type": "cancel", "origin": "node-b", "call": "c"},
+]
+_BAD_NODE_MESSAGES: list[tuple[dict[str, Any], str]] = [
+    ({"v": 1, "type": "call", "request": 3}, "origin is missing"),
+    ({"v": 1, "type": "result", "origin": 3, "call": "c"}, "origin must be a node id"),
+    ({**_CALL, "origin": "a:b"}, "origin must be a node id"),
+    ({**_CALL, "origin": "a*"}, "origin must be a node id"),
+    ({**_CALL, "call": None}, "call must be a non-empty string"),
+    ({**_CALL, "procedure": _DROP}, "procedure is missing"),
+    ({**_CALL, "procedure": ""}, "procedure must be a URI"),
+    ({**_CALL, "procedure": "com x"}, "procedure must be a URI"),
+    ({**_CALL, "args": "x"}, "args must be an array or null"),
+    ({**_CALL, "kwargs": []}, "kwargs must be an object or null"),
+    ({**_CALL, "receive_progress": 1}, "receive_progress must be true or false"),
+    ({**_CALL, "caller": "7"}, "caller must be an integer"),
+    ({**_CALL, "caller": MAX_ID + 1}, "caller must be an integer"),
+    ({**_CALL, "caller_authid": 1}, "caller_authid must be a string or null"),
+    ({**_CALL, "caller_authrole": ["admin"]}, "caller_authrole must be a string or null"),
+    ({"v": 1, "type": "result", "origin": "b"}, "call is missing"),
+    ({"v": 1, "type": "result", "origin": "b", "call": "c", "progress": "yes"}, "progress must be true"),
+    ({"v": 1, "type": "result", "origin": "b", "call": "c", "args": {}}, "args must be an array"),
+    ({"v": 1, "type": "error", "origin": "b", "call": "c"}, "error is missing"),
+    ({"v": 1, "type": "error", "origin": "b", "call": "c", "error": None}, "error must be a URI"),
+    ({"v": 1, "type": "error", "origin": "b", "call": "c", "error": "e", "kwargs": 1}, "kwargs must be"),
+    ({"v": 1, "type": "cancel", "origin": "b", "call": "c", "mode": "stop"}, "mode must be"),
+    ({"v": 1, "type": "cancel", "origin": "b", "call": 5}, "call must be a non-empty string"),
+]
+
+
+def _node_raw(message: dict[str, Any]) -> bytes:
+    return _raw(**{key: value for key, value in message.items() if value is not _DROP})
+
+
 class NodeMessageTests(SynchronousTestCase):
-    """Node-channel messages pass through L{decode} for the bus to interpret."""
+    """Node-channel messages are checked member by member before the bus sees them."""
 
-    def test_passedThrough(self) -> None:
+    def test_wellFormed(self) -> None:
         """call, result, error and cancel decode to a L{NodeMessage} holding the whole object."""
-        for kind in ("call", "result", "error", "cancel"):
-            body = {"v": 1, "type": kind, "origin": "node-b", "request": 3}
-            self.assertEqual(decode(_raw(**body)), NodeMessage(kind, "node-b", body))
+        for body in _GOOD_NODE_MESSAGES:
+            self.assertEqual(decode(_raw(**body), rule=NODE), NodeMessage(body["type"], "node-b", body))
 
-    def test_originRequired(self) -> None:
-        """A node message needs an origin."""
-        error = self.assertRaises(EnvelopeError, decode, _raw(v=1, type="call", request=3))
-        self.assertIn("origin", str(error))
+    def test_malformed(self) -> None:
+        """Every wrongly-typed or missing member is rejected with its name in the reason."""
+        for body, reason in _BAD_NODE_MESSAGES:
+            error = self.assertRaises(EnvelopeError, decode, _node_raw(body), rule=NODE)
+            self.assertNotIsInstance(error, MessageRejected)
+            self.assertIn(reason, str(error), body)
 
-    def test_originString(self) -> None:
-        """The origin of a node message is a string."""
-        self.assertRaises(EnvelopeError, decode, _raw(v=1, type="result", origin=3))
+    def test_encodeNode(self) -> None:
+        """L{encode_node} writes a message that decodes to the same members."""
+        raw = encode_node("cancel", "node-b", {"call": "c", "mode": "kill"})
+        self.assertEqual(raw, b'{"v":1,"type":"cancel","origin":"node-b","call":"c","mode":"kill"}')
+        self.assertEqual(decode(raw, rule=NODE).body["mode"], "kill")
+
+    def test_encodeNodeNotJson(self) -> None:
+        """Binary arguments, NaN and unknown types cannot be encoded."""
+        self.assertRaises(TypeError, encode_node, "result", "n", {"call": "c", "args": [b"x"]})
+        self.assertRaises(TypeError, encode_node, "result", "n", {"call": "c", "args": [float("nan")]})
+        self.assertRaises(ValueError, encode_node, "delivery", "n", {})
+
+
+class ChannelRuleTests(SynchronousTestCase):
+    """Each channel accepts its own message types; a node's dedupe key travels on internal channels only."""
+
+    def test_publicChannels(self) -> None:
+        """The events channel takes events, the deliveries channel deliveries, nothing else."""
+        event = encode_event("producer", "e1", "a", None)
+        delivery = encode_delivery("producer", Publication("t", None, id=1))
+        self.assertIsInstance(decode(event, rule=PUBLIC_EVENTS), EventMessage)
+        self.assertIsInstance(decode(delivery, rule=PUBLIC_DELIVERIES), DeliveryMessage)
+        for raw, rule, reason in [
+            (delivery, PUBLIC_EVENTS, "delivery messages are not accepted on this channel: producers "),
+            (event, PUBLIC_DELIVERIES, "event messages are not accepted on this channel: producers "),
+            (_raw(**_CALL), PUBLIC_EVENTS, "call messages are not accepted on this channel: it is a node-"),
+            (_raw(**_CALL), PUBLIC_DELIVERIES, "call messages are not accepted"),
+        ]:
+            error = self.assertRaises(MessageRejected, decode, raw, rule=rule)
+            self.assertIn(reason, str(error))
+
+    def test_internalChannels(self) -> None:
+        """Node channels take node messages only; the peers channel events and deliveries only."""
+        self.assertIsInstance(decode(_raw(**_CALL), rule=NODE), NodeMessage)
+        self.assertIsInstance(decode(encode_event("n", "e", "a", 1), rule=PEERS), EventMessage)
+        self.assertRaises(MessageRejected, decode, encode_event("n", "e", "a", 1), rule=NODE)
+        self.assertRaises(MessageRejected, decode, _raw(**_CALL), rule=PEERS)
+
+    def test_unknownTypeIsMalformed(self) -> None:
+        """An unknown type is malformed wherever it comes, not merely on the wrong channel."""
+        error = self.assertRaises(EnvelopeError, decode, _raw(v=1, type="shout"), rule=NODE)
+        self.assertNotIsInstance(error, MessageRejected)
+
+    def test_dedupeKey(self) -> None:
+        """A delivery with a C{key} is refused on the public channel, taken on the peers channel."""
+        raw = _raw(**_delivery(key="e1:topic:t:1"))
+        error = self.assertRaises(MessageRejected, decode, raw, rule=PUBLIC_DELIVERIES)
+        self.assertIn("key is the nodes' internal dedupe key", str(error))
+        self.assertEqual(decode(raw, rule=PEERS).key, "e1:topic:t:1")
+        self.assertIsNone(decode(_raw(**_delivery(key=None)), rule=PUBLIC_DELIVERIES).key)
+
+
+class SignerTests(SynchronousTestCase):
+    """L{Signer} signs the exact bytes of a message for one channel."""
+
+    def test_roundTrip(self) -> None:
+        """A signed message is still one JSON object, decoded as before, with a C{sig} member."""
+        signer = Signer("s3cret")
+        raw = encode_node("cancel", "b", {"call": "c"})
+        signed = signer.sign("ch", raw)
+        self.assertTrue(signed.startswith(raw[:-1] + b',"sig":"'))
+        self.assertEqual(len(json.loads(signed)["sig"]), 64)
+        signer.check("ch", signed)
+        message = decode(signed, rule=NODE, channel="ch", signer=signer)
+        self.assertEqual(message.body["call"], "c")
+
+    def test_knownVector(self) -> None:
+        """The signature is HMAC-SHA256 over the channel, a newline and the unsigned message."""
+        import hashlib
+        import hmac
+
+        raw = b'{"v":1,"type":"cancel","origin":"b","call":"c"}'
+        expected = hmac.new(b"k", b"ch\n" + raw, hashlib.sha256).hexdigest()
+        self.assertEqual(json.loads(Signer(b"k").sign("ch", raw))["sig"], expected)
+
+    def test_refused(self) -> None:
+        """Unsigned, wrongly signed, altered or re-addressed messages are refused."""
+        signer = Signer("s3cret")
+        raw = encode_node("cancel", "b", {"call": "c"})
+        signed = signer.sign("ch", raw)
+        for bad, reason in [
+            (raw, "unsigned"),
+            (b"{}", "unsigned"),
+            (b"", "unsigned"),
+            (Signer("other").sign("ch", raw), "bad signature"),
+            (signed.replace(b'"c"', b'"d"'), "bad signature"),
+            (signed[:-4] + b'00"}', "bad signature"),
+        ]:
+            error = self.assertRaises(MessageRejected, signer.check, "ch", bad)
+            self.assertIn(reason, str(error))
+        self.assertRaises(MessageRejected, signer.check, "other-channel", signed)
+        self.assertRaises(MessageRejected, decode, raw, rule=NODE, channel="ch", signer=signer)
+
+    def test_publicChannelsUnchecked(self) -> None:
+        """Producers do not sign: the signer is not consulted on public channels."""
+        raw = encode_event("producer", "e", "a", None)
+        self.assertIsInstance(decode(raw, rule=PUBLIC_EVENTS, signer=Signer("s")), EventMessage)
+
+    def test_emptySecret(self) -> None:
+        """An empty secret is no secret."""
+        self.assertRaises(ValueError, Signer, "")
+
+    def test_secretNotShown(self) -> None:
+        """The secret does not appear in the signer's repr."""
+        self.assertNotIn("s3cret", repr(Signer("s3cret")))
+
+
+class OwnerEntryTests(SynchronousTestCase):
+    """Entries of the procedures hash name the node holding a registration."""
+
+    def test_roundTrip(self) -> None:
+        """L{decode_owner} returns the node id of what L{encode_owner} wrote (str or bytes)."""
+        entry = encode_owner("node-b", 12)
+        self.assertEqual(entry, '{"node":"node-b","registration":12}')
+        self.assertEqual(decode_owner(entry), "node-b")
+        self.assertEqual(decode_owner(entry.encode()), "node-b")
+
+    def test_bad(self) -> None:
+        """Anything else is an L{EnvelopeError} saying what is wrong."""
+        for entry, reason in [
+            ("not json", "not JSON"),
+            (123, "must be a JSON object, not int"),
+            (None, "must be a JSON object"),
+            (b"\xff", "UTF-8"),
+            ("[1]", "must be a JSON object, not an array"),
+            ('{"registration": 1}', "node is missing"),
+            ('{"node": 5, "registration": 1}', "node must be a node id"),
+            ('{"node": "a:b", "registration": 1}', "node must be a node id"),
+            ('{"node": "b"}', "registration is missing"),
+            ('{"node": "b", "registration": 0}', "registration must be an integer"),
+            ('{"node": "b", "registration": NaN}', "not JSON"),
+            ('{"node": "' + "x" * 2000 + '", "registration": 1}', "longer than 1024"),
+        ]:
+            error = self.assertRaises(EnvelopeError, decode_owner, entry)
+            self.assertIn(reason, str(error), entry)

@@ -14,7 +14,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from sandstone import Sandstone
-from sandstone._limits import Limits, origin_allowed
+from sandstone._limits import Limits, host_allowed, origin_allowed
 from sandstone._publication import Publication
 from sandstone._transport import WampServerFactory, WampServerProtocol
 from tests.support import websocket_payloads
@@ -246,3 +246,38 @@ class ShutdownTests(SynchronousTestCase):
         self.assertEqual(len(closes), 1)
         self.assertEqual(connection.received()[-1][0], message.Goodbye.MESSAGE_TYPE)  # not answered again
         self.assertEqual(len(connection.sent), 2)
+
+
+class HostTests(SynchronousTestCase):
+    def test_loopback_server_answers_loopback_names_only_by_default(self) -> None:
+        for host in (
+            "localhost",
+            "localhost:8080",
+            "127.0.0.1:8080",
+            "127.0.0.2",
+            "[::1]:8080",
+            "app.localhost",
+        ):
+            self.assertTrue(host_allowed(host, None, "127.0.0.1"), host)
+        for host in ("evil.example", "evil.example:8080", "localhost.evil.example", "10.0.0.1:8080"):
+            self.assertFalse(host_allowed(host, None, "127.0.0.1"), host)
+        self.assertFalse(host_allowed("evil.example", None, "::ffff:127.0.0.1"))
+
+    def test_other_servers_answer_any_host_by_default(self) -> None:
+        self.assertTrue(host_allowed("evil.example", None, "10.0.0.5"))
+        self.assertTrue(host_allowed("evil.example", None, ""))
+
+    def test_no_host_header_is_allowed(self) -> None:
+        self.assertTrue(host_allowed(None, None, "127.0.0.1"))
+        self.assertTrue(host_allowed("", ["example.com"], "127.0.0.1"))
+
+    def test_patterns(self) -> None:
+        patterns = ["example.com", "*.example.org", "api.internal:8443"]
+        self.assertTrue(host_allowed("Example.com:8080", patterns, "10.0.0.5"))
+        self.assertTrue(host_allowed("a.example.org", patterns, "127.0.0.1"))
+        self.assertTrue(host_allowed("api.internal:8443", patterns))
+        self.assertFalse(host_allowed("api.internal:8080", patterns))
+        self.assertFalse(host_allowed("example.org", patterns))
+        self.assertFalse(host_allowed("localhost", patterns, "127.0.0.1"))
+        self.assertTrue(host_allowed("anything", ["*"], "127.0.0.1"))
+        self.assertFalse(host_allowed("anything", [], "10.0.0.5"))

@@ -106,6 +106,16 @@ class PusherTests(SynchronousTestCase):
         )
         self.assertTrue(1 <= publication_id <= MAX_ID)
 
+    def test_broadcastRefusesWhatNotEverySerializerCarries(self) -> None:
+        """A payload some WAMP client could not receive is refused before anything is sent."""
+        self.subscribe(channel_names("sandstone", "realm1").deliveries)
+        for payload in (2**70, float("nan"), {"when": object()}, {1: "int key"}):
+            error = self.assertRaises(TypeError, self.pusher.broadcast, "chat/general", payload)
+            self.assertIn("cannot broadcast on 'chat/general'", str(error))
+        self.pusher.broadcast("chat/general", "fine")
+        channel, raw = self.received()
+        self.assertEqual(decode(raw).publication.args, ["fine"])
+
     def test_broadcastExcludeEligible(self) -> None:
         """exclude and eligible session ids travel with the delivery."""
         self.subscribe(channel_names("sandstone", "realm1").deliveries)
@@ -125,6 +135,34 @@ class PusherTests(SynchronousTestCase):
         first, second = self.received(), self.received()
         self.assertEqual([first[0], second[0]], [channels.events, channels.deliveries])
         self.assertEqual(decode(first[1]).origin, "cron-1")
+
+    def test_clusterNameAndDatabase(self) -> None:
+        """The cluster name and the database of the URL (or the client) select the cluster's channels."""
+        port = int(self.url.rsplit(":", 1)[1].split("/")[0])
+        cases = [
+            ({"url": self.url.replace("/0", "/2")}, channel_names("sandstone", "realm1", db=2)),
+            (
+                {"url": self.url, "cluster_name": "blog"},
+                channel_names("sandstone", "realm1", cluster_name="blog"),
+            ),
+            (
+                {"client": redis.Redis(host="127.0.0.1", port=port, db=5), "cluster_name": "blog"},
+                channel_names("sandstone", "realm1", cluster_name="blog", db=5),
+            ),
+        ]
+        for options, channels in cases:
+            self.subscribe(channels.events, channels.deliveries)
+            with Pusher(**options) as pusher:
+                self.assertEqual(pusher.channels, channels)
+                pusher.dispatch("a", {})
+                pusher.broadcast("articles", 1)
+            self.assertEqual([self.received()[0], self.received()[0]], [channels.events, channels.deliveries])
+            self.pubsub.unsubscribe()
+            while self.pubsub.get_message(timeout=0.2):
+                pass
+            if "client" in options:
+                options["client"].close()
+        self.assertEqual(channel_names("sandstone", "realm1", db=2).events, "sandstone:db2:realm1:events")
 
     def test_givenClient(self) -> None:
         """A client given to the constructor is used, and left open by close()."""
@@ -195,6 +233,10 @@ class PusherValidationTests(SynchronousTestCase):
     def test_badRealm(self) -> None:
         """A realm that cannot name channels is refused at construction."""
         self.assertRaises(ValueError, Pusher, realm="a:b")
+
+    def test_badClusterName(self) -> None:
+        """A cluster name that cannot name channels is refused at construction."""
+        self.assertRaises(ValueError, Pusher, cluster_name="a:b")
 
     def test_defaultOrigin(self) -> None:
         """Without an origin, each Pusher makes its own."""

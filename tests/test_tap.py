@@ -439,6 +439,31 @@ class LimitOptionsTests(_FixtureMixin, TestCase):
         self.assertEqual((factory.maxMessagePayloadSize, factory.autoPingInterval), (65536, 0))
         self.assertEqual(factory.allowed_origins, ["https://*.example.com", "http://localhost:*"])
 
+    def test_connection_options_reach_the_site(self):
+        app, service = self.service_for(
+            "--allowed-hosts",
+            "api.example.com, *.example.org",
+            "--max-pending-per-ip",
+            "7",
+            "--max-header-bytes",
+            "4096",
+            "--header-timeout",
+            "2.5",
+            "--max-subscriptions-per-session",
+            "9",
+        )
+        self.assertEqual(app.allowed_hosts, ["api.example.com", "*.example.org"])
+        limits = app.limits
+        self.assertEqual(
+            (limits.max_pending_per_ip, limits.max_header_bytes, limits.header_timeout),
+            (7, 4096, 2.5),
+        )
+        self.assertEqual(limits.max_subscriptions_per_session, 9)
+        site = service.getServiceNamed("web").factory
+        self.assertEqual(site.allowed_hosts, ["api.example.com", "*.example.org"])
+        self.assertEqual((site.limits.max_pending_per_ip, site.header_timeout), (7, 2.5))
+        self.assertEqual(app._core.factory.allowed_hosts, ["api.example.com", "*.example.org"])
+
     def test_bad_numbers_are_usage_errors(self):
         mod = self.app_module()
         for args in (["--max-connections", "many"], ["--publish-rate", "-1"], ["--shutdown-timeout", "x"]):

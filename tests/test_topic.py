@@ -9,7 +9,7 @@ from autobahn.wamp.exception import ApplicationError
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
-from sandstone import Publication, Sandstone, Session, Topic, on_event
+from sandstone import Limits, Publication, Sandstone, Session, Topic, on_event
 from sandstone.testing import TestClient, TestSession
 
 
@@ -806,7 +806,8 @@ class LeakTests(SynchronousTestCase):
     COUNT = 10_000
 
     def setUp(self) -> None:
-        self.app = Sandstone(anonymous=True)
+        # one session holds all of them: beyond the default per-session subscription limit and rate
+        self.app = Sandstone(anonymous=True, limits=Limits(max_subscriptions_per_session=0, subscribe_rate=0))
 
         @self.app.topic("item/{n:int}")
         class Item(Topic):

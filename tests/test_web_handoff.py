@@ -153,8 +153,9 @@ class HandOffTests(SynchronousTestCase):
     def make_site(self, **kwargs: Any) -> RecordingSite:
         built = self.app.site()
         kwargs.setdefault("websocket", built.websocket)
+        kwargs.setdefault("limits", self.app.limits)
         return RecordingSite(
-            built.resource, handshake_timeout=5.0, clock=self.clock, reactor=self.http_clock, **kwargs
+            built.resource, header_timeout=5.0, clock=self.clock, reactor=self.http_clock, **kwargs
         )
 
     def connect(self, site: SandstoneSite | None = None) -> AbortableTransport:
@@ -198,11 +199,10 @@ class HandOffTests(SynchronousTestCase):
     def test_handshake_and_hello_one_byte_at_a_time_reach_the_wamp_protocol(self) -> None:
         transport = self.connect()
         request = upgrade_request()
-        first_line_end = request.index(b"\r\n")
-        self.send(transport, request[: first_line_end + 1], chunk=1)  # up to the CR of the first line
+        self.send(transport, request[:-1], chunk=1)  # up to the last LF of the head
         self.assertEqual(transport.value(), b"")
         self.assertNotIsInstance(transport.protocol, WampServerProtocol)
-        self.send(transport, request[first_line_end + 1 :] + wamp_frame(HELLO), chunk=1)
+        self.send(transport, request[-1:] + wamp_frame(HELLO), chunk=1)
         self.assert_websocket_opened(transport)
         self.assertEqual(len(self.welcomes(transport)), 1)
 
@@ -265,24 +265,37 @@ class HandOffTests(SynchronousTestCase):
         self.assertIn(b"HTTP/1.1 101 ", transport.value())
         self.assertIsInstance(transport.protocol, WampServerProtocol)
 
-    def test_first_line_of_8191_bytes_without_crlf_is_still_waited_for(self) -> None:
+    def test_a_head_of_max_header_bytes_is_still_waited_for(self) -> None:
         transport = self.connect()
-        self.send(transport, b"G" * 8191)
+        self.send(transport, b"GET /ws HTTP/1.1\r\nX-Pad: " + b"a" * (16_384 - 27))
         self.assertEqual(transport.value(), b"")
         self.assertFalse(transport.disconnecting)
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
 
-    def test_9000_bytes_without_crlf_leave_the_first_line_wait(self) -> None:
-        transport = self.connect()
-        self.send(transport, b"G" * 9000)
+    def test_a_head_over_max_header_bytes_is_answered_431_and_closed(self) -> None:
+        for request in (b"G" * 16_385, b"GET /ws HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: aaaaaaaa\r\n" * 1100):
+            transport = self.connect()
+            self.send(transport, request, chunk=4096)
+            self.assertTrue(transport.value().startswith(b"HTTP/1.1 431 "), transport.value())
+            self.assertTrue(transport.disconnecting)
+            self.assertEqual(self.site.served, [])
         self.assertEqual(self.clock.getDelayedCalls(), [])
-        self.assertEqual(self.site.served, [])
+        self.assertEqual(self.site.stats["head_refused"], 2)
 
-    def test_9000_bytes_without_crlf_are_answered_400_and_closed(self) -> None:
+    def test_more_than_max_header_count_header_lines_are_answered_431(self) -> None:
         transport = self.connect()
-        self.send(transport, b"G" * 9000)
-        self.assertTrue(transport.value().startswith(b"HTTP/1.1 400 "), transport.value())
+        self.send(transport, b"GET /api/greeting HTTP/1.1\r\n" + b"X-A: b\r\n" * 101)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 431 "), transport.value())
+        transport = self.connect()
+        self.send(transport, b"GET /api/greeting HTTP/1.1\r\n" + b"X-A: b\r\n" * 99 + b"Host: x\r\n\r\n")
+        self.assertIn(b"hello from a klein route", transport.value())
+
+    def test_a_later_request_on_a_kept_alive_connection_is_bounded_too(self) -> None:
+        transport = self.connect()
+        self.send(transport, b"GET /api/greeting HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        self.send(transport, b"GET /api/greeting HTTP/1.1\r\n" + b"X-Pad: " + b"a" * 17_000 + b"\r\n")
         self.assertTrue(transport.disconnecting)
+        self.assertEqual(transport.value().count(b"hello from a klein route"), 1)
 
     def test_a_non_ascii_ws_path_still_builds_a_site(self) -> None:
         """Such a path arrives percent-encoded, so it never matches the raw line: twisted.web serves it."""
@@ -294,31 +307,59 @@ class HandOffTests(SynchronousTestCase):
         site = self.make_site(websocket=None)
         self.site = site
         transport = self.connect(site)
-        self.assertEqual(self.clock.getDelayedCalls(), [])
         self.send(transport, upgrade_request())
         # the request went through twisted.web, to the WebSocket endpoint the app's resource mounts
         self.assertEqual(site.served, [(b"GET", b"/ws")])
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 101 "), transport.value())
 
-    # the first-line timeout
+    # the header deadline
 
-    def test_no_first_line_within_the_timeout_aborts_the_connection(self) -> None:
+    def test_no_head_within_the_timeout_is_answered_408_and_closed(self) -> None:
         transport = self.connect()
         self.clock.advance(4.9)
         self.assertFalse(transport.disconnecting)
         self.clock.advance(0.2)
-        self.assertTrue(transport.aborted)
-        self.assertEqual(transport.value(), b"")
+        self.assertTrue(transport.disconnecting)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 408 "), transport.value())
         self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.site.stats["head_timeouts"], 1)
 
-    def test_a_partial_first_line_does_not_extend_the_timeout(self) -> None:
-        transport = self.connect()
-        self.send(transport, b"GET /w")
-        self.clock.advance(4.0)
-        self.send(transport, b"s HTTP/1.")
-        self.clock.advance(1.1)
-        self.assertTrue(transport.aborted)
+    def test_header_lines_do_not_extend_the_deadline(self) -> None:
+        """A slowloris sending a header line now and then is cut at the deadline all the same."""
+        for first in (b"GET /ws HTTP/1.1\r\n", b"GET /api/greeting HTTP/1.1\r\n"):
+            transport = self.connect()
+            self.send(transport, first)
+            for _ in range(4):
+                self.clock.advance(1.0)
+                self.send(transport, b"X-A: b\r\n")
+            self.clock.advance(1.1)
+            self.assertTrue(transport.value().startswith(b"HTTP/1.1 408 "), transport.value())
+            self.assertTrue(transport.disconnecting)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.site.served, [])
+
+    def test_a_slow_later_request_head_gets_408(self) -> None:
+        transport = self.connect()
+        self.send(transport, b"GET /api/greeting HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        self.send(transport, b"GET /api/greeting HTTP/1.1\r\n")
+        for _ in range(9):
+            self.clock.advance(1.0)
+            self.send(transport, b"X-A: b\r\n")
+        self.clock.advance(1.1)
+        self.assertTrue(transport.disconnecting)
+        self.assertIn(b"HTTP/1.1 408 ", transport.value())
+
+    def test_a_slow_body_gets_408_at_the_request_timeout(self) -> None:
+        transport = self.connect()
+        self.send(transport, b"POST /api/announce HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n")
+        for _ in range(59):
+            self.clock.advance(1.0)
+            self.send(transport, b"x")
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(1.1)
+        self.assertTrue(transport.disconnecting)
+        self.assertIn(b"HTTP/1.1 408 ", transport.value())
+        self.assertEqual(self.site.served, [])
 
     def test_timer_is_cancelled_once_a_websocket_line_arrives(self) -> None:
         transport = self.connect()
@@ -329,14 +370,11 @@ class HandOffTests(SynchronousTestCase):
         self.assertFalse(transport.aborted)
         self.assertFalse(transport.disconnecting)
 
-    def test_timer_is_cancelled_once_an_http_line_arrives(self) -> None:
+    def test_timers_are_cancelled_once_an_http_request_is_served(self) -> None:
         transport = self.connect()
-        self.send(transport, b"GET /api/greeting HTTP/1.1\r\n")
-        self.assertEqual(self.clock.getDelayedCalls(), [])
-        self.clock.advance(60)
-        self.assertFalse(transport.aborted)
-        self.send(transport, b"Host: 127.0.0.1\r\n\r\n")
+        self.send(transport, b"GET /api/greeting HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         self.assertIn(b"hello from a klein route", transport.value())
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_connection_lost_before_the_first_line_cancels_the_timer(self) -> None:
         transport = self.connect()
@@ -345,7 +383,7 @@ class HandOffTests(SynchronousTestCase):
 
     def test_zero_timeout_sets_no_timer(self) -> None:
         site = self.make_site()
-        site.handshake_timeout = 0
+        site.header_timeout = 0
         transport = self.connect(site)
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.send(transport, upgrade_request())
