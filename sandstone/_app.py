@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -295,6 +296,10 @@ class Sandstone(Klein):
         if core.bus is not None:
             raise RuntimeError(f"this app already uses Redis at {core.bus.url}")
         core.bus = RedisBus(core.router, core.events, core.codec, url, **options)
+        decoy_key = core.bus.shared_key("wampcra decoy")
+        if decoy_key is not None:  # unknown WAMP-CRA users get the same challenge from every node
+            auth = core.router.auth
+            auth.wampcra_decoy = dataclasses.replace(auth.wampcra_decoy, key=decoy_key)
         return core.bus
 
     @property

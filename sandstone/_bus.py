@@ -387,6 +387,10 @@ class RedisBus(Service):
         """Whether this node signs its messages to other nodes and refuses unsigned ones."""
         return self._signer is not None
 
+    def shared_key(self, purpose: str) -> bytes | None:
+        """A key every node of the cluster derives alike from the cluster secret (``None`` without one)."""
+        return None if self._signer is None else self._signer.derive(purpose)
+
     def _set_channels(self) -> None:
         self.channels = channel_names(
             self.prefix, self.router.realm, cluster_name=self.cluster_name, db=self.address.db

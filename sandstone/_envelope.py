@@ -776,6 +776,10 @@ class Signer:
     def __repr__(self) -> str:
         return "Signer(<cluster secret>)"
 
+    def derive(self, purpose: str) -> bytes:
+        """A key for ``purpose`` that every node with this secret derives alike (and nobody else can)."""
+        return hmac.new(self._key, b"sandstone key: " + purpose.encode("utf-8"), "sha256").digest()
+
     def sign(self, channel: str, body: bytes) -> bytes:
         """``body`` (the bytes of a JSON object) with its signature for ``channel`` added as ``"sig"``."""
         if not body.endswith(b"}"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from sandstone import CraUser, Credentials, Identity, MemorySessionStore, Publication, Sandstone
-from sandstone._auth import CraDecoy
+from sandstone import CraDecoy
 from sandstone.testing import SessionClosed, TestClient, TestSession
 
 HELLO = message.Hello.MESSAGE_TYPE
@@ -828,3 +829,21 @@ class ReadmeExampleTests(SynchronousTestCase):
 
     def test_anonymous_refused(self) -> None:
         self.assertRaises(SessionClosed, self.client.connect)
+
+
+class ClusterDecoyTests(SynchronousTestCase):
+    """With a cluster secret every node shows an unknown WAMP-CRA authid the same salt."""
+
+    def decoy_salt(self, **options: Any) -> str | None:
+        app = Sandstone()
+        app.use_redis("redis://127.0.0.1:1/0", **options)  # not started: no connection is made
+        return app.router.auth.wampcra_decoy.user("nobody").salt
+
+    def test_nodes_with_one_secret_agree_on_the_decoy(self) -> None:
+        one, two = self.decoy_salt(cluster_secret="s3cret"), self.decoy_salt(cluster_secret="s3cret")
+        self.assertEqual(one, two)
+        self.assertNotEqual(one, self.decoy_salt(cluster_secret="other"))
+
+    def test_without_a_secret_each_process_has_its_own(self) -> None:
+        self.patch(os, "environ", {})
+        self.assertNotEqual(self.decoy_salt(), self.decoy_salt())
