@@ -15,8 +15,7 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from sandstone import CraUser, Credentials, Identity, MemorySessionStore, Publication, Sandstone
-from sandstone import CraDecoy
+from sandstone import CraDecoy, CraUser, Credentials, Identity, MemorySessionStore, Publication, Sandstone
 from sandstone.testing import SessionClosed, TestClient, TestSession
 
 HELLO = message.Hello.MESSAGE_TYPE
