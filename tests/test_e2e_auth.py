@@ -187,7 +187,7 @@ class WampCraTests(AuthTestCase):
         self.assertEqual(client.abort_reason, "wamp.error.no_auth_method")
 
 
-class CookieSessionTests(AuthTestCase):
+class LoginTestCase(AuthTestCase):
     async def log_in(self) -> tuple[str, str]:
         """POST /login over HTTP; returns (the Set-Cookie header's name=value, the bearer token)."""
         response = await self.http().post(
@@ -198,6 +198,8 @@ class CookieSessionTests(AuthTestCase):
         token = json.loads(await response.content())["token"]
         return set_cookie.split(";", 1)[0], token
 
+
+class CookieSessionTests(LoginTestCase):
     @defer.inlineCallbacks
     def test_rest_login_cookie_authenticates_the_websocket(self) -> Any:
         cookie, _ = yield defer.Deferred.fromCoroutine(self.log_in())
@@ -258,17 +260,7 @@ class WampCraDecoyTests(AuthTestCase):
         self.assertNotEqual(challenges["nobody"].extra["salt"], challenges["nemo"].extra["salt"])
 
 
-class LogoutTests(AuthTestCase):
-    async def log_in(self) -> tuple[str, str]:
-        """POST /login over HTTP; returns (the Set-Cookie header's name=value, the bearer token)."""
-        response = await self.http().post(
-            f"{self.base_url}/login", json={"user": "dave", "password": "dave-password"}
-        )
-        self.assertEqual(response.code, 200)
-        [set_cookie] = response.headers.getRawHeaders("set-cookie")
-        token = json.loads(await response.content())["token"]
-        return set_cookie.split(";", 1)[0], token
-
+class LogoutTests(LoginTestCase):
     @defer.inlineCallbacks
     def test_logout_ends_the_websocket_sessions_of_that_login_only(self) -> Any:
         cookie, _ = yield defer.Deferred.fromCoroutine(self.log_in())

@@ -14,12 +14,12 @@ from autobahn.twisted.websocket import WampWebSocketClientFactory
 from autobahn.wamp.types import ComponentConfig
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.protocol import Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import LogLevel, globalLogPublisher
 
 from sandstone import Limits, Sandstone
 from tests.support import SERIALIZERS, Client, ServerTestCase, sleep, wait_until
+from tests.test_e2e_limits import RawPeer
 
 ATTACKER = "127.0.0.1"
 LEGIT = "127.0.0.2"
@@ -31,25 +31,6 @@ def rss_bytes() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise AssertionError("no VmRSS in /proc/self/status")
-
-
-class Peer(Protocol):
-    """A raw TCP client: what the server sent, and when it closed."""
-
-    def __init__(self) -> None:
-        self.data = b""
-        self.closed: defer.Deferred[None] = defer.Deferred()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.data += data
-
-    def connectionLost(self, reason: Any = None) -> None:
-        self.closed.callback(None)
-
-    @property
-    def status(self) -> int | None:
-        line, sep, _ = self.data.partition(b"\r\n")
-        return int(line.split()[1]) if sep else None
 
 
 def upgrade(host: str, path: str = "/ws", origin: str | None = None) -> bytes:
@@ -89,8 +70,8 @@ class AttackTestCase(ServerTestCase):
         self.serve(app)
         return app
 
-    async def peer(self, data: bytes = b"", source: str = ATTACKER) -> Peer:
-        peer = Peer()
+    async def peer(self, data: bytes = b"", source: str = ATTACKER) -> RawPeer:
+        peer = RawPeer()
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.port, bindAddress=(source, 0))
         await connectProtocol(endpoint, peer)
         self.addCleanup(self._close, peer)
@@ -99,7 +80,7 @@ class AttackTestCase(ServerTestCase):
         return peer
 
     @staticmethod
-    def _close(peer: Peer) -> Any:
+    def _close(peer: RawPeer) -> Any:
         if peer.closed.called:
             return None
         peer.transport.abortConnection()
@@ -117,7 +98,7 @@ class AttackTestCase(ServerTestCase):
         )
         return await session.joined
 
-    async def rest(self, host: str | None = None, source: str = LEGIT) -> Peer:
+    async def rest(self, host: str | None = None, source: str = LEGIT) -> RawPeer:
         peer = await self.peer(
             f"GET /hello HTTP/1.1\r\nHost: {host or f'127.0.0.1:{self.port}'}\r\n"
             "Connection: close\r\n\r\n".encode(),
