@@ -102,7 +102,10 @@ class Admission:
     def max_open(self) -> int:
         """The cap on all connections: ``max_connections``, lowered to fit the file descriptor limit
         (0: none)."""
-        configured = self._limits().max_connections
+        return self._max_open(self._limits())
+
+    def _max_open(self, limits: Limits) -> int:
+        configured = limits.max_connections
         if self._fds is None:
             return configured
         room = max(1, self._fds - FD_RESERVE)
@@ -111,7 +114,7 @@ class Admission:
     def admit(self, ip: str) -> Ticket:
         """Admit a new connection from ``ip`` (``""`` when it has none, e.g. a UNIX socket)."""
         limits = self._limits()
-        cap = self.max_open
+        cap = self._max_open(limits)
         if 0 < cap <= self.open:
             raise Refusal(f"{self.open} connections open (max_connections {cap})", "connections_refused")
         if 0 < limits.max_pending_connections <= self.pending:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import functools
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -97,6 +98,7 @@ def _split_host(host: str) -> tuple[str, str]:
     return name, port
 
 
+@functools.lru_cache(maxsize=1024)  # a server sees few local addresses and host names: parsing costs ~5 us
 def _is_loopback(name: str) -> bool:
     return name in _LOOPBACK_NAMES or name.endswith(".localhost") or _is_loopback_ip(name)
 
@@ -126,6 +128,7 @@ def host_allowed(host: str | None, patterns: Sequence[str] | None, local_ip: str
     return False
 
 
+@functools.lru_cache(maxsize=1024)
 def _is_loopback_ip(ip: str) -> bool:
     try:
         address = ipaddress.ip_address(ip.partition("%")[0])
