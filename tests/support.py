@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 from autobahn.twisted.wamp import ApplicationSession
@@ -12,6 +13,7 @@ from autobahn.wamp.types import ComponentConfig
 from treq.client import HTTPClient
 from twisted.internet import defer, reactor
 from twisted.internet.interfaces import IAddress, IListeningPort, ITransport
+from twisted.internet.testing import StringTransport
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -271,3 +273,15 @@ def websocket_payloads(data: bytes) -> list[bytes]:
             payloads.append(data[offset : offset + length])
         offset += length
     return payloads
+
+
+def open_websocket(factory: Any) -> tuple[Any, StringTransport]:
+    """A WampServerProtocol of ``factory`` on a StringTransport, past a wamp.2.json handshake (no HELLO)."""
+    protocol = factory.buildProtocol(None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    request = SimpleNamespace(protocols=["wamp.2.json"], headers={})
+    assert protocol.onConnect(request) == "wamp.2.json"
+    protocol.state = protocol.STATE_OPEN
+    protocol.onOpen()
+    return protocol, transport

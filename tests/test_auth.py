@@ -19,6 +19,22 @@ from sandstone import CraDecoy, CraUser, Credentials, Identity, MemorySessionSto
 from sandstone.testing import SessionClosed, TestClient, TestSession
 
 HELLO = message.Hello.MESSAGE_TYPE
+
+
+def challenge_shape(challenge: Any) -> tuple[Any, ...]:
+    """What a WAMP-CRA challenge tells about its user: its fields, its announced role, its key derivation."""
+    extra = challenge.extra
+    fields = json.loads(extra["challenge"])
+    return (
+        sorted(extra),
+        sorted(fields),
+        fields["authrole"],
+        extra.get("iterations"),
+        extra.get("keylen"),
+        len(extra.get("salt", "")),
+    )
+
+
 AUTHENTICATE = message.Authenticate.MESSAGE_TYPE
 ABORT = message.Abort.MESSAGE_TYPE
 SUBSCRIBE = message.Subscribe.MESSAGE_TYPE
@@ -268,16 +284,7 @@ class WampCraDecoyTests(SynchronousTestCase):
         return challenge
 
     def shape(self, challenge: message.Challenge) -> tuple[Any, ...]:
-        fields = json.loads(challenge.extra["challenge"])
-        extra = challenge.extra
-        return (
-            sorted(extra),
-            sorted(fields),
-            fields["authrole"],
-            extra.get("iterations"),
-            extra.get("keylen"),
-            len(extra.get("salt", "")),
-        )
+        return challenge_shape(challenge)
 
     def test_unknown_users_look_the_same_whoever_was_looked_up_before(self) -> None:
         self.challenge("carol")  # salted, 100 iterations, keylen 16, role admin

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
 from autobahn.wamp import message
@@ -19,7 +18,7 @@ from sandstone._broker import Broker
 from sandstone._subscriptions import EXACT, PREFIX, WILDCARD
 from sandstone._transport import WampServerFactory, WampServerProtocol
 from sandstone.testing import TestClient, TestSession
-from tests.support import websocket_payloads
+from tests.support import open_websocket, websocket_payloads
 
 EVENT = message.Event.MESSAGE_TYPE
 PUBLISH = message.Publish.MESSAGE_TYPE
@@ -630,13 +629,7 @@ class ProtocolSerializeOnceTests(SynchronousTestCase):
 
     def connect(self) -> tuple[WampServerProtocol, StringTransport]:
         """An open WebSocket connection that negotiated wamp.2.json and joined the realm."""
-        protocol = self.factory.buildProtocol(None)
-        transport = StringTransport()
-        protocol.makeConnection(transport)
-        request = SimpleNamespace(protocols=["wamp.2.json"], headers={})
-        self.assertEqual(protocol.onConnect(request), "wamp.2.json")
-        protocol.state = protocol.STATE_OPEN
-        protocol.onOpen()
+        protocol, transport = open_websocket(self.factory)
         self.send(protocol, [message.Hello.MESSAGE_TYPE, "realm1", {"roles": {"subscriber": {}}}])
         return protocol, transport
 

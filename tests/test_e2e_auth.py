@@ -15,6 +15,7 @@ from twisted.internet import defer, reactor
 from sandstone import CraUser, Credentials, Identity, MemorySessionStore, Sandstone
 from sandstone._auth import CraDecoy
 from tests.support import SERIALIZERS, Client, ServerTestCase, wait_until
+from tests.test_auth import challenge_shape
 
 DENIED = "wamp.error.authentication_denied"
 
@@ -226,20 +227,6 @@ class CookieSessionTests(LoginTestCase):
     def test_websocket_without_a_session_is_denied(self) -> Any:
         client = yield defer.Deferred.fromCoroutine(self.refused(client_class(authmethods=["cookie"])))
         self.assertEqual(client.abort_reason, DENIED)
-
-
-def challenge_shape(challenge: Any) -> tuple[Any, ...]:
-    """What a WAMP-CRA challenge tells about its user: its fields, its announced role, its key derivation."""
-    extra = challenge.extra
-    fields = json.loads(extra["challenge"])
-    return (
-        sorted(extra),
-        sorted(fields),
-        fields["authrole"],
-        extra.get("iterations"),
-        extra.get("keylen"),
-        len(extra.get("salt", "")),
-    )
 
 
 class WampCraDecoyTests(AuthTestCase):

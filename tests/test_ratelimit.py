@@ -3,7 +3,6 @@ belong to the connection."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
 from autobahn.wamp import message, role
@@ -18,7 +17,7 @@ from sandstone._limits import Limits
 from sandstone._ratelimit import SessionRates, TokenBucket
 from sandstone._transport import WampServerFactory, WampServerProtocol
 from sandstone.testing import TestClient
-from tests.support import websocket_payloads
+from tests.support import open_websocket, websocket_payloads
 
 ERROR = 8
 WELCOME = message.Welcome.MESSAGE_TYPE
@@ -205,13 +204,7 @@ class ConnectionRatesTests(SynchronousTestCase):
 
     def connect(self) -> tuple[WampServerProtocol, StringTransport]:
         """An open WebSocket connection that negotiated wamp.2.json (no session yet)."""
-        protocol = self.factory.buildProtocol(None)
-        transport = StringTransport()
-        protocol.makeConnection(transport)
-        request = SimpleNamespace(protocols=["wamp.2.json"], headers={})
-        self.assertEqual(protocol.onConnect(request), "wamp.2.json")
-        protocol.state = protocol.STATE_OPEN
-        protocol.onOpen()
+        protocol, transport = open_websocket(self.factory)
         return protocol, transport
 
     def send(self, protocol: WampServerProtocol, raw: list[Any]) -> None:
