@@ -19,7 +19,8 @@ setup(
     # site-packages/twisted/plugins/ without shipping an __init__.py that
     # would shadow Twisted's.
     packages=find_packages(exclude=["tests*", "examples*", "bench*"]) + ["twisted.plugins"],
-    package_data={"twisted": ["plugins/sandstone_plugin.py"]},
+    # py.typed (PEP 561): users' type checkers read sandstone's annotations instead of seeing Any.
+    package_data={"sandstone": ["py.typed"], "twisted": ["plugins/sandstone_plugin.py"]},
     install_requires=[
         # msgpack, cbor2 and ujson come with autobahn itself; its "serialization" extra would add
         # bjdata, which prints a traceback on import next to NumPy 2.
@@ -35,7 +36,8 @@ setup(
     extras_require={
         "test": ["hypothesis", "kosoku", "redis>=5", "twisted[tls]"],
         "push": ["redis>=5"],
-        "lint": ["ruff"],
+        # The versions .ci/run checks with.
+        "lint": ["ruff==0.17.6", "mypy==2.4.1", "mypy-zope==1.0.17"],
     },
     classifiers=[
         "Framework :: Twisted",

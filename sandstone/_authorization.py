@@ -37,9 +37,7 @@ log = Logger()
 #: ``authorize(session, action, uri, match) -> bool`` (or a Deferred/coroutine of one)
 Authorizer = Callable[[Any, str, str, str], Any]
 
-ACTIONS = ("subscribe", "publish", "register", "call")
 RESERVED = "wamp"
-NO_SUCH_SESSION = "wamp.error.no_such_session"
 DELIVERY_CACHE_SIZE = 1024  # decisions remembered per session for delivery-time checks
 
 
@@ -305,7 +303,7 @@ class Authorization:
             if outcomes:
                 self._conclude(outcomes[0], session, request)
                 continue
-            pending.addCallback(
+            pending.addCallback(  # type: ignore[call-overload]  # mypy makes a lambda's defaulted args required
                 lambda _, request=request, outcomes=outcomes: self._answered(outcomes[0], session, request)
             )
             return
@@ -382,38 +380,6 @@ def _then_cleanup(result: Any, cleanup: Callable[[], None]) -> Any:
 
 def _nothing() -> None:
     pass
-
-
-# the session meta API (procedures the router implements in the reserved namespace)
-
-
-def meta_procedures(router: Router) -> dict[str, Callable[..., Any]]:
-    """``wamp.session.count``, ``wamp.session.list`` and ``wamp.session.get`` over this router's sessions."""
-
-    def selected(filter_authroles: list[str] | None) -> list[Session]:
-        sessions = list(router.sessions.values())
-        if filter_authroles is None:
-            return sessions
-        return [s for s in sessions if s.authrole in filter_authroles]
-
-    def count(filter_authroles: list[str] | None = None) -> int:
-        return len(selected(filter_authroles))
-
-    def session_list(filter_authroles: list[str] | None = None) -> list[int]:
-        return [s.id for s in selected(filter_authroles)]
-
-    def get(session_id: int) -> dict[str, Any]:
-        session = router.sessions.get(session_id) if isinstance(session_id, int) else None
-        if session is None:
-            raise WampError(NO_SUCH_SESSION, f"no session {session_id!r} on this router")
-        return {
-            "session": session.id,
-            "authid": session.authid,
-            "authrole": session.authrole,
-            "authmethod": session.authmethod,
-        }
-
-    return {"wamp.session.count": count, "wamp.session.list": session_list, "wamp.session.get": get}
 
 
 def _checked(

@@ -30,9 +30,8 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import txredisapi
 from autobahn.wamp import message
@@ -67,8 +66,10 @@ from ._envelope import (
     encode_owner,
 )
 from ._errors import CANCELED, NO_SUCH_PROCEDURE, WampError
+from ._ids import MAX_ID
 from ._payload import payload_problem
 from ._publication import Publication
+from ._redis_url import RedisAddress
 
 if TYPE_CHECKING:
     from ._dealer import Registration
@@ -82,7 +83,6 @@ log = Logger()
 _MESSAGE_HEAD = '{"v":1,"type":"'
 
 CLUSTER_UNAVAILABLE = "sandstone.error.cluster_unavailable"
-MAX_ID = 2**53
 #: The environment variable a node reads its cluster secret from when none is given in code.
 CLUSTER_SECRET_ENV = "SANDSTONE_CLUSTER_SECRET"
 
@@ -155,38 +155,6 @@ _NOT_JSON = {
 
 class BusUnavailable(Exception):
     """Redis is not reachable right now; the node keeps serving its own clients."""
-
-
-@dataclass(frozen=True)
-class RedisAddress:
-    """Where Redis listens, parsed from ``redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]``."""
-
-    host: str
-    port: int
-    db: int
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-
-    @classmethod
-    def parse(cls, url: str) -> RedisAddress:
-        """Parse a redis:// URL; ``ValueError`` says what is wrong with it."""
-        parts = urlsplit(url)
-        if parts.scheme != "redis" or not parts.hostname:
-            raise ValueError(f"expected a Redis URL like redis://127.0.0.1:6379/0, got {url!r}")
-        path = parts.path.strip("/")
-        if path and not path.isdigit():
-            raise ValueError(f"the database in {url!r} must be a number, got {path!r}")
-        try:
-            port = parts.port or 6379
-        except ValueError:
-            raise ValueError(f"invalid port in Redis URL {url!r}") from None
-        return cls(parts.hostname, port, int(path) if path else 0, parts.username or None, parts.password)
-
-    def __str__(self) -> str:
-        """The address as a URL without the password (for logs)."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        user = f"{self.username or ''}:***@" if self.password else ""
-        return f"redis://{user}{host}:{self.port}/{self.db}"
 
 
 def publication_id_for(key: str) -> int:
@@ -687,8 +655,8 @@ class RedisBus(Service):
         if parent is None:
             event_id = uuid.uuid4().hex
         else:
-            event_id = hashlib.sha256(f"{parent}:event:{name}:{self._rank(parent, 'event', name)}".encode())
-            event_id = event_id.hexdigest()[:32]
+            digest = hashlib.sha256(f"{parent}:event:{name}:{self._rank(parent, 'event', name)}".encode())
+            event_id = digest.hexdigest()[:32]
         if not self._seen.first_time(f"event:{event_id}"):
             return succeed(DispatchResult(name, event, called=0, stopped=False, errors=[]))
         self._publish_internal(self.channels.peers, encode_event(self.node_id, event_id, name, data))
@@ -827,7 +795,7 @@ class RedisBus(Service):
     def call(self, caller: Session, call: message.Call) -> None:
         """A call with no local callee: find the owning node and forward it there."""
         d = self._command("hget", self.channels.procedures, call.procedure)
-        d.addCallbacks(self._forward_call, self._lookup_failed, (caller, call), None, (caller, call))
+        d.addCallbacks(self._forward_call, self._lookup_failed, (caller, call), errbackArgs=(caller, call))
         d.addErrback(self._forward_failed, caller, call)
 
     def _forward_failed(self, failure: Failure, caller: Session, call: message.Call) -> None:

@@ -19,11 +19,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._ids import MAX_ID
 from ._publication import Publication
 
 VERSION = 1
 MAX_BYTES = 1_048_576
-MAX_ID = 2**53
 
 EVENT = "event"
 DELIVERY = "delivery"

@@ -13,6 +13,7 @@ import hashlib
 import secrets
 from collections import OrderedDict
 from collections.abc import Mapping
+from http.cookies import CookieError, SimpleCookie
 from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.logger import Logger
@@ -146,11 +147,27 @@ def session_tokens(cookie: str | None, authorization: str | None) -> list[str]:
         if scheme.lower() == "bearer" and credentials.strip():
             tokens.append(credentials.strip())
     if cookie:
-        for part in cookie.replace(",", ";").split(";"):
-            name, sep, value = part.partition("=")
-            if sep and name.strip() == SESSION_COOKIE and value.strip():
-                tokens.append(value.strip().strip('"'))
+        tokens.extend(_session_cookies(cookie))
     return tokens
+
+
+def _session_cookies(header: str) -> list[str]:
+    """The values of every session cookie in a Cookie header (or several joined by ``,``), in order.
+
+    Each pair goes to its own ``SimpleCookie``: one stops at the first malformed pair and keeps only the last
+    of two cookies of one name, so a broken neighbour would hide our cookie, or one of two paths' sessions.
+    """
+    values = []
+    for pair in header.replace(",", ";").split(";"):
+        jar: SimpleCookie = SimpleCookie()
+        try:
+            jar.load(pair)
+        except CookieError:
+            continue
+        morsel = jar.get(SESSION_COOKIE)
+        if morsel is not None and morsel.value:
+            values.append(morsel.value)
+    return values
 
 
 def lookup(store: SessionStore, tokens: list[str]) -> Identity | None:

@@ -13,12 +13,13 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from ._auth import Authentication
-from ._authorization import Authorization, meta_procedures, refuse_reserved
+from ._authorization import Authorization, refuse_reserved
 from ._broker import Broker
 from ._dealer import Dealer
 from ._errors import LIMIT_EXCEEDED, NO_SUCH_TOPIC, PROCEDURE_ALREADY_EXISTS, WampError
 from ._limits import Limits
 from ._login import MemorySessionStore
+from ._meta import meta_procedures
 from ._publication import Publication
 from ._ratelimit import SessionRates
 from ._session import Session, Transport

@@ -30,6 +30,7 @@ from ._errors import (
     WampError,
     error_payload,
 )
+from ._ids import MAX_ID
 from ._payload import payload_problem, refuse_payload
 from ._publication import Publication, optional_set
 from ._ratelimit import SessionRates
@@ -41,8 +42,6 @@ if TYPE_CHECKING:
     from ._subscriptions import Subscription
 
 log = Logger()
-
-MAX_ID = 2**53
 
 _WAITING_HELLO = "waiting-hello"
 _AUTHENTICATING = "authenticating"  # an app hook is deciding; nothing but ABORT may arrive
@@ -101,6 +100,13 @@ class _Welcome(message.Welcome):
             "roles": self.ROLES,
         }
         return [self.MESSAGE_TYPE, self.session, details]
+
+
+class _Request(Protocol):
+    """A client's request message (SUBSCRIBE, PUBLISH, CALL, ...): what an ERROR answering it needs."""
+
+    MESSAGE_TYPE: int
+    request: int
 
 
 class Transport(Protocol):
@@ -205,7 +211,7 @@ class Session:
         self._leave()
         self._transport.close_transport(text)
 
-    def _send_error(self, request: message.Message, payload: ErrorPayload) -> None:
+    def _send_error(self, request: _Request, payload: ErrorPayload) -> None:
         self._send(
             message.Error(
                 request.MESSAGE_TYPE, request.request, payload.uri, args=payload.args, kwargs=payload.kwargs
@@ -261,8 +267,9 @@ class Session:
             if self._auth_pending is not step:
                 return
             self._auth_pending = None
-            if failure.check(AuthFailure):
-                self.abort(failure.value.reason, failure.value.text)
+            error = failure.value
+            if isinstance(error, AuthFailure):
+                self.abort(error.reason, error.text)
                 return
             log.failure("authentication of session {session_id} failed", failure, session_id=self.id)
             self.abort(AUTHENTICATION_DENIED, DENIED_TEXT)
@@ -292,9 +299,9 @@ class Session:
         self.login_digest = accepted.login
         self._state = _ESTABLISHED
         self._router.join(self)
-        self._send(
-            _Welcome(self.id, self.realm, self.authid, self.authrole, self.authmethod, accepted.provider)
-        )
+        realm = self.realm
+        assert realm is not None  # set from HELLO
+        self._send(_Welcome(self.id, realm, self.authid, self.authrole, self.authmethod, accepted.provider))
 
     def _on_abort(self, abort: message.Abort) -> None:
         log.debug("session {session_id} aborted by peer: {reason}", session_id=self.id, reason=abort.reason)

@@ -13,7 +13,6 @@ if TYPE_CHECKING:
 EXACT = "exact"
 PREFIX = "prefix"
 WILDCARD = "wildcard"
-MATCH_POLICIES = (EXACT, PREFIX, WILDCARD)
 
 
 class Subscription:

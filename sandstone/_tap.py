@@ -169,6 +169,18 @@ _LIMIT_OPTIONS: dict[str, tuple[str, type, str]] = {
 }
 
 
+def _configured_app(spec: str | None, options: Any) -> Sandstone:
+    """The app ``spec`` names (the default app for ``None``) with the realm, WebSocket path and limits of
+    ``options`` applied: what ``Options.postOptions`` and ``makeService`` (given a plain mapping) both do."""
+    app = load_app(spec) if spec is not None else _default_app()
+    if options.get("realm") is not None:
+        app.realm = options["realm"]
+    if options.get("ws-path") is not None:
+        app.ws_path = options["ws-path"]
+    _apply_limits(app, options)
+    return app
+
+
 def _apply_limits(app: Sandstone, options: Any) -> None:
     """Set the limits and allowed origins given on the command line on the app (others stay)."""
     changes: dict[str, Any] = {}
@@ -276,14 +288,9 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         try:
-            app = load_app(self["app"]) if self["app"] is not None else _default_app()
+            app = _configured_app(self["app"], self)
         except AppLoadError as err:
             raise usage.UsageError(str(err)) from None
-        if self["realm"] is not None:
-            app.realm = self["realm"]
-        if self["ws-path"] is not None:
-            app.ws_path = self["ws-path"]
-        _apply_limits(app, self)
         try:
             self["shutdown-timeout"] = float(self["shutdown-timeout"])
         except ValueError:
@@ -322,8 +329,8 @@ class Options(usage.Options):
                 verb = "need" if len(given) > 1 else "needs"
                 raise usage.UsageError(f"{' and '.join(given)} {verb} --redis URL")
             return
-        from sandstone._bus import RedisAddress
         from sandstone._envelope import channel_names
+        from sandstone._redis_url import RedisAddress
 
         try:
             RedisAddress.parse(self["redis"])
@@ -445,13 +452,8 @@ def makeService(options: Options, *, inherited_fd: int | None = None) -> IServic
     )
 
     app = getattr(options, "app", None)
-    if app is None:  # options not parsed by twistd; load the app here
-        app = load_app(options["app"]) if options.get("app") else _default_app()
-        if options.get("realm") is not None:
-            app.realm = options["realm"]
-        if options.get("ws-path") is not None:
-            app.ws_path = options["ws-path"]
-        _apply_limits(app, options)
+    if app is None:  # options not parsed by twistd (a plain mapping): load and configure the app here
+        app = _configured_app(options.get("app") or None, options)
 
     listen = options.get("listen") or "tcp:8080"
     root = SandstoneService(app, options.get("app") or DEFAULT_APP_LABEL, listen)

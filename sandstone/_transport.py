@@ -6,7 +6,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pprint import pformat
-from typing import Any
+from typing import Any, cast
 
 from autobahn.twisted import websocket as _autobahn_twisted_websocket
 from autobahn.twisted.resource import WebSocketResource
@@ -19,7 +19,7 @@ from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflat
 from autobahn.websocket.protocol import TrafficStats
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet import tcp
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime, ITransport
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -63,9 +63,9 @@ def _deferred_text(render: Callable[[Any], Any]) -> Callable[[Any], _Lazy]:
 # autobahn formats the arguments of its debug lines before its logger drops them: pretty-printing every
 # connection's ~30 options on connect (a third of a connection's setup time), and a highlighted
 # qualified name on every dataReceived. The same text when a debug observer does want it.
-_autobahn_protocol.pformat = _deferred_text(pformat)  # type: ignore[attr-defined]
-_autobahn_protocol.hltype = _deferred_text(_autobahn_protocol.hltype)  # type: ignore[attr-defined]
-_autobahn_twisted_websocket.hltype = _deferred_text(_autobahn_twisted_websocket.hltype)  # type: ignore[attr-defined]
+_autobahn_protocol.pformat = _deferred_text(pformat)  # type: ignore[assignment]  # only ever formatted
+_autobahn_protocol.hltype = _deferred_text(_autobahn_protocol.hltype)
+_autobahn_twisted_websocket.hltype = _deferred_text(_autobahn_twisted_websocket.hltype)
 
 
 def default_serializers() -> dict[str, ISerializer]:
@@ -74,14 +74,18 @@ def default_serializers() -> dict[str, ISerializer]:
     They are shared by all connections so that autobahn's per-serializer cache on a message
     serializes a broadcast EVENT once per serializer, not once per subscriber.
     """
-    serializers: list[ISerializer] = [
-        cbor_serializer(),
-        cbor_serializer(batched=True),
-        MsgPackSerializer(),
-        MsgPackSerializer(batched=True),
-        json_serializer(),
-        json_serializer(batched=True),
-    ]
+    # ISerializers by ISerializer.register(), which type checkers do not see.
+    serializers = cast(
+        "list[ISerializer]",
+        [
+            cbor_serializer(),
+            cbor_serializer(batched=True),
+            MsgPackSerializer(),
+            MsgPackSerializer(batched=True),
+            json_serializer(),
+            json_serializer(batched=True),
+        ],
+    )
     return {f"wamp.2.{s.SERIALIZER_ID}": s for s in serializers}
 
 
@@ -119,6 +123,7 @@ class WampServerProtocol(WebSocketServerProtocol):
     """One WebSocket connection carrying one WAMP session at a time."""
 
     factory: WampServerFactory
+    transport: ITransport  # connected before any of this class's methods runs
     _serializer: ISerializer
     _wamp: Session | None = None
 
@@ -301,7 +306,8 @@ class WampServerProtocol(WebSocketServerProtocol):
         Under ``WebSocketResource`` the transport was taken over from twisted.web's HTTP channel,
         which is still registered as its producer: it is replaced.
         """
-        transport = self.transport
+        # Stream transports are consumers too; one that is not fails below and keeps no check.
+        transport = cast(IConsumer, self.transport)
         try:
             transport.unregisterProducer()
         except RuntimeError:  # none was registered (twisted.internet.testing's transports say so)
@@ -443,7 +449,7 @@ class _TurnWriter:
                 self.direct = set()
             from twisted.internet import reactor
 
-            reactor.callLater(0, self.flush)  # type: ignore[attr-defined]
+            reactor.callLater(0, self.flush)
         direct = self.direct
         if direct is not None and protocol not in direct:
             direct.add(protocol)
@@ -539,7 +545,8 @@ def _buffered_bytes(transport: Any) -> int | None:
 class WampServerFactory(WebSocketServerFactory):
     """Builds WAMP connections for one router."""
 
-    protocol = WampServerProtocol
+    # autobahn subclasses Twisted's generic Factory without a type argument, leaving protocol's type unbound.
+    protocol = WampServerProtocol  # type: ignore[assignment]
 
     def __init__(
         self,
@@ -562,7 +569,7 @@ class WampServerFactory(WebSocketServerFactory):
         self.allowed_origins = list(allowed_origins or ())
         self.allowed_hosts = None if allowed_hosts is None else list(allowed_hosts)
         if clock is None:
-            from twisted.internet import reactor as clock  # type: ignore[assignment]
+            from twisted.internet import reactor as clock
         self.clock: IReactorTime = clock  # type: ignore[assignment]
         self.connections: set[WampServerProtocol] = set()
         self.stats: Counter[str] = router.stats
@@ -578,10 +585,10 @@ class WampServerFactory(WebSocketServerFactory):
             allowNullOrigin=True,  # origins are checked in admit(), which answers 403
         )
 
-    def setProtocolOptions(self, **options: Any) -> None:
+    def setProtocolOptions(self, *args: Any, **options: Any) -> None:
         """autobahn's protocol options, for the connections made from now on (they read them from their
         class, see ``_options_class``: set options through this method, not as factory attributes)."""
-        super().setProtocolOptions(**options)
+        super().setProtocolOptions(*args, **options)
         self._options_class()
 
     def _options_class(self) -> None:
@@ -593,7 +600,10 @@ class WampServerFactory(WebSocketServerFactory):
         """
         base = self._protocol_base
         options = {name: getattr(self, name) for name in WebSocketServerProtocol.CONFIG_ATTRS}
-        self.protocol = type(base.__name__, (base,), {"__module__": base.__module__, **options})
+        self.protocol = cast(
+            "type[WampServerProtocol]",
+            type(base.__name__, (base,), {"__module__": base.__module__, **options}),
+        )
 
     def admit(self, request: ConnectionRequest, local_ip: str = "") -> None:
         """Refuse a WebSocket handshake: 400 for a host name not in ``allowed_hosts`` (received on

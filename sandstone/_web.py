@@ -88,7 +88,9 @@ class LimitedRequest(Request):
         self.channel.loseConnection()
 
     def process(self) -> None:
-        site = self.channel.site
+        # Site.buildProtocol sets channel.site (twisted.web's own Request.process reads it too), but
+        # HTTPChannel does not declare it.
+        site = self.channel.site  # type: ignore[attr-defined]
         if isinstance(site, SandstoneSite):
             host = self.requestHeaders.getRawHeaders(b"host", [None])[0]
             if not site.host_allowed(host.decode("latin-1") if host else None, self.getHost()):
@@ -122,6 +124,7 @@ class _Channel(HTTPChannel):
     ticket stops counting as pending once its first request has been received.
     """
 
+    site: SandstoneSite  # set by Site.buildProtocol
     ticket: Ticket | None = None
     _deadline: IDelayedCall | None = None
     _receiving = False  # between the first byte of a request and its last
@@ -189,13 +192,14 @@ class _Channel(HTTPChannel):
 
     def _too_slow(self, reason: str) -> None:
         self._deadline = None
-        site = self.site
+        site, transport = self.site, self.transport
+        assert transport is not None  # the deadline is disarmed when the connection is lost
         site.stats["request_timeouts"] += 1
         site._refusals.log(
-            "408 to {peer}: {reason}", peer=getattr(self.transport.getPeer(), "host", ""), reason=reason
+            "408 to {peer}: {reason}", peer=getattr(transport.getPeer(), "host", ""), reason=reason
         )
-        self.transport.write(_TIMED_OUT)
-        self.transport.loseConnection()
+        transport.write(_TIMED_OUT)
+        transport.loseConnection()
 
 
 class SandstoneSite(Site):
@@ -246,7 +250,8 @@ class SandstoneSite(Site):
         self.clock: IReactorTime = clock  # type: ignore[assignment]
         self._refusals = _Throttled(self.clock)
 
-    def buildProtocol(self, addr: IAddress) -> IProtocol | None:
+    # HTTPFactory types its protocols as HTTP channels; this Site deliberately builds others first.
+    def buildProtocol(self, addr: IAddress) -> IProtocol | None:  # type: ignore[override]
         ip = str(getattr(addr, "host", "") or "")
         try:
             ticket = self.admission.admit(ip)
@@ -313,8 +318,10 @@ class _Refused(Protocol):
     """A connection over the limits: answered 503 and closed at once."""
 
     def connectionMade(self) -> None:
-        self.transport.write(_SERVICE_UNAVAILABLE)
-        self.transport.loseConnection()
+        transport = self.transport
+        assert transport is not None  # set by makeConnection
+        transport.write(_SERVICE_UNAVAILABLE)
+        transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
         pass
@@ -362,6 +369,7 @@ class _Head(Protocol):
         line_end = buffer.find(b"\n")
         protocol = self.site._protocol_for(buffer[:line_end].rstrip(b"\r"), self.addr)
         transport = self.transport
+        assert transport is not None  # data arrives only on a connected transport
         if protocol is None:
             self.ticket.release()
             transport.loseConnection()
@@ -369,7 +377,9 @@ class _Head(Protocol):
         if isinstance(transport, ProtocolWrapper):  # TLS and other wrapping transports
             transport.wrappedProtocol = protocol
         else:
-            transport.protocol = protocol
+            # Every reactor's connection (tcp.Server, unix.Server, iocp) dispatches to its .protocol, an
+            # attribute ITransport does not declare.
+            transport.protocol = protocol  # type: ignore[attr-defined]
         admitted = getattr(protocol, "admitted", None)
         if admitted is not None:
             admitted(self.ticket)
@@ -407,8 +417,10 @@ class _Head(Protocol):
         self.site._refusals.log(
             "{status} to {peer}: {reason}", status=status, peer=getattr(self.addr, "host", ""), reason=reason
         )
-        self.transport.write(response)
-        self.transport.loseConnection()
+        transport = self.transport
+        assert transport is not None  # refused on data received or a timer cancelled on connection lost
+        transport.write(response)
+        transport.loseConnection()
 
     def _cancel_timer(self) -> None:
         timer, self.timer = self.timer, None
@@ -433,7 +445,7 @@ class GracefulShutdown(Service):
     Stop listening alongside (``twistd sandstone`` stops its listening port at the same time).
     """
 
-    name = "shutdown"
+    name = "shutdown"  # type: ignore[assignment]  # Twisted's Service declares `name = None` untyped
 
     def __init__(
         self, app: Sandstone, site: SandstoneSite | None = None, timeout: float = 5.0, clock: Any = None

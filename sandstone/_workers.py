@@ -26,14 +26,14 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.service import Service
 from twisted.internet import error, fdesc
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.endpoints import TCP6ServerEndpoint
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IListeningPort, IProcessTransport, IReactorThreads
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import ILogObserver, Logger, LogLevel, eventFromJSON, globalLogPublisher
 from twisted.python.failure import Failure
@@ -85,7 +85,7 @@ class SharedListener(Service):
     worker accepts again (``hand_back``): connections queued there are served, not lost.
     """
 
-    name = "web"
+    name = "web"  # type: ignore[assignment]  # Twisted's Service declares `name = None` untyped
 
     def __init__(self, endpoint: Any, count: int, factory: Any, reactor: Any = None) -> None:
         self.family = socket.AF_INET6 if isinstance(endpoint, TCP6ServerEndpoint) else socket.AF_INET
@@ -146,7 +146,7 @@ class SharedListener(Service):
 class InheritedPortService(Service):
     """A worker's "web" service: accepts on the listening socket inherited as file descriptor ``fd``."""
 
-    name = "web"
+    name = "web"  # type: ignore[assignment]  # Twisted's Service declares `name = None` untyped
 
     def __init__(self, fd: int, factory: Any, reactor: Any = None) -> None:
         self.fd = fd
@@ -182,9 +182,9 @@ class InheritedPortService(Service):
 _NOT_IN_ARGV = frozenset({"workers", "cluster-secret"})
 
 
-def worker_arguments(options: Any, parameters: Sequence[Sequence[Any]]) -> list[str]:
+def worker_arguments(options: Any, parameters: Sequence[Any]) -> list[str]:
     """The ``twistd sandstone`` arguments a worker gets: every option given, except ``--workers`` and
-    ``--cluster-secret`` (see ``worker_environment``)."""
+    ``--cluster-secret`` (see ``worker_environment``). ``parameters``: ``Options.optParameters``."""
     arguments = []
     for long, *_rest in parameters:
         if long in _NOT_IN_ARGV:
@@ -219,6 +219,8 @@ def _describe_end(reason: Failure) -> str:
 
 class _WorkerProcess(ProcessProtocol):
     """One worker process, seen from the supervisor: relays its output to the log, reports its end."""
+
+    transport: IProcessTransport  # set before connectionMade
 
     def __init__(self, supervisor: WorkerSupervisor, number: int, started: float) -> None:
         self.supervisor = supervisor
@@ -265,7 +267,7 @@ class WorkerSupervisor(Service):
     ``environment`` adds variables to the supervisor's own for the workers (see ``worker_environment``).
     """
 
-    name = "workers"
+    name = "workers"  # type: ignore[assignment]  # Twisted's Service declares `name = None` untyped
 
     def __init__(
         self,
@@ -405,9 +407,11 @@ class WorkerSupervisor(Service):
             if isinstance(event, dict):
                 if event.get("sandstone_accepting"):
                     self.listener.hand_back(number)
-                text = event.get("log_format")
+                log_format = event.get("log_format")
                 # literal text: the worker flattened the format's fields, and the prefix has none
-                event["log_format"] = f"worker {number}: " + (text if isinstance(text, str) else "")
+                event["log_format"] = f"worker {number}: " + (
+                    log_format if isinstance(log_format, str) else ""
+                )
                 event["sandstone_worker"] = number
                 self._observer(event)
                 return
@@ -458,7 +462,7 @@ def run_worker(argv: Sequence[str]) -> None:
         sys.exit(2)
     root = makeService(options, inherited_fd=fd)
 
-    stopping = []
+    stopping: list[str] = []
 
     def stop(why: str) -> None:
         if stopping:
@@ -471,7 +475,8 @@ def run_worker(argv: Sequence[str]) -> None:
             pass
 
     def on_signal(signum: int, frame: Any) -> None:
-        reactor.callFromThread(stop, f"Received {signal.Signals(signum).name}")
+        # The global reactor's static type leaves IReactorThreads out; every reactor twistd runs provides it.
+        cast(IReactorThreads, reactor).callFromThread(stop, f"Received {signal.Signals(signum).name}")
 
     def install_signal_handlers() -> None:
         # Twisted's own raise ReactorNotRunning on a second signal (Ctrl-C reaches the whole process group,

@@ -20,9 +20,11 @@ from collections.abc import Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from ._envelope import MAX_BYTES, MAX_ID, channel_names, encode_delivery, encode_event, event_data
+from ._envelope import MAX_BYTES, channel_names, encode_delivery, encode_event, event_data
+from ._ids import MAX_ID
 from ._payload import value_problem
 from ._publication import Publication
+from ._redis_url import RedisAddress
 
 if TYPE_CHECKING:
     import redis
@@ -35,9 +37,11 @@ class Pusher:
 
     ``realm``, ``prefix`` and ``cluster_name`` must be the cluster's (``--cluster-name``); the channel names
     also carry the Redis database of ``url`` (or of ``client``), as the nodes' do. A ``client`` given here
-    is used as it is and is not closed by ``close()``; otherwise one is made from ``url``. ``origin`` names
-    this producer in the messages (default: ``push-`` and a random hex string). Redis errors
-    (``redis.exceptions.RedisError``) reach the caller as they are.
+    is used as it is and is not closed by ``close()``; otherwise one is made from ``url``, a
+    ``redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]`` URL as the nodes take (``ValueError`` for another form;
+    for TLS or a unix socket, pass a ``client``). ``origin`` names this producer in the messages (default:
+    ``push-`` and a random hex string). Redis errors (``redis.exceptions.RedisError``) reach the caller as
+    they are.
     """
 
     def __init__(
@@ -60,7 +64,14 @@ class Pusher:
         elif not isinstance(origin, str) or not origin:
             raise ValueError(f"origin must be a non-empty str, not {origin!r}")
         if client is None:
-            client = redis.Redis.from_url(url)
+            address = RedisAddress.parse(url)
+            client = redis.Redis(
+                host=address.host,
+                port=address.port,
+                db=address.db,
+                username=address.username,
+                password=address.password,
+            )
             self._owns_client = True
         else:
             self._owns_client = False

@@ -21,7 +21,7 @@ import itertools
 import json as jsonlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from autobahn.wamp import message
 from autobahn.wamp.auth import compute_wcs, derive_key
@@ -38,11 +38,11 @@ from ._session import Session
 
 __all__ = ["Event", "TestClient", "TestResponse", "TestSession", "TestSubscription", "SessionClosed"]
 
-_SERIALIZERS: dict[str, Callable[[], ISerializer]] = {
-    "json": JsonSerializer,
-    "msgpack": MsgPackSerializer,
-    "cbor": CBORSerializer,
-}
+# ISerializers by ISerializer.register(), which type checkers do not see.
+_SERIALIZERS = cast(
+    "dict[str, Callable[[], ISerializer]]",
+    {"json": JsonSerializer, "msgpack": MsgPackSerializer, "cbor": CBORSerializer},
+)
 
 _CLIENT_ROLES = {
     "publisher": {"features": {"publisher_exclusion": True, "subscriber_blackwhite_listing": True}},
@@ -203,7 +203,10 @@ class TestSession:
         options = {} if match == "exact" else {"match": match}
         request = next(self._requests)
         self._subscribing[request] = (topic, match)
-        return self._result(self._request(message.Subscribe.MESSAGE_TYPE, options, topic, request=request))
+        subscription: TestSubscription = self._result(
+            self._request(message.Subscribe.MESSAGE_TYPE, options, topic, request=request)
+        )
+        return subscription
 
     def unsubscribe(self, subscription: TestSubscription) -> None:
         """Unsubscribe; raises ``ApplicationError`` on an ERROR."""
@@ -239,9 +242,10 @@ class TestSession:
                 [message.Publish.MESSAGE_TYPE, next(self._requests), options, topic, *_payload(args, kwargs)]
             )
             return None
-        return self._result(
+        publication: int = self._result(
             self._request(message.Publish.MESSAGE_TYPE, options, topic, *_payload(args, kwargs))
         )
+        return publication
 
     # RPC
 
@@ -259,7 +263,7 @@ class TestSession:
 
     def register(self, procedure: str, function: Callable[..., Any]) -> int:
         """Register ``function`` as the callee of ``procedure``; returns the registration id."""
-        registration = self._result(self._request(message.Register.MESSAGE_TYPE, {}, procedure))
+        registration: int = self._result(self._request(message.Register.MESSAGE_TYPE, {}, procedure))
         self._registrations[registration] = function
         return registration
 
@@ -267,7 +271,8 @@ class TestSession:
 
     def send_raw(self, raw: list[Any]) -> None:
         """Serialize a raw WAMP message (a list) and hand it to the router as a frame."""
-        payload, is_binary = self._serializer._serializer.serialize(raw), self._serializer._serializer.BINARY
+        objects = self._serializer._serializer  # type: ignore[attr-defined]  # not in autobahn's ISerializer
+        payload, is_binary = objects.serialize(raw), objects.BINARY
         self.send_frame(payload, is_binary)
 
     def send_frame(self, payload: bytes, is_binary: bool) -> None:
@@ -501,7 +506,7 @@ class TestClient:
             kwargs["json"] = json
         elif data is not None:
             kwargs["data"] = data
-        d = self.rest.request(method, url, **kwargs)
+        d = self.rest.request(method, url, **kwargs)  # type: ignore[attr-defined]  # StubTreq setattr()s it
         self.rest.flush()
         response = _fired(d, f"{method} {path}")
         body_d = response.content()

@@ -558,6 +558,16 @@ class RestSessionTests(SynchronousTestCase):
         response = self.client.get("/me", headers={"Cookie": f"sandstone_session={cookie}"})
         self.assertEqual(response.json(), {"authid": "dave", "authrole": "member"})
 
+    def test_a_malformed_neighbour_cookie_does_not_hide_the_session_cookie(self) -> None:
+        _, cookie = self.login()
+        for neighbours in ('theme="dark', 'bad"name=1', "path=/", "=x"):
+            for header in (
+                f"{neighbours}; sandstone_session={cookie}",
+                f"sandstone_session={cookie}; {neighbours}",
+            ):
+                response = self.client.get("/me", headers={"Cookie": header})
+                self.assertEqual(response.json(), {"authid": "dave", "authrole": "member"}, header)
+
     def test_identity_from_a_bearer_token(self) -> None:
         token, _ = self.login()
         response = TestClient(self.app).get("/me", headers={"Authorization": f"Bearer {token}"})

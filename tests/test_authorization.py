@@ -1,5 +1,6 @@
 """Authorization: the app's authorizer, topic ``may_*`` hooks, pattern subscriptions (at subscribe time and
-at delivery), the reserved ``wamp.`` namespace, the session meta API and ``app.broadcast(on_behalf_of=...)``.
+at delivery), the reserved ``wamp.`` namespace, the authorizer on the session meta API and
+``app.broadcast(on_behalf_of=...)``.
 
 Sessions get their authrole from authentication; these tests set ``session._session.authrole`` (the
 router-side session of a ``TestSession``) right after connecting, to get distinct roles without it.
@@ -489,30 +490,6 @@ class ReservedTests(SynchronousTestCase):
         self.alice.subscribe("", match="prefix")
         self.alice.subscribe("wam", match="prefix")
         self.alice.subscribe("..x", match="wildcard")
-
-    def test_session_meta_api(self) -> None:
-        bob = self.client.connect()
-        self.assertEqual(self.successResultOf(self.alice.call("wamp.session.count")), 2)
-        self.assertEqual(
-            sorted(self.successResultOf(self.alice.call("wamp.session.list"))),
-            sorted([self.alice.id, bob.id]),
-        )
-        bob._session.authrole = "user"
-        self.assertEqual(self.successResultOf(self.alice.call("wamp.session.count", ["user"])), 1)
-        self.assertEqual(self.successResultOf(self.alice.call("wamp.session.list", ["user"])), [bob.id])
-        self.assertEqual(
-            self.successResultOf(self.alice.call("wamp.session.get", bob.id)),
-            {"session": bob.id, "authid": bob.authid, "authrole": "user", "authmethod": "anonymous"},
-        )
-        failure = self.failureResultOf(self.alice.call("wamp.session.get", 12345), ApplicationError)
-        self.assertEqual(failure.value.error, "wamp.error.no_such_session")
-        bob.leave()
-        self.assertEqual(self.successResultOf(self.alice.call("wamp.session.count")), 1)
-        self.assertEqual(len(self.app.router.dealer), 0)  # not registrations
-
-    def test_welcome_announces_the_session_meta_api(self) -> None:
-        [welcome] = [m for m in self.alice.messages if isinstance(m, message.Welcome)]
-        self.assertTrue(welcome.roles["dealer"].session_meta_api)
 
     def test_the_authorizer_decides_on_meta_procedures_too(self) -> None:
         app = make_app(authorize)

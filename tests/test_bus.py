@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from sandstone import Publication, Sandstone, Topic, on_event
 from sandstone import _bus as bus_module
-from sandstone._bus import CLUSTER_SECRET_ENV, MAX_ID, RedisAddress, RedisBus, _Recent, publication_id_for
+from sandstone._bus import CLUSTER_SECRET_ENV, MAX_ID, RedisBus, _Recent, publication_id_for
 from sandstone._envelope import Signer, decode, encode_delivery, encode_event, encode_node, encode_owner
 from sandstone.testing import TestClient
 
@@ -24,58 +24,6 @@ from sandstone.testing import TestClient
 @dataclass(frozen=True)
 class Ping:
     n: int
-
-
-class RedisAddressTests(SynchronousTestCase):
-    def test_good_urls(self) -> None:
-        cases = {
-            "redis://127.0.0.1:6379/0": RedisAddress("127.0.0.1", 6379, 0),
-            "redis://localhost": RedisAddress("localhost", 6379, 0),
-            "redis://localhost/": RedisAddress("localhost", 6379, 0),
-            "redis://redis.example.com:7000/3": RedisAddress("redis.example.com", 7000, 3),
-            "redis://[::1]:6380/15": RedisAddress("::1", 6380, 15),
-        }
-        for url, expected in cases.items():
-            self.assertEqual(RedisAddress.parse(url), expected, url)
-
-    def test_credentials(self) -> None:
-        self.assertEqual(
-            RedisAddress.parse("redis://:s3cret@127.0.0.1:6380/2"),
-            RedisAddress("127.0.0.1", 6380, 2, None, "s3cret"),
-        )
-        self.assertEqual(
-            RedisAddress.parse("redis://app:s3cret@redis.internal"),
-            RedisAddress("redis.internal", 6379, 0, "app", "s3cret"),
-        )
-
-    def test_bad_urls(self) -> None:
-        cases = {
-            "http://127.0.0.1:6379/0": "expected a Redis URL like redis://127.0.0.1:6379/0, got "
-            "'http://127.0.0.1:6379/0'",
-            "127.0.0.1:6379": "expected a Redis URL like redis://127.0.0.1:6379/0",
-            "redis://": "expected a Redis URL like redis://127.0.0.1:6379/0, got 'redis://'",
-            "redis:///0": "expected a Redis URL",
-            "redis://h/zero": "the database in 'redis://h/zero' must be a number, got 'zero'",
-            "redis://h/0/1": "the database in 'redis://h/0/1' must be a number, got '0/1'",
-            "redis://h/-1": "must be a number, got '-1'",
-            "redis://h:99999/0": "invalid port in Redis URL 'redis://h:99999/0'",
-            "redis://h:port/0": "invalid port in Redis URL 'redis://h:port/0'",
-        }
-        for url, message in cases.items():
-            with self.assertRaises(ValueError, msg=url) as caught:
-                RedisAddress.parse(url)
-            self.assertIn(message, str(caught.exception), url)
-
-    def test_shown_without_the_password(self) -> None:
-        address = RedisAddress.parse("redis://app:s3cret@127.0.0.1:6380/2")
-        self.assertEqual(str(address), "redis://app:***@127.0.0.1:6380/2")
-        self.assertNotIn("s3cret", repr(address))
-        self.assertEqual(str(RedisAddress.parse("redis://:s3cret@[::1]")), "redis://:***@[::1]:6379/0")
-        self.assertEqual(str(RedisAddress.parse("redis://h")), "redis://h:6379/0")
-
-    def test_use_redis_checks_the_url_at_once(self) -> None:
-        with self.assertRaises(ValueError):
-            Sandstone(anonymous=True).use_redis("redis://h:nope")
 
 
 class PublicationIdTests(SynchronousTestCase):
