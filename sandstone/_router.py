@@ -62,10 +62,24 @@ class Router:
         self.clock = time.monotonic  # seconds, for the rate limits (tests inject a fake clock)
         self.authorization = Authorization(self, topics)
         self.dealer.meta.update(meta_procedures(self))
-        # Called once a publication was delivered to the local subscribers (and handed to the bus): the
-        # WebSocket transport, which may have written that broadcast straight away, batches the rest of the
-        # reactor turn (see _transport._TurnWriter).
+        # Called once a publication was delivered to the local subscribers (and handed to the bus): see
+        # on_delivered.
         self.delivered: Callable[[], None] = _nothing
+
+    def on_delivered(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` once each publication was delivered to the local subscribers (and handed to the bus):
+        a WebSocket factory, which may have written that broadcast straight away, batches the rest of the
+        reactor turn (see ``_transport._TurnWriter``). Every hook added is called, in order."""
+        previous = self.delivered
+        if previous is _nothing:
+            self.delivered = hook
+            return
+
+        def both() -> None:
+            previous()
+            hook()
+
+        self.delivered = both
 
     # sessions
 

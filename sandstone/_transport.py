@@ -18,7 +18,6 @@ from autobahn.websocket import protocol as _autobahn_protocol
 from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
 from autobahn.websocket.protocol import TrafficStats
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
-from twisted.internet import tcp
 from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime, ITransport
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -33,6 +32,7 @@ from ._payload import payload_problem
 from ._ratelimit import SessionRates
 from ._router import Router
 from ._session import Session
+from ._twisted_internals import TCPServer, buffered_bytes, send_now
 
 log = Logger()
 
@@ -207,8 +207,8 @@ class WampServerProtocol(WebSocketServerProtocol):
         if self._perMessageCompress is None and not self.send_queue:
             # The hot path of a broadcast: the frame was built once for every subscriber on this serializer.
             transport = self.transport
-            if type(transport) is tcp.Server:
-                _turn.write(self, frame)
+            if type(transport) is TCPServer:
+                self.factory.writer.write(self, frame)
             else:
                 transport.write(frame)
         else:
@@ -220,11 +220,11 @@ class WampServerProtocol(WebSocketServerProtocol):
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         # autobahn's own writes (control frames, close, compressed messages) go after the frames queued
         # for this turn.
-        _turn.flush_one(self)
+        self.factory.writer.flush_one(self)
         super().sendData(data, sync, chopsize)
 
     def dropConnection(self, abort: bool = False) -> None:
-        _turn.flush_one(self)
+        self.factory.writer.flush_one(self)
         super().dropConnection(abort)
 
     def close_transport(self, reason: str) -> None:
@@ -261,7 +261,7 @@ class WampServerProtocol(WebSocketServerProtocol):
             self._watch_backlog()
 
     def connectionLost(self, reason: Any = None) -> None:
-        _turn.queued.pop(self, None)
+        self.factory.writer.forget(self)
         self.factory.connections.discard(self)
         self._cancel_hello_timer()
         if self._ticket is not None:
@@ -322,7 +322,7 @@ class WampServerProtocol(WebSocketServerProtocol):
 
     def _check_backlog(self, backlog: _Backlog, size: int) -> None:
         backlog.written += size
-        buffered = _buffered_bytes(self.transport)
+        buffered = buffered_bytes(self.transport)
         if buffered is None:
             buffered = backlog.written
         limit = self.factory.limits.max_outgoing_buffer
@@ -410,7 +410,7 @@ class WampServerProtocol(WebSocketServerProtocol):
 
 class _TurnWriter:
     """The WAMP frames written to TCP connections during one reactor turn, sent at the end of that turn
-    with one ``send`` per connection.
+    with one ``send`` per connection. One per factory, on the factory's reactor (``call_later``).
 
     ``transport.write`` queues too, but its bytes leave only after the next poll, at the cost of two
     epoll changes and a writability event per connection. Here a broadcast to N subscribers costs N
@@ -429,9 +429,16 @@ class _TurnWriter:
     # where they share each connection's send with the turn's other frames.
     idle = 0.001
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        call_later: Callable[[float, Callable[[], None]], object],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """``call_later(0, f)`` runs ``f`` at the end of the reactor turn (``IReactorTime.callLater``);
+        ``clock`` is a monotonic time source in seconds, to tell an idle spell."""
         self.queued: dict[WampServerProtocol, list[bytes]] = {}
         self.scheduled = False
+        self.call_later = call_later
         self.clock = clock
         self.last_flush = float("-inf")  # when frames were last sent
         # While a broadcast after an idle spell is written straight away: the connections written to (a
@@ -447,9 +454,7 @@ class _TurnWriter:
             self.scheduled = True
             if self.clock() - self.last_flush >= self.idle:
                 self.direct = set()
-            from twisted.internet import reactor
-
-            reactor.callLater(0, self.flush)
+            self.call_later(0, self.flush)
         direct = self.direct
         if direct is not None and protocol not in direct:
             direct.add(protocol)
@@ -481,29 +486,18 @@ class _TurnWriter:
         """Send what waits for ``protocol`` now, if anything (before autobahn writes to it itself)."""
         chunks = self.queued.pop(protocol, None)
         if chunks:
-            _send_now(protocol.transport, b"".join(chunks))
+            send_now(protocol.transport, b"".join(chunks))
 
-
-_turn = _TurnWriter()
+    def forget(self, protocol: WampServerProtocol) -> None:
+        """Drop what waits for ``protocol`` (its connection is lost)."""
+        self.queued.pop(protocol, None)
 
 
 def _send_logged(protocol: WampServerProtocol, data: bytes) -> None:
     try:
-        _send_now(protocol.transport, data)
+        send_now(protocol.transport, data)
     except Exception:  # one broken connection must not keep the others' frames
         log.failure("writing to {peer} failed", peer=getattr(protocol, "peer", None))
-
-
-def _send_now(transport: Any, data: bytes) -> None:
-    """Hand ``data`` to the kernel now if nothing waits before it in the transport, else queue it there."""
-    if not transport._tempDataLen and not transport.dataBuffer and transport.connected:
-        if not transport.disconnecting:
-            sent = transport.writeSomeData(data)
-            if sent.__class__ is int:  # else the connection is lost: the reactor finds out on its own
-                if sent == len(data):
-                    return
-                data = data[sent:]
-    transport.write(data)
 
 
 @implementer(IPushProducer)
@@ -529,19 +523,6 @@ class _Backlog:
         self.paused = False
 
 
-def _buffered_bytes(transport: Any) -> int | None:
-    """Bytes a transport holds that the kernel did not take yet (through TLS wrappers), if known."""
-    for _ in range(4):
-        if transport is None:
-            return None
-        data = getattr(transport, "dataBuffer", None)
-        temp = getattr(transport, "_tempDataLen", None)
-        if isinstance(data, bytes) and isinstance(temp, int):
-            return len(data) - int(getattr(transport, "offset", 0)) + temp
-        transport = getattr(transport, "transport", None)
-    return None
-
-
 class WampServerFactory(WebSocketServerFactory):
     """Builds WAMP connections for one router."""
 
@@ -557,20 +538,25 @@ class WampServerFactory(WebSocketServerFactory):
         allowed_origins: Sequence[str] | None = None,
         allowed_hosts: Sequence[str] | None = None,
         clock: IReactorTime | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
         **kwargs: Any,
     ) -> None:
+        """``clock`` is the reactor the factory's connections run on (its timers, the end of a reactor turn);
+        ``monotonic`` the time source the per-turn writer tells idle spells with."""
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.clock: IReactorTime = clock  # type: ignore[assignment]
+        # The frames written to this factory's connections during one turn of its reactor, sent at its end.
+        self.writer = _TurnWriter(self.clock.callLater, monotonic)
         self.serializers = serializers if serializers is not None else default_serializers()
         self._protocol_base: type[WampServerProtocol] = self.protocol
         super().__init__(protocols=list(self.serializers), **kwargs)
         self.traffic = TrafficStats()  # autobahn's counters, summed over every connection
         self.router = router
-        router.delivered = _turn.end_direct
+        router.on_delivered(self.writer.end_direct)
         self.limits = limits if limits is not None else router.limits
         self.allowed_origins = list(allowed_origins or ())
         self.allowed_hosts = None if allowed_hosts is None else list(allowed_hosts)
-        if clock is None:
-            from twisted.internet import reactor as clock
-        self.clock: IReactorTime = clock  # type: ignore[assignment]
         self.connections: set[WampServerProtocol] = set()
         self.stats: Counter[str] = router.stats
         limits = self.limits

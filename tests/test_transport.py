@@ -6,182 +6,243 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from twisted.internet import main, reactor
-from twisted.internet.task import deferLater
-from twisted.trial.unittest import TestCase
+from twisted.internet import reactor
+from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
 
 from sandstone import Sandstone
+from sandstone._publication import Publication
 from sandstone._router import Router
-from sandstone._transport import WampServerFactory, _send_now, _turn, _TurnWriter
+from sandstone._transport import WampServerFactory, _TurnWriter
 from tests.support import ServerTestCase, wait_until
 
 
-class FakeTCP:
-    """The parts of twisted.internet.tcp.Server the writer uses, recording what reaches the socket."""
+class RecordingTransport(StringTransport):
+    """A StringTransport that keeps each write apart: ``sent`` is what each ``write`` call carried."""
 
-    def __init__(self, takes: int | None = None, lost: bool = False) -> None:
+    def __init__(self) -> None:
+        super().__init__()
         self.sent: list[bytes] = []
-        self.written: list[bytes] = []  # through transport.write (Twisted's own buffer)
-        self.dataBuffer = b""
-        self._tempDataLen = 0
-        self.connected = True
-        self.disconnecting = False
-        self.takes = takes
-        self.lost = lost
-
-    def writeSomeData(self, data: bytes) -> Any:
-        if self.lost:
-            return main.CONNECTION_LOST
-        taken = data if self.takes is None else data[: self.takes]
-        self.sent.append(bytes(taken))
-        return len(taken)
 
     def write(self, data: bytes) -> None:
-        self.written.append(data)
-        self._tempDataLen += len(data)
+        self.sent.append(bytes(data))
+        super().write(data)
+
+
+class BrokenTransport(StringTransport):
+    def write(self, data: bytes) -> None:
+        raise RuntimeError("broken transport")
 
 
 class FakeProtocol:
-    def __init__(self, transport: FakeTCP) -> None:
-        self.transport = transport
+    """What the writer reads of a connection: its transport."""
+
+    def __init__(self, transport: StringTransport | None = None) -> None:
+        self.transport: Any = transport if transport is not None else RecordingTransport()
 
 
-class FakeClock:
-    def __init__(self, now: float = 100.0) -> None:
-        self.now = now
+class WriterTestCase(SynchronousTestCase):
+    """A writer on a fake reactor (``turns``: ``end_turn`` runs what waits for the end of the turn) and a fake
+    monotonic time source (``time``), so that time passes within a turn."""
 
-    def __call__(self) -> float:
-        return self.now
+    def setUp(self) -> None:
+        self.turns = Clock()
+        self.time = Clock()
+        self.time.advance(100.0)
+        self.writer = _TurnWriter(self.turns.callLater, self.time.seconds)
+        self.one, self.two = FakeProtocol(), FakeProtocol()
+
+    def end_turn(self) -> None:
+        self.turns.advance(0)
+
+    def write(self, protocol: FakeProtocol, data: bytes) -> None:
+        self.writer.write(protocol, data)  # type: ignore[arg-type]
+
+    def sent(self, protocol: FakeProtocol) -> list[bytes]:
+        sent: list[bytes] = protocol.transport.sent
+        return sent
 
 
-def next_turn() -> Any:
-    return deferLater(reactor, 0, lambda: None)
-
-
-class TurnWriterTests(TestCase):
+class TurnWriterTests(WriterTestCase):
     """A busy server: every frame waits for the end of the turn."""
 
     def setUp(self) -> None:
-        self.writer = _TurnWriter(FakeClock())
-        self.writer.last_flush = 100.0  # frames were sent just now: no idle spell before these turns
+        super().setUp()
+        self.write(FakeProtocol(), b"earlier")  # frames were sent just now: no idle spell before these turns
+        self.end_turn()
 
-    async def test_frames_of_one_turn_leave_in_one_send_in_order(self) -> None:
-        one, two = FakeProtocol(FakeTCP()), FakeProtocol(FakeTCP())
+    def test_frames_of_one_turn_leave_in_one_send_in_order(self) -> None:
         for frame in (b"a", b"b", b"c"):
-            self.writer.write(one, frame)  # type: ignore[arg-type]
-        self.writer.write(two, b"z")  # type: ignore[arg-type]
-        self.assertEqual(one.transport.sent, [])
-        await next_turn()
-        self.assertEqual(one.transport.sent, [b"abc"])
-        self.assertEqual(two.transport.sent, [b"z"])
-        self.assertEqual(self.writer.queued, {})
+            self.write(self.one, frame)
+        self.write(self.two, b"z")
+        self.assertEqual(self.sent(self.one), [])
+        self.end_turn()
+        self.assertEqual(self.sent(self.one), [b"abc"])
+        self.assertEqual(self.sent(self.two), [b"z"])
 
-    async def test_a_later_turn_sends_again(self) -> None:
-        one = FakeProtocol(FakeTCP())
-        self.writer.write(one, b"a")  # type: ignore[arg-type]
-        await next_turn()
-        self.writer.write(one, b"b")  # type: ignore[arg-type]
-        await next_turn()
-        self.assertEqual(one.transport.sent, [b"a", b"b"])
+    def test_a_later_turn_sends_again(self) -> None:
+        self.write(self.one, b"a")
+        self.end_turn()
+        self.write(self.one, b"b")
+        self.end_turn()
+        self.assertEqual(self.sent(self.one), [b"a", b"b"])
 
-    async def test_flush_one_sends_that_connections_frames_first(self) -> None:
-        one, two = FakeProtocol(FakeTCP()), FakeProtocol(FakeTCP())
-        self.writer.write(one, b"event")  # type: ignore[arg-type]
-        self.writer.write(two, b"other")  # type: ignore[arg-type]
-        self.writer.flush_one(one)  # type: ignore[arg-type]
-        one.transport.write(b"close")  # what autobahn writes next goes after the queued frames
-        self.assertEqual(one.transport.sent, [b"event"])
-        await next_turn()
-        self.assertEqual(one.transport.sent, [b"event"])
-        self.assertEqual(two.transport.sent, [b"other"])
+    def test_flush_one_sends_that_connections_frames_first(self) -> None:
+        self.write(self.one, b"event")
+        self.write(self.two, b"other")
+        self.writer.flush_one(self.one)  # type: ignore[arg-type]
+        self.one.transport.write(b"close")  # what autobahn writes next goes after the queued frames
+        self.assertEqual(self.sent(self.one), [b"event", b"close"])
+        self.assertEqual(self.sent(self.two), [])
+        self.end_turn()
+        self.assertEqual(self.sent(self.one), [b"event", b"close"])
+        self.assertEqual(self.sent(self.two), [b"other"])
+
+    def test_a_forgotten_connection_gets_nothing_more(self) -> None:
+        self.write(self.one, b"event")
+        self.writer.forget(self.one)  # type: ignore[arg-type]
+        self.end_turn()
+        self.assertEqual(self.sent(self.one), [])
+
+    def test_the_turn_ends_on_the_writers_reactor(self) -> None:
+        self.write(self.one, b"event")
+        self.assertEqual(len(self.turns.getDelayedCalls()), 1)
+        self.assertEqual(self.sent(self.one), [])
+        self.end_turn()
+        self.assertEqual(self.sent(self.one), [b"event"])
 
 
-class DirectWritingTests(TestCase):
+class DirectWritingTests(WriterTestCase):
     """After an idle spell the turn's first broadcast is written as it is delivered; ``end_direct`` (after
     each broadcast) ends that, and the rest of the turn is batched."""
 
-    def setUp(self) -> None:
-        self.clock = FakeClock()
-        self.writer = _TurnWriter(self.clock)
-        self.one, self.two = FakeProtocol(FakeTCP()), FakeProtocol(FakeTCP())
-
-    async def test_a_broadcast_after_an_idle_spell_is_written_as_it_is_delivered(self) -> None:
-        self.writer.write(self.one, b"event")  # type: ignore[arg-type]
-        self.assertEqual(self.one.transport.sent, [b"event"])  # before the second subscriber's
-        self.writer.write(self.two, b"event")  # type: ignore[arg-type]
+    def test_a_broadcast_after_an_idle_spell_is_written_as_it_is_delivered(self) -> None:
+        self.write(self.one, b"event")
+        self.assertEqual(self.sent(self.one), [b"event"])  # before the second subscriber's
+        self.write(self.two, b"event")
         self.writer.end_direct()
-        self.assertEqual(self.two.transport.sent, [b"event"])
-        self.assertEqual((self.writer.queued, self.writer.last_flush), ({}, 100.0))
-        await next_turn()
+        self.assertEqual(self.sent(self.two), [b"event"])
+        self.end_turn()
+        self.assertEqual((self.sent(self.one), self.sent(self.two)), ([b"event"], [b"event"]))
 
-    async def test_after_the_broadcast_the_rest_of_the_turn_is_batched(self) -> None:
-        self.writer.write(self.one, b"event")  # type: ignore[arg-type]
+    def test_after_the_broadcast_the_rest_of_the_turn_is_batched(self) -> None:
+        self.write(self.one, b"event")
         self.writer.end_direct()
-        self.clock.now += self.writer.idle * 5
-        self.writer.write(self.one, b"published")  # type: ignore[arg-type]
-        self.writer.write(self.one, b"second")  # type: ignore[arg-type]
-        self.writer.write(self.two, b"second")  # type: ignore[arg-type]
-        self.assertEqual((self.one.transport.sent, self.two.transport.sent), ([b"event"], []))
-        await next_turn()
-        self.assertEqual(self.one.transport.sent, [b"event", b"publishedsecond"])  # one send for the rest
-        self.assertEqual(self.two.transport.sent, [b"second"])
-        self.assertFalse(self.writer.scheduled)
+        self.time.advance(self.writer.idle * 5)
+        self.write(self.one, b"published")
+        self.write(self.one, b"second")
+        self.write(self.two, b"second")
+        self.assertEqual((self.sent(self.one), self.sent(self.two)), ([b"event"], []))
+        self.end_turn()
+        self.assertEqual(self.sent(self.one), [b"event", b"publishedsecond"])  # one send for the rest
+        self.assertEqual(self.sent(self.two), [b"second"])
 
-    async def test_a_second_frame_for_a_connection_waits_behind_its_first(self) -> None:
-        self.writer.write(self.one, b"a")  # type: ignore[arg-type]
-        self.writer.write(self.one, b"b")  # type: ignore[arg-type]  (a pattern and an exact subscription)
-        self.writer.write(self.two, b"a")  # type: ignore[arg-type]
-        self.assertEqual((self.one.transport.sent, self.two.transport.sent), ([b"a"], [b"a"]))
-        await next_turn()
-        self.assertEqual(self.one.transport.sent, [b"a", b"b"])
+    def test_a_second_frame_for_a_connection_waits_behind_its_first(self) -> None:
+        self.write(self.one, b"a")
+        self.write(self.one, b"b")  # (a pattern and an exact subscription)
+        self.write(self.two, b"a")
+        self.assertEqual((self.sent(self.one), self.sent(self.two)), ([b"a"], [b"a"]))
+        self.end_turn()
+        self.assertEqual(self.sent(self.one), [b"a", b"b"])
 
-    async def test_a_turn_right_after_a_send_is_batched_however_long_it_takes(self) -> None:
+    def test_a_turn_right_after_a_send_is_batched_however_long_it_takes(self) -> None:
         # a busy server (e.g. 1000 subscribers per publish, turns back to back) keeps one send per turn
-        self.writer.write(self.one, b"a")  # type: ignore[arg-type]
+        self.write(self.one, b"a")
         self.writer.end_direct()
-        await next_turn()
-        self.clock.now += self.writer.idle / 10
-        self.writer.write(self.one, b"b")  # type: ignore[arg-type]
-        self.clock.now += self.writer.idle * 5  # a long delivery
-        self.writer.write(self.two, b"b")  # type: ignore[arg-type]
+        self.end_turn()
+        self.time.advance(self.writer.idle / 10)
+        self.write(self.one, b"b")
+        self.time.advance(self.writer.idle * 5)  # a long delivery
+        self.write(self.two, b"b")
         self.writer.end_direct()
-        self.writer.write(self.one, b"c")  # type: ignore[arg-type]
-        self.assertEqual((self.one.transport.sent, self.two.transport.sent), ([b"a"], []))
-        await next_turn()
-        self.assertEqual((self.one.transport.sent, self.two.transport.sent), ([b"a", b"bc"], [b"b"]))
+        self.write(self.one, b"c")
+        self.assertEqual((self.sent(self.one), self.sent(self.two)), ([b"a"], []))
+        self.end_turn()
+        self.assertEqual((self.sent(self.one), self.sent(self.two)), ([b"a", b"bc"], [b"b"]))
 
-    async def test_the_end_of_a_batched_turn_counts_as_a_send(self) -> None:
-        self.writer.last_flush = self.clock.now
-        self.writer.write(self.one, b"a")  # type: ignore[arg-type]
-        self.clock.now += 1.0
-        await next_turn()
-        self.assertEqual(self.writer.last_flush, 101.0)
-        self.writer.write(self.one, b"b")  # type: ignore[arg-type]  (no time passed: busy)
-        self.assertEqual(self.one.transport.sent, [b"a"])
-        await next_turn()
-        self.assertEqual(self.one.transport.sent, [b"a", b"b"])
+    def test_the_end_of_a_batched_turn_counts_as_a_send(self) -> None:
+        self.write(self.two, b"earlier")  # written straight away: a send just now
+        self.writer.end_direct()
+        self.end_turn()
+        self.write(self.one, b"a")  # busy: batched
+        self.time.advance(1.0)  # a long turn
+        self.end_turn()
+        self.write(self.one, b"b")  # no time passed since the end of that turn: busy
+        self.assertEqual(self.sent(self.one), [b"a"])
+        self.end_turn()
+        self.assertEqual(self.sent(self.one), [b"a", b"b"])
 
-    async def test_a_turn_after_an_idle_spell_writes_straight_away_again(self) -> None:
-        self.writer.write(self.one, b"a")  # type: ignore[arg-type]
-        await next_turn()  # the end of the turn ends the straight writing too
-        self.assertIsNone(self.writer.direct)
-        self.clock.now += self.writer.idle
-        self.writer.write(self.one, b"b")  # type: ignore[arg-type]
-        self.assertEqual(self.one.transport.sent, [b"a", b"b"])
-        await next_turn()
+    def test_a_turn_after_an_idle_spell_writes_straight_away_again(self) -> None:
+        self.write(self.one, b"a")
+        self.end_turn()  # the end of the turn ends the straight writing too
+        self.write(self.two, b"b")
+        self.assertEqual(self.sent(self.two), [])
+        self.end_turn()
+        self.time.advance(self.writer.idle)
+        self.write(self.one, b"c")
+        self.assertEqual(self.sent(self.one), [b"a", b"c"])
+        self.end_turn()
 
-    async def test_a_failing_connection_does_not_stop_the_broadcast(self) -> None:
-        broken = FakeProtocol(BrokenTCP())
-        self.writer.write(broken, b"a")  # type: ignore[arg-type]
-        self.writer.write(self.one, b"a")  # type: ignore[arg-type]
-        self.assertEqual(self.one.transport.sent, [b"a"])
+    def test_a_failing_connection_does_not_stop_the_broadcast(self) -> None:
+        self.write(FakeProtocol(BrokenTransport()), b"a")
+        self.write(self.one, b"a")
+        self.assertEqual(self.sent(self.one), [b"a"])
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
-        await next_turn()
+        self.end_turn()
 
-    def test_the_factory_hooks_the_writer_to_its_router(self) -> None:
+
+class TurnWriterFailureTests(WriterTestCase):
+    def test_a_failing_connection_does_not_keep_the_others_frames(self) -> None:
+        self.write(FakeProtocol(), b"earlier")
+        self.end_turn()  # busy: the frames wait for the end of the turn
+        self.write(FakeProtocol(BrokenTransport()), b"a")
+        self.write(self.one, b"b")
+        self.end_turn()
+        self.assertEqual(self.sent(self.one), [b"b"])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class FactoryWriterTests(SynchronousTestCase):
+    """Each factory has its own writer, on the factory's reactor, cued by its router after each
+    publication."""
+
+    def factory(self, router: Router, turns: Clock) -> WampServerFactory:
+        time = Clock()
+        time.advance(100.0)
+        return WampServerFactory(router, clock=turns, monotonic=time.seconds)
+
+    def test_each_factory_ends_its_turns_on_its_own_reactor(self) -> None:
+        turns_a, turns_b = Clock(), Clock()
         router = Router(open_uris=True, anonymous=True)
-        WampServerFactory(router)
-        self.assertEqual(router.delivered, _turn.end_direct)
+        a, b = self.factory(router, turns_a), self.factory(Router(), turns_b)
+        self.assertIsNot(a.writer, b.writer)
+        one, two = FakeProtocol(), FakeProtocol()
+        a.writer.write(one, b"x")  # type: ignore[arg-type]
+        a.writer.end_direct()
+        a.writer.write(one, b"y")  # type: ignore[arg-type]
+        b.writer.write(two, b"x")  # type: ignore[arg-type]
+        b.writer.end_direct()
+        b.writer.write(two, b"y")  # type: ignore[arg-type]
+        turns_b.advance(0)
+        self.assertEqual((one.transport.sent, two.transport.sent), ([b"x"], [b"x", b"y"]))
+        turns_a.advance(0)
+        self.assertEqual(one.transport.sent, [b"x", b"y"])
+
+    def test_a_publication_ends_the_straight_writing_of_every_factory_of_its_router(self) -> None:
+        router = Router(open_uris=True, anonymous=True)
+        turns = Clock()
+        factories = [self.factory(router, turns), self.factory(router, turns)]
+        ones = [FakeProtocol(), FakeProtocol()]
+        twos = [FakeProtocol(), FakeProtocol()]
+        for factory, one in zip(factories, ones, strict=True):
+            factory.writer.write(one, b"event")  # type: ignore[arg-type]  (after an idle spell: at once)
+        router.publish(Publication("com.example.news"))
+        for factory, two in zip(factories, twos, strict=True):
+            factory.writer.write(two, b"next")  # type: ignore[arg-type]
+        self.assertEqual([two.transport.sent for two in twos], [[], []])
+        turns.advance(0)
+        self.assertEqual([two.transport.sent for two in twos], [[b"next"], [b"next"]])
 
 
 class RestBroadcastOverTCPTests(ServerTestCase):
@@ -211,33 +272,6 @@ class RestBroadcastOverTCPTests(ServerTestCase):
         self.assertEqual(client.received["com.example.news"][0].args, ["from rest"])
 
 
-class SendNowTests(TestCase):
-    def test_the_kernel_gets_it_at_once(self) -> None:
-        transport = FakeTCP()
-        _send_now(transport, b"frame")
-        self.assertEqual((transport.sent, transport.written), ([b"frame"], []))
-
-    def test_what_the_kernel_does_not_take_goes_to_the_transport(self) -> None:
-        transport = FakeTCP(takes=2)
-        _send_now(transport, b"frame")
-        self.assertEqual((transport.sent, transport.written), ([b"fr"], [b"ame"]))
-
-    def test_bytes_already_buffered_keep_their_place(self) -> None:
-        transport = FakeTCP()
-        transport.write(b"earlier")
-        _send_now(transport, b"frame")
-        self.assertEqual((transport.sent, transport.written), ([], [b"earlier", b"frame"]))
-
-    def test_a_lost_or_closing_connection_is_left_to_the_transport(self) -> None:
-        lost = FakeTCP(lost=True)
-        _send_now(lost, b"frame")
-        self.assertEqual(lost.written, [b"frame"])
-        closing = FakeTCP()
-        closing.disconnecting = True
-        _send_now(closing, b"frame")
-        self.assertEqual((closing.sent, closing.written), ([], [b"frame"]))
-
-
 class BurstOverTCPTests(ServerTestCase):
     """A burst of broadcasts in one reactor turn over real TCP: larger than the socket takes at once."""
 
@@ -256,20 +290,3 @@ class BurstOverTCPTests(ServerTestCase):
         await wait_until(lambda: len(received) == count and len(other) == count, timeout=10)
         self.assertEqual(received, list(range(count)))
         self.assertEqual(other, list(range(count)))
-
-
-class BrokenTCP(FakeTCP):
-    def writeSomeData(self, data: bytes) -> Any:
-        raise RuntimeError("broken transport")
-
-
-class TurnWriterFailureTests(TestCase):
-    async def test_a_failing_connection_does_not_keep_the_others_frames(self) -> None:
-        writer = _TurnWriter(FakeClock())
-        writer.last_flush = 100.0  # busy: the frames wait for the end of the turn
-        broken, fine = FakeProtocol(BrokenTCP()), FakeProtocol(FakeTCP())
-        writer.write(broken, b"a")  # type: ignore[arg-type]
-        writer.write(fine, b"b")  # type: ignore[arg-type]
-        await next_turn()
-        self.assertEqual(fine.transport.sent, [b"b"])
-        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
