@@ -27,7 +27,6 @@ import contextlib
 import http.client
 import json
 import os
-import platform
 import queue
 import signal
 import sys
@@ -44,11 +43,9 @@ from cluster_latency import (
     STARTUP_TIMEOUT,
     TOPIC,
     Child,
-    git_commit,
     node,
     redis_server,
-    uncommitted_changes,
-    versions,
+    run_header,
     wait_for_cluster,
 )
 
@@ -483,22 +480,8 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanups on SIGTERM too
     stamp = time.strftime("%Y%m%dT%H%M%S")
     tag = f"bus{os.getpid()}"
-    results: dict[str, Any] = {
-        "benchmark": "bus_cost",
-        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": " ".join([Path(sys.executable).as_posix(), "bench/bus_cost.py", *argv]),
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "machine": {
-            "cores": os.cpu_count(),
-            "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
-        "sandstone_commit": git_commit(),
-        "sandstone_uncommitted_changes": uncommitted_changes(),
-        "versions": versions(),
-        "runs": [],
-    }
+    results = run_header("bus_cost", argv, args)
+    results["runs"] = []
     started = time.monotonic()
     for n in args.node_counts:
         print(f"N = {n}: redis-server + {n} nodes, {args.events} events", file=sys.stderr, flush=True)

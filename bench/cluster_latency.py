@@ -777,6 +777,25 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def run_header(benchmark: str, argv: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    """What every bench script's JSON result starts with: the command, its settings, the machine, the code."""
+    return {
+        "benchmark": benchmark,
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": " ".join([Path(sys.executable).as_posix(), f"bench/{benchmark}.py", *argv]),
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "machine": {
+            "cores": os.cpu_count(),
+            "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "sandstone_commit": git_commit(),
+        "sandstone_uncommitted_changes": uncommitted_changes(),
+        "versions": versions(),
+    }
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rate", type=float, default=50.0, help="POSTs per second in the latency phase")
@@ -802,22 +821,8 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanups on SIGTERM too
     stamp = time.strftime("%Y%m%dT%H%M%S")
     tag = f"bench{os.getpid()}"
-    results: dict[str, Any] = {
-        "benchmark": "cluster_latency",
-        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": " ".join([Path(sys.executable).as_posix(), "bench/cluster_latency.py", *argv]),
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "machine": {
-            "cores": os.cpu_count(),
-            "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
-        "sandstone_commit": git_commit(),
-        "sandstone_uncommitted_changes": uncommitted_changes(),
-        "versions": versions(),
-        "scenarios": {},
-    }
+    results = run_header("cluster_latency", argv, args)
+    results["scenarios"] = {}
     started = time.monotonic()
     print("one node: node A, no Redis; subscribers and POSTs on A", file=sys.stderr, flush=True)
     with node("node A", None) as a:

@@ -19,7 +19,7 @@ from twisted.logger import LogLevel, globalLogPublisher
 
 from sandstone import Limits, Sandstone
 from tests.support import SERIALIZERS, Client, ServerTestCase, sleep, wait_until
-from tests.test_e2e_limits import RawPeer
+from tests.test_e2e_limits import RawPeer, upgrade
 
 ATTACKER = "127.0.0.1"
 LEGIT = "127.0.0.2"
@@ -31,21 +31,6 @@ def rss_bytes() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise AssertionError("no VmRSS in /proc/self/status")
-
-
-def upgrade(host: str, path: str = "/ws", origin: str | None = None) -> bytes:
-    lines = [
-        f"GET {path} HTTP/1.1",
-        f"Host: {host}",
-        "Upgrade: websocket",
-        "Connection: Upgrade",
-        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
-        "Sec-WebSocket-Version: 13",
-        "Sec-WebSocket-Protocol: wamp.2.json",
-    ]
-    if origin is not None:
-        lines.append(f"Origin: {origin}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
 class AttackTestCase(ServerTestCase):

@@ -22,6 +22,22 @@ from sandstone._limits import Limits
 from tests.support import ServerTestCase, wait_until
 
 
+def upgrade(host: str, path: str = "/ws", origin: str | None = None) -> bytes:
+    """A WebSocket opening handshake asking for wamp.2.json."""
+    lines = [
+        f"GET {path} HTTP/1.1",
+        f"Host: {host}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version: 13",
+        "Sec-WebSocket-Protocol: wamp.2.json",
+    ]
+    if origin is not None:
+        lines.append(f"Origin: {origin}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
 class RawPeer(Protocol):
     """Raw bytes over TCP: what the server answered, and when it closed."""
 
@@ -70,18 +86,7 @@ class LimitsTestCase(ServerTestCase):
         return peer
 
     async def handshake(self, origin: str | None = None, host: str | None = None) -> RawPeer:
-        headers = [
-            f"GET {self.app.ws_path} HTTP/1.1",
-            f"Host: {host or f'127.0.0.1:{self.port}'}",
-            "Upgrade: websocket",
-            "Connection: Upgrade",
-            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
-            "Sec-WebSocket-Version: 13",
-            "Sec-WebSocket-Protocol: wamp.2.json",
-        ]
-        if origin is not None:
-            headers.append(f"Origin: {origin}")
-        peer = await self.raw(("\r\n".join(headers) + "\r\n\r\n").encode())
+        peer = await self.raw(upgrade(host or f"127.0.0.1:{self.port}", self.app.ws_path, origin))
         await wait_until(lambda: peer.status is not None or peer.closed.called)
         return peer
 
