@@ -9,6 +9,8 @@ one autobahn-python WAMP client subscribed to ``articles`` on EACH node (so ever
 K ``POST /api/articles`` to node 1. Counted from Redis itself, not from sandstone's internals, so the same
 script measures any bus design:
 
+- scripts: ``cmdstat_eval`` and ``cmdstat_evalsha`` calls per event, less the heartbeats' and purges' (at
+  the rate of an idle window);
 - publishes: ``cmdstat_publish`` calls (``INFO commandstats``) before/after, cross-checked against a
   bench-side observer subscribed with ``PSUBSCRIBE *`` that counts every message per channel;
 - receipts (messages Redis delivered to the nodes): for each channel, messages the observer saw x the
@@ -175,9 +177,14 @@ def message_type(data: bytes) -> str:
 
 
 def publish_calls(client: Any) -> int:
-    """``cmdstat_publish`` calls so far (0 before the first PUBLISH)."""
+    """``cmdstat_publish`` calls so far (0 before the first PUBLISH), PUBLISHes made by scripts included."""
+    return command_calls(client, "publish")
+
+
+def command_calls(client: Any, *commands: str) -> int:
+    """``cmdstat_<command>`` calls so far, summed over ``commands``."""
     stats = client.info("commandstats")
-    return int(stats.get("cmdstat_publish", {}).get("calls", 0))
+    return sum(int(stats.get(f"cmdstat_{command}", {}).get("calls", 0)) for command in commands)
 
 
 def subscribers(client: Any, channels: list[str]) -> dict[str, int]:
@@ -284,9 +291,11 @@ def run_n(n: int, args: argparse.Namespace, tag: str) -> dict[str, Any]:
         # Idle window: what the bus carries with no event at all (heartbeats or the like).
         idle_before = observer.snapshot()
         idle_calls = publish_calls(client)
+        idle_evals = command_calls(client, "eval", "evalsha")
         time.sleep(args.idle)
         idle_counts = observer.snapshot() - idle_before
         idle_publishes = publish_calls(client) - idle_calls
+        idle_evals = command_calls(client, "eval", "evalsha") - idle_evals
 
         # The measured window.
         channels = all_channels(client)
@@ -295,6 +304,7 @@ def run_n(n: int, args: argparse.Namespace, tag: str) -> dict[str, Any]:
         counts_before = observer.snapshot()
         kinds_before = observer.kinds_snapshot()
         calls_before = publish_calls(client)
+        evals_before = command_calls(client, "eval", "evalsha")
         t0 = time.monotonic()
         statuses: Counter[int] = Counter()
         titles = [f"{tag}-n{n} {seq}" for seq in range(1, args.events + 1)]
@@ -318,6 +328,8 @@ def run_n(n: int, args: argparse.Namespace, tag: str) -> dict[str, Any]:
             events.pump(0.05)
         window_s = time.monotonic() - t0
         calls_after = publish_calls(client)
+        evals = command_calls(client, "eval", "evalsha") - evals_before
+        idle_evals_in_window = idle_evals / args.idle * window_s if args.idle else 0.0
         counts = observer.snapshot() - counts_before
         kinds = observer.kinds_snapshot() - kinds_before
         subs_after = subscribers(client, sorted(set(all_channels(client)) | set(counts)))
@@ -374,6 +386,9 @@ def run_n(n: int, args: argparse.Namespace, tag: str) -> dict[str, Any]:
             "publishes_per_event": round((calls_after - calls_before) / k, 3),
             "receipts_per_event": round(receipts / k, 3),
             "issue_claim": {"publishes_per_event": n + 1, "receipts_per_event": n * (n + 1)},
+            # scripts the nodes ran (claims to announce a broadcast; heartbeats and purges, estimated from
+            # the idle window, taken off)
+            "evals_per_event": round((evals - idle_evals_in_window) / k, 2),
             "idle": {
                 "seconds": args.idle,
                 "publishes": idle_publishes,
@@ -410,6 +425,7 @@ def table(runs: list[dict[str, Any]]) -> str:
         ["receipts per event", *[f"{r['receipts_per_event']:g}" for r in runs]],
         ["  issue's claim (N(N+1))", *[str(r["issue_claim"]["receipts_per_event"]) for r in runs]],
         ["PUBLISH seen by observer", *[str(r["publishes_seen_by_observer"]) for r in runs]],
+        ["EVAL per event (less heartbeats)", *[f"{r.get('evals_per_event', 0):g}" for r in runs]],
         ["idle bus messages in window", *[str(r["idle"]["expected_in_window"]) for r in runs]],
         ["node pattern subscriptions", *[str(r["node_pattern_subscriptions"]["before"]) for r in runs]],
         [

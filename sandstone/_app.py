@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from klein import Klein
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.web.resource import IResource
 
 from . import _login
 from ._auth import Authenticator, CraUserLookup, Identity
 from ._authorization import Authorizer, principal
-from ._dispatcher import DispatchResult, EventDispatcher
+from ._dispatcher import DispatchResult, EventDispatcher, current_cause
 from ._envelope import EventCodec
-from ._errors import LOGGED_OUT
+from ._errors import LOGGED_OUT, WampError
 from ._limits import Limits
 from ._pattern import Converter, TopicPattern
 from ._payload import require_carried
@@ -196,6 +196,28 @@ class Sandstone(Klein):
         """The live Topic instance for a concrete URI, or ``None`` when nobody is subscribed."""
         return self._core.topics.get(uri)
 
+    @overload
+    def broadcast(
+        self,
+        uri: str,
+        payload: Any,
+        *,
+        exclude: Iterable[Session | int] = ...,
+        eligible: Iterable[Session | int] | None = ...,
+        on_behalf_of: None = ...,
+    ) -> int: ...
+
+    @overload
+    def broadcast(
+        self,
+        uri: str,
+        payload: Any,
+        *,
+        exclude: Iterable[Session | int] = ...,
+        eligible: Iterable[Session | int] | None = ...,
+        on_behalf_of: object,
+    ) -> Deferred[int]: ...
+
     def broadcast(
         self,
         uri: str,
@@ -203,16 +225,16 @@ class Sandstone(Klein):
         *,
         exclude: Iterable[Session | int] = (),
         eligible: Iterable[Session | int] | None = None,
-        on_behalf_of: Any = None,
-    ) -> Any:
+        on_behalf_of: object = None,
+    ) -> int | Deferred[int]:
         """Publish ``payload`` (an EVENT's first argument) to the subscribers of ``uri``; returns its id.
 
         ``on_behalf_of`` (a ``Session``, or anything with ``authid`` and ``authrole``, such as an
         ``Identity``) applies the authorization a client publishing on ``uri`` gets: the app's authorizer
-        (action ``"publish"``) and the topic's ``may_publish``. Refused, it raises
+        (action ``"publish"``) and the topic's ``may_publish``. Then a ``Deferred`` is returned, always:
+        it fires with the id once the publication is sent, or fails with
         ``WampError(wamp.error.not_authorized)`` (``authorization_failed`` when a hook raised) and nothing
-        is sent. When a hook answers asynchronously, a Deferred is returned instead, firing with the id or
-        failing with that ``WampError``.
+        is sent (``await`` it in an ``async def`` route).
 
         A payload that not every WAMP serializer can carry alike (a datetime, a set, a dict with integer
         keys, an integer beyond 64 bits, NaN...) raises ``TypeError`` saying where, and nothing is sent.
@@ -226,13 +248,17 @@ class Sandstone(Klein):
             source="app",
         )
         router = self._core.router
-        if on_behalf_of is not None:
-            authorization = router.authorization
+        if on_behalf_of is None:
+            return _published(router, publication)
+        authorization = router.authorization
+        try:
             checks, cleanup = authorization.checks(principal(on_behalf_of), "publish", uri, payload=payload)
             pending = authorization.decide(checks, "publish to", uri, cleanup)
-            if pending is not None:
-                return pending.addCallback(lambda _: _published(router, publication))
-        return _published(router, publication)
+        except WampError as refused:
+            return fail(refused)
+        if pending is None:
+            return succeed(_published(router, publication))
+        return pending.addCallback(lambda _: _published(router, publication))
 
     # authorization
 
@@ -269,11 +295,13 @@ class Sandstone(Klein):
         it to their own listeners; one that cannot be encoded raises ``TypeError`` here.
         """
         core = self._core
-        if core.codec.is_forwarded(name):
-            if core.router.bus is not None:
-                return core.router.bus.dispatch(name, event)
-            core.codec.encode(name, event)  # the same error without Redis as with it
-        return core.events.dispatch(name, event)
+        if not core.codec.is_forwarded(name):
+            return core.events.dispatch(name, event)
+        data = core.codec.encode(name, event)  # the same error without Redis as with it
+        cause = core.router.cluster.forward(name, data, current_cause())
+        if cause is None:  # dispatched on another node already, and handled here
+            return succeed(DispatchResult(name, event, called=0, stopped=False, errors=[]))
+        return core.events.dispatch(name, event, cause=cause)
 
     def forward(self, name: str, event_type: type = dict) -> None:
         """Make event ``name`` cross nodes: dispatched on one node, handled on all of them.

@@ -234,9 +234,9 @@ class Authorization:
         checks: list[Check],
         action: str,
         uri: str,
-        then: Callable[[], Any],
+        then: Callable[[], Deferred[None] | None],
         cleanup: Callable[[], None] = lambda: None,
-    ) -> Any:
+    ) -> Deferred[None] | None:
         """Authorize a session's request, then run ``then`` (its effect).
 
         When every check answers at once this returns what ``then`` returns (or raises ``WampError``);
@@ -246,7 +246,7 @@ class Authorization:
         """
         queue = self._queues.get(session)
         if queue is not None:
-            result: Deferred[Any] = Deferred()
+            result: Deferred[None] = Deferred()
             queue.append(_Queued(checks, action, uri, then, cleanup, result))
             return result
         pending = _checked(checks, action, uri, cleanup)

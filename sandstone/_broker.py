@@ -30,6 +30,7 @@ class Broker:
 
     def __init__(self, stats: Counter[str] | None = None) -> None:
         self.subscriptions = SubscriptionTable()
+        self._by_session: dict[Session, dict[int, Subscription]] = {}  # each session's, by id
         # What the limits refused (``events_capped``): the router's counters when it gives them.
         self.stats: Counter[str] = stats if stats is not None else Counter()
         # ``gate(session, uri) -> bool``: may a pattern subscriber receive an event of this concrete URI?
@@ -39,7 +40,7 @@ class Broker:
     def may_subscribe(self, session: Session, uri: str, match: str, limit: int) -> bool:
         """False when a session holding ``limit`` subscriptions (0: no limit) asks for a new one; asking
         again for one it holds is always fine (it gets the same subscription id)."""
-        if limit <= 0 or len(session._subscriptions) < limit:
+        if limit <= 0 or len(self._by_session.get(session, ())) < limit:
             return True
         subscription = self.subscriptions.find(uri, match)
         return subscription is not None and session in subscription.sessions
@@ -48,21 +49,23 @@ class Broker:
         """Add a session to the (uri, match) subscription; True when it was not subscribed yet."""
         subscription, added = self.subscriptions.add(session, uri, match)
         if added:
-            session._subscriptions[subscription.id] = subscription
+            self._by_session.setdefault(session, {})[subscription.id] = subscription
         return subscription, added
 
     def unsubscribe(self, session: Session, subscription_id: int) -> Subscription:
         """Remove a session from one of its subscriptions, or raise ``no_such_subscription``."""
-        subscription = session._subscriptions.pop(subscription_id, None)
+        held = self._by_session.get(session)
+        subscription = None if held is None else held.pop(subscription_id, None)
         if subscription is None:
             raise WampError(NO_SUCH_SUBSCRIPTION, f"session has no subscription {subscription_id}")
+        if not held:
+            del self._by_session[session]
         self.subscriptions.remove(session, subscription)
         return subscription
 
     def unsubscribe_all(self, session: Session) -> list[Subscription]:
         """Remove every subscription of a leaving session; returns them, in subscription order."""
-        subscriptions = list(session._subscriptions.values())
-        session._subscriptions.clear()
+        subscriptions = list(self._by_session.pop(session, {}).values())
         for subscription in subscriptions:
             self.subscriptions.remove(session, subscription)
         return subscriptions
@@ -93,7 +96,7 @@ class Broker:
                     continue
                 if event is None:
                     event = _event(subscription, publication)
-                session._send(event)
+                session.send_message(event)
                 delivered += 1
         return delivered
 
@@ -116,7 +119,8 @@ class Broker:
                 elif not publication.admits(session):
                     continue
                 # -1: not counted, the session holds too few subscriptions to reach the cap
-                count = sent.get(session, 0) if len(session._subscriptions) > max_events else -1
+                held = self._by_session.get(session)
+                count = sent.get(session, 0) if held is not None and len(held) > max_events else -1
                 if count >= max_events:
                     sent[session] = count + 1  # counts the skipped ones too
                     continue
@@ -126,7 +130,7 @@ class Broker:
                     sent[session] = count + 1
                 if event is None:
                     event = _event(subscription, publication)
-                session._send(event)
+                session.send_message(event)
                 delivered += 1
         for session, count in sent.items():
             if count > max_events:
@@ -154,7 +158,7 @@ class Broker:
         if subscription is None or session not in subscription.sessions:
             raise ValueError(f"session {session.id} is not subscribed to topic {topic!r}")
         publication = Publication(topic, args, kwargs)
-        session._send(_event(subscription, publication))
+        session.send_message(_event(subscription, publication))
         return publication.id
 
 

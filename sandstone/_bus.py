@@ -3,10 +3,12 @@
 Delivery rule (every subscriber in the cluster gets each broadcast exactly once):
 
 - A forwarded *event* goes to the bus once; every node dispatches it to its own listeners. A broadcast made
-  while a node handles a forwarded event carries a *key* (event id, source, topic, rank) from which
-  its publication id is derived, so every node computes the same one: each node delivers the first copy of a
-  key it sees (its own, or another node's through the bus) and drops the others. Nodes without a topic
-  instance (only pattern subscribers) still get it from the nodes that have one.
+  while a node handles a forwarded event carries a *key* (event id, source, topic, rank: see
+  ``_cluster.Cause``) from which its publication id is derived, so every node computes the same one: each
+  node delivers the first copy of a key it sees (its own, or another node's through the bus) and drops the
+  others. Of the nodes that made it, the first to claim the key in Redis (``SET NX``) announces it, in the
+  same script: one PUBLISH per key, so that nodes without a topic instance (only pattern subscribers) get
+  it, and the bus carries O(N) messages per broadcast for N nodes, not N per node.
 - Any other broadcast (a client's publish, ``on_subscribe``, a timer, a REST handler) is delivered locally at
   once and sent to the bus once; the other nodes deliver it to their own subscribers.
 - Calls to a procedure registered by a client on another node travel on that node's channel; registrations are
@@ -23,18 +25,16 @@ secret. Channel names carry the cluster name and the Redis database (``docs/bus.
 
 from __future__ import annotations
 
-import hashlib
+import itertools
 import json
 import os
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import txredisapi
-from autobahn.wamp import message
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint
@@ -43,7 +43,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
-from ._dispatcher import DispatchResult
+from ._call import Call, Caller
+from ._cluster import Cause
 from ._envelope import (
     NODE,
     PEERS,
@@ -66,7 +67,6 @@ from ._envelope import (
     encode_owner,
 )
 from ._errors import CANCELED, NO_SUCH_PROCEDURE, WampError
-from ._ids import MAX_ID
 from ._payload import payload_problem
 from ._publication import Publication
 from ._redis_url import RedisAddress
@@ -75,7 +75,6 @@ if TYPE_CHECKING:
     from ._dealer import Registration
     from ._dispatcher import EventDispatcher
     from ._router import Router
-    from ._session import Session
 
 log = Logger()
 
@@ -85,9 +84,6 @@ _MESSAGE_HEAD = '{"v":1,"type":"'
 CLUSTER_UNAVAILABLE = "sandstone.error.cluster_unavailable"
 #: The environment variable a node reads its cluster secret from when none is given in code.
 CLUSTER_SECRET_ENV = "SANDSTONE_CLUSTER_SECRET"
-
-# The forwarded event a node is handling, so that broadcasts made meanwhile get a cluster-wide key.
-_handling: ContextVar[str | None] = ContextVar("sandstone_forwarded_event", default=None)
 
 # The node id in a procedures-hash entry, or nil when the entry is not one (anyone with write access to Redis
 # can put anything there): such entries count as dead, so they neither block a claim nor break the purge.
@@ -113,6 +109,14 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 1
 """
 )
+
+# Announce a keyed broadcast unless another node did: the first node to SET the key PUBLISHes the delivery.
+_ANNOUNCE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return redis.call('PUBLISH', KEYS[2], ARGV[3])
+end
+return -1
+"""
 
 # SET the heartbeat; returns whether it still existed (if not, the node's registrations may have been purged)
 _BEAT = """
@@ -147,20 +151,12 @@ return {dead, bad}
 )
 
 
-_NOT_JSON = {
-    "error": "wamp.error.invalid_argument",
-    "args": ["arguments that JSON cannot carry (e.g. binary) cannot cross nodes"],
-}
+_NOT_JSON_ERROR = "wamp.error.invalid_argument"
+_NOT_JSON_ARGS = ["arguments that JSON cannot carry (e.g. binary) cannot cross nodes"]
 
 
 class BusUnavailable(Exception):
     """Redis is not reachable right now; the node keeps serving its own clients."""
-
-
-def publication_id_for(key: str) -> int:
-    """The publication id every node derives from a broadcast's cluster-wide key."""
-    digest = hashlib.sha256(key.encode()).digest()
-    return int.from_bytes(digest[:8], "big") % MAX_ID + 1
 
 
 class _Recent:
@@ -192,7 +188,7 @@ class _Recent:
         return len(self._seen)
 
 
-class _Subscriber(txredisapi.SubscriberProtocol):
+class _Subscriber(txredisapi.SubscriberProtocol):  # type: ignore[misc]  # txredisapi has no types
     """The bus's pub/sub connection; (re)subscribes every time it connects."""
 
     bus: RedisBus
@@ -210,7 +206,7 @@ class _Subscriber(txredisapi.SubscriberProtocol):
         self.factory.bus._subscriber_lost(why)
 
 
-class _Commands(txredisapi.RedisProtocol):
+class _Commands(txredisapi.RedisProtocol):  # type: ignore[misc]  # txredisapi has no types
     """The bus's command connection (PUBLISH, heartbeats, registrations)."""
 
     def connectionMade(self) -> Any:
@@ -223,44 +219,50 @@ class _Commands(txredisapi.RedisProtocol):
         self.factory.bus._commands_lost(why)
 
 
-class _RemoteCaller:
-    """Stands in for a caller on another node: the dealer answers it, the bus carries the answer back."""
+class RemoteCaller:
+    """A ``Caller`` on another node, for the call ``call_id`` it sent this one (``request`` here): the answers
+    travel back on the bus. Its identity is known only when the caller asked for it to be disclosed."""
 
-    __slots__ = ("_bus", "_node", "_call", "id", "authid", "authrole", "_interruptible")
+    __slots__ = ("_bus", "node", "call_id", "request", "id", "authid", "authrole")
 
-    def __init__(self, bus: RedisBus, node: str, call: str, body: dict[str, Any]) -> None:
+    def __init__(self, bus: RedisBus, node: str, call_id: str, request: int, body: dict[str, Any]) -> None:
         self._bus = bus
-        self._node = node
-        self._call = call
-        self.id = body.get("caller") or 0
-        self.authid = body.get("caller_authid")
-        self.authrole = body.get("caller_authrole")
-        self._interruptible = False
+        self.node = node
+        self.call_id = call_id
+        self.request = request
+        self.id: int = body.get("caller") or 0
+        self.authid: str | None = body.get("caller_authid")
+        self.authrole: str | None = body.get("caller_authrole")
 
-    def _send(self, msg: message.Message) -> None:
-        if isinstance(msg, message.Result):
-            body = {"args": msg.args, "kwargs": msg.kwargs, "progress": bool(msg.progress)}
-            if not self._bus._send_node(self._node, "result", {"call": self._call, **body}):
-                self._bus._send_node(self._node, "error", {"call": self._call, **_NOT_JSON})
-        elif isinstance(msg, message.Error):
-            body = {"error": msg.error, "args": msg.args, "kwargs": msg.kwargs}
-            self._bus._send_node(self._node, "error", {"call": self._call, **body})
+    def send_result(
+        self,
+        request: int,
+        args: list[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        progress: bool = False,
+    ) -> None:
+        """Carry a result back to the calling node (one that JSON cannot carry becomes an error)."""
+        body = {"call": self.call_id, "args": args, "kwargs": kwargs, "progress": progress}
+        if not self._bus._send_node(self.node, "result", body):
+            body = {"call": self.call_id, "error": _NOT_JSON_ERROR, "args": _NOT_JSON_ARGS}
+            self._bus._send_node(self.node, "error", body)
+        if not progress:
+            self._bus._served.pop((self.node, self.call_id), None)
 
-    def _send_error(self, request: message.Message, payload: Any) -> None:
-        body = {"error": payload.uri, "args": payload.args, "kwargs": payload.kwargs}
-        self._bus._send_node(self._node, "error", {"call": self._call, **body})
-
-    def _send_result(self, request: int, result: Any) -> None:
-        from ._dealer import result_message
-
-        self._send(result_message(request, result))
+    def send_error(
+        self, request: int, error: str, args: list[Any] | None = None, kwargs: dict[str, Any] | None = None
+    ) -> None:
+        """Carry the call's error back to the calling node."""
+        body = {"call": self.call_id, "error": error, "args": args, "kwargs": kwargs}
+        self._bus._send_node(self.node, "error", body)
+        self._bus._served.pop((self.node, self.call_id), None)
 
 
 @dataclass(slots=True, eq=False)
 class _RemoteCall:
     """A local caller's call served by a callee on another node."""
 
-    caller: Session
+    caller: Caller
     request: int
     node: str
     receive_progress: bool
@@ -328,15 +330,19 @@ class RedisBus(Service):
                 "rejected",
                 "bad_entries",
                 "send_failures",
+                "announced_elsewhere",
             ),
             0,
         )
         self._events = events
         self._reactor = reactor
         self._seen = _Recent(reactor, dedupe_window)
-        self._ranks: OrderedDict[tuple[str, str, str], int] = OrderedDict()
+        # How long a node's claim to announce a keyed broadcast lives in Redis: every node handles a
+        # forwarded event within it (a later copy still meets the dedupe window of each node).
+        self.announce_claim_ttl = min(dedupe_window, 30.0)
         self._remote_calls: dict[str, _RemoteCall] = {}
-        self._served: dict[tuple[str, str], _RemoteCaller] = {}
+        self._served: dict[tuple[str, str], RemoteCaller] = {}
+        self._served_requests = itertools.count(1)
         self._commands: txredisapi.RedisFactory | None = None
         self._subscriber: txredisapi.SubscriberFactory | None = None
         self._commands_up = False
@@ -374,8 +380,7 @@ class RedisBus(Service):
     def startService(self) -> None:
         super().startService()
         self._set_channels()  # the realm may change until now
-        self.router.bus = self
-        self.router.dealer.cluster = self
+        self.router.use_cluster(self)
         endpoint = HostnameEndpoint(self._reactor, self.address.host, self.address.port, timeout=5)
         self._commands = self._factory(
             txredisapi.RedisFactory(
@@ -425,9 +430,8 @@ class RedisBus(Service):
         if self._heartbeat.running:
             self._heartbeat.stop()
         self._fail_remote_calls("this node is shutting down")
-        if self.router.bus is self:
-            self.router.bus = None
-            self.router.dealer.cluster = None
+        if self.router.cluster is self:
+            self.router.use_cluster(None)
         leaving = self._command("delete", self.channels.heartbeat(self.node_id))
         leaving.addCallback(lambda _: self._command("eval", _PURGE_DEAD, *self._purge_arguments()))
         leaving.addErrback(lambda _: None)  # then the TTL does it
@@ -506,7 +510,9 @@ class RedisBus(Service):
         d.addTimeout(self.command_timeout, self._reactor)
         return d
 
-    def _publish(self, channel: str, payload: bytes) -> None:
+    def _publish(self, channel: str, payload: bytes, announce_key: str | None = None) -> None:
+        """PUBLISH ``payload`` on ``channel``; with an ``announce_key``, only if no node claimed that key
+        (this one claims it: see ``announce``)."""
         if len(payload) > self.max_message_bytes:
             self.stats["send_failures"] += 1
             log.warn(
@@ -516,10 +522,18 @@ class RedisBus(Service):
                 limit=self.max_message_bytes,
             )
             return
-        d = self._command("publish", channel, payload.decode())
+        if announce_key is None:
+            d = self._command("publish", channel, payload.decode())
+        else:
+            claim = self.channels.announced(announce_key)
+            ttl = int(self.announce_claim_ttl * 1000)
+            d = self._command("eval", _ANNOUNCE, [claim, channel], [self.node_id, ttl, payload.decode()])
 
-        def sent(_: Any) -> None:
-            self.stats["published"] += 1
+        def sent(receivers: Any) -> None:
+            if receivers == -1:  # another node announced it
+                self.stats["announced_elsewhere"] += 1
+            else:
+                self.stats["published"] += 1
 
         def failed(failure: Failure) -> None:
             self.stats["send_failures"] += 1
@@ -532,9 +546,10 @@ class RedisBus(Service):
 
         d.addCallbacks(sent, failed)
 
-    def _publish_internal(self, channel: str, payload: bytes) -> None:
+    def _publish_internal(self, channel: str, payload: bytes, announce_key: str | None = None) -> None:
         """Publish a node's message on an internal channel, signed when the cluster has a secret."""
-        self._publish(channel, payload if self._signer is None else self._signer.sign(channel, payload))
+        signed = payload if self._signer is None else self._signer.sign(channel, payload)
+        self._publish(channel, signed, announce_key)
 
     def _beat(self) -> Deferred[Any]:
         if not self._commands_up:
@@ -605,30 +620,15 @@ class RedisBus(Service):
 
     # broadcasts
 
-    def prepare(self, publication: Publication) -> bool:
-        """Called by the router before delivering locally: keys broadcasts made while handling a forwarded
-        event (same publication id on every node). False when this key was already delivered here."""
-        event_id = _handling.get()
-        if event_id is None:
-            return True
-        # Ranked per source too: a node without a topic instance must not mistake the app's broadcast
-        # for the instance's (nodes differ in which instances they have, not in app listeners).
-        rank = self._rank(event_id, publication.source, publication.topic)
-        publication.key = f"{event_id}:{publication.source}:{publication.topic}:{rank}"
-        publication.id = publication_id_for(publication.key)
-        return self._seen.first_time(publication.key)
-
-    def _rank(self, event_id: str, source: str, name: str) -> int:
-        """How many times (this one included) ``source`` has sent ``name`` while handling ``event_id``."""
-        rank_key = (event_id, source, name)
-        rank = self._ranks.get(rank_key, 0) + 1
-        self._ranks[rank_key] = rank
-        while len(self._ranks) > 100_000:
-            self._ranks.popitem(last=False)
-        return rank
+    def first_delivery(self, publication: Publication) -> bool:
+        """Whether this node has not delivered the keyed ``publication`` yet (its own copy, or another
+        node's from the bus); it has from now on."""
+        key = publication.key
+        return key is None or self._seen.first_time(key)
 
     def announce(self, publication: Publication) -> None:
-        """Send a publication to the other nodes (after it was delivered here)."""
+        """Send a publication to the other nodes (after it was delivered here). A keyed one is announced by
+        the first node to claim its key only: the others made the same broadcast, or get it from that one."""
         try:
             payload = encode_delivery(self.node_id, publication, publication.key)
         except (TypeError, ValueError, EnvelopeError) as exc:
@@ -640,34 +640,22 @@ class RedisBus(Service):
                 reason=exc,
             )
             return
-        self._publish_internal(self.channels.peers, payload)
+        self._publish_internal(self.channels.peers, payload, publication.key)
 
     # events
 
-    def dispatch(self, name: str, event: object) -> Deferred[DispatchResult]:
-        """Dispatch a forwarded event: to the bus once, and to this node's listeners right away.
+    def forward(self, name: str, data: dict[str, Any], parent: Cause | None) -> Cause | None:
+        """Send a forwarded event to the other nodes; the cause to handle it under here.
 
         Dispatched while handling another forwarded event (which every node does), its id derives from
-        that event's, so each node runs its listeners once however many nodes sent it.
+        that event's, so each node runs its listeners once however many nodes sent it: ``None`` when this
+        node has handled it already.
         """
-        data = self.codec.encode(name, event)
-        parent = _handling.get()
-        if parent is None:
-            event_id = uuid.uuid4().hex
-        else:
-            digest = hashlib.sha256(f"{parent}:event:{name}:{self._rank(parent, 'event', name)}".encode())
-            event_id = digest.hexdigest()[:32]
+        event_id = uuid.uuid4().hex if parent is None else parent.child_event_id(name)
         if not self._seen.first_time(f"event:{event_id}"):
-            return succeed(DispatchResult(name, event, called=0, stopped=False, errors=[]))
+            return None
         self._publish_internal(self.channels.peers, encode_event(self.node_id, event_id, name, data))
-        return self._dispatch_local(event_id, name, event)
-
-    def _dispatch_local(self, event_id: str, name: str, event: object) -> Deferred[DispatchResult]:
-        token = _handling.set(event_id)
-        try:
-            return self._events.dispatch(name, event)
-        finally:
-            _handling.reset(token)
+        return Cause(event_id)
 
     # receiving
 
@@ -713,7 +701,7 @@ class RedisBus(Service):
             self.stats["duplicates"] += 1
             return
         self.stats["dispatched_remote"] += 1
-        self._dispatch_local(msg.id, msg.name, event)
+        self._events.dispatch(msg.name, event, cause=Cause(msg.id))
 
     def _on_delivery(self, msg: DeliveryMessage) -> None:
         if msg.key is not None and not self._seen.first_time(msg.key):
@@ -779,7 +767,7 @@ class RedisBus(Service):
         return encode_owner(self.node_id, registration.id)
 
     def _reclaim(self) -> None:
-        for registration in self.router.dealer.client_registrations():
+        for registration in self.router.client_registrations():
             self.claim(registration).addCallback(self._reclaimed, registration)
 
     def _reclaimed(self, claimed: bool, registration: Registration) -> None:
@@ -792,42 +780,37 @@ class RedisBus(Service):
 
     # calls: caller side
 
-    def call(self, caller: Session, call: message.Call) -> None:
-        """A call with no local callee: find the owning node and forward it there."""
+    def call(self, call: Call) -> None:
+        """A call with no callee on this node: find the owning node and forward it there."""
         d = self._command("hget", self.channels.procedures, call.procedure)
-        d.addCallbacks(self._forward_call, self._lookup_failed, (caller, call), errbackArgs=(caller, call))
-        d.addErrback(self._forward_failed, caller, call)
+        d.addCallbacks(self._forward_call, self._lookup_failed, (call,), errbackArgs=(call,))
+        d.addErrback(self._forward_failed, call)
 
-    def _forward_failed(self, failure: Failure, caller: Session, call: message.Call) -> None:
+    def _forward_failed(self, failure: Failure, call: Call) -> None:
         log.failure(
             "cluster bus: the call to {procedure} could not be forwarded",
             failure,
             procedure=call.procedure,
             level=LogLevel.error,
         )
-        self._lookup_failed(failure, caller, call)
+        self._lookup_failed(failure, call)
 
-    def _lookup_failed(self, failure: Failure, caller: Session, call: message.Call) -> None:
-        caller._send(
-            message.Error(
-                message.Call.MESSAGE_TYPE,
-                call.request,
-                CLUSTER_UNAVAILABLE,
-                args=[f"cannot reach the cluster to find {call.procedure}"],
-            )
+    def _lookup_failed(self, failure: Failure, call: Call) -> None:
+        call.caller.send_error(
+            call.request, CLUSTER_UNAVAILABLE, [f"cannot reach the cluster to find {call.procedure}"]
         )
 
-    def _forward_call(self, owner: Any, caller: Session, call: message.Call) -> None:
+    def _forward_call(self, owner: Any, call: Call) -> None:
         node = None if owner is None else self._owner_node(owner, call.procedure)
+        caller = call.caller
         if node is None or node == self.node_id:
-            error = WampError(NO_SUCH_PROCEDURE, f"no callee registered for procedure {call.procedure!r}")
-            caller._send(
-                message.Error(message.Call.MESSAGE_TYPE, call.request, error.uri, args=error.args_list)
+            caller.send_error(
+                call.request, NO_SUCH_PROCEDURE, [f"no callee registered for procedure {call.procedure!r}"]
             )
             return
         call_id = uuid.uuid4().hex
-        self._remote_calls[call_id] = _RemoteCall(caller, call.request, node, bool(call.receive_progress))
-        disclose = bool(call._router_internal and call._router_internal.get("disclose_me"))
+        self._remote_calls[call_id] = _RemoteCall(caller, call.request, node, call.receive_progress)
+        disclose = call.disclose_me
         sent = self._send_node(
             node,
             "call",
@@ -836,7 +819,7 @@ class RedisBus(Service):
                 "procedure": call.procedure,
                 "args": call.args,
                 "kwargs": call.kwargs,
-                "receive_progress": bool(call.receive_progress),
+                "receive_progress": call.receive_progress,
                 "caller": caller.id if disclose else None,
                 "caller_authid": caller.authid if disclose else None,
                 "caller_authrole": caller.authrole if disclose else None,
@@ -844,11 +827,7 @@ class RedisBus(Service):
         )
         if not sent:
             del self._remote_calls[call_id]
-            caller._send(
-                message.Error(
-                    message.Call.MESSAGE_TYPE, call.request, _NOT_JSON["error"], args=_NOT_JSON["args"]
-                )
-            )
+            caller.send_error(call.request, _NOT_JSON_ERROR, list(_NOT_JSON_ARGS))
 
     def _owner_node(self, owner: Any, procedure: str) -> str | None:
         """The node an entry of the procedures hash names; None (logged, counted) for a bad entry."""
@@ -865,20 +844,20 @@ class RedisBus(Service):
             )
             return None
 
-    def cancel(self, caller: Session, msg: message.Cancel) -> bool:
+    def cancel(self, caller: Caller, request: int, mode: str | None) -> bool:
         """Forward a CANCEL for a remote call; False if the call is not a remote one."""
         for call_id, remote in self._remote_calls.items():
-            if remote.caller is caller and remote.request == msg.request:
-                self._send_node(remote.node, "cancel", {"call": call_id, "mode": msg.mode})
+            if remote.caller is caller and remote.request == request:
+                self._send_node(remote.node, "cancel", {"call": call_id, "mode": mode})
                 return True
         return False
 
-    def caller_left(self, caller: Session) -> None:
+    def caller_left(self, caller: Caller) -> None:
         """Forget a leaving session's remote calls and interrupt them on their nodes."""
         for call_id, remote in list(self._remote_calls.items()):
             if remote.caller is caller:
                 del self._remote_calls[call_id]
-                self._send_node(remote.node, "cancel", {"call": call_id, "mode": message.Cancel.KILLNOWAIT})
+                self._send_node(remote.node, "cancel", {"call": call_id, "mode": "killnowait"})
 
     def _on_result(self, origin: str, body: dict[str, Any]) -> None:
         remote = self._remote_calls.get(body["call"])
@@ -889,25 +868,13 @@ class RedisBus(Service):
             del self._remote_calls[body["call"]]
         elif not remote.receive_progress:
             return
-        remote.caller._send(
-            message.Result(
-                remote.request, args=body.get("args"), kwargs=body.get("kwargs"), progress=progress or None
-            )
-        )
+        remote.caller.send_result(remote.request, body.get("args"), body.get("kwargs"), progress)
 
     def _on_error(self, origin: str, body: dict[str, Any]) -> None:
         remote = self._remote_calls.pop(body["call"], None)
         if remote is None:
             return
-        remote.caller._send(
-            message.Error(
-                message.Call.MESSAGE_TYPE,
-                remote.request,
-                body["error"],
-                args=body.get("args"),
-                kwargs=body.get("kwargs"),
-            )
-        )
+        remote.caller.send_error(remote.request, body["error"], body.get("args"), body.get("kwargs"))
 
     def _check_remote_nodes(self) -> Deferred[Any] | None:
         nodes = {remote.node for remote in self._remote_calls.values()}
@@ -930,9 +897,7 @@ class RedisBus(Service):
         for call_id, remote in list(self._remote_calls.items()):
             if node is None or remote.node == node:
                 del self._remote_calls[call_id]
-                remote.caller._send(
-                    message.Error(message.Call.MESSAGE_TYPE, remote.request, CANCELED, args=[reason])
-                )
+                remote.caller.send_error(remote.request, CANCELED, [reason])
 
     @property
     def remote_calls_in_flight(self) -> int:
@@ -945,35 +910,27 @@ class RedisBus(Service):
         if not self._seen.first_time(f"call:{origin}:{body['call']}"):  # a replayed call runs once
             self.stats["duplicates"] += 1
             return
-        registration = self.router.dealer.registration(body["procedure"])
-        caller = _RemoteCaller(self, origin, body["call"], body)
-        if registration is None or registration.callee is None:
-            caller._send(
-                message.Error(
-                    message.Call.MESSAGE_TYPE,
-                    1,
-                    NO_SUCH_PROCEDURE,
-                    args=[f"no callee registered for procedure {body['procedure']!r}"],
-                )
-            )
-            return
-        call = message.Call(
-            1,
+        caller = RemoteCaller(self, origin, body["call"], next(self._served_requests), body)
+        call = Call(
+            caller,
+            caller.request,
             body["procedure"],
-            args=body.get("args"),
-            kwargs=body.get("kwargs"),
-            receive_progress=body.get("receive_progress") or None,
+            body.get("args"),
+            body.get("kwargs"),
+            receive_progress=bool(body.get("receive_progress")),
+            disclose_me=body.get("caller") is not None,
         )
-        call._router_internal = {"disclose_me": body.get("caller") is not None}
         self._served[(origin, body["call"])] = caller
-        self.router.dealer.serve_remote(
-            caller, call, registration, lambda: self._served.pop((origin, body["call"]), None)
-        )
+        try:
+            self.router.call_from_cluster(call)
+        except WampError as exc:
+            caller.send_error(call.request, exc.uri, exc.args_list or None, exc.kwargs or None)
 
     def _on_cancel(self, origin: str, body: dict[str, Any]) -> None:
         caller = self._served.get((origin, body["call"]))
         if caller is not None:
-            self.router.dealer.cancel(caller, message.Cancel(1, mode=body.get("mode")))  # type: ignore[arg-type]
+            mode = body.get("mode")
+            self.router.cancel(caller, caller.request, mode if isinstance(mode, str) else None)
 
     def _send_node(self, node: str, kind: str, body: dict[str, Any]) -> bool:
         """Send a call/result/error/cancel to one node; False when its arguments cannot travel as JSON."""

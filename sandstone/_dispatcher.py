@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import count
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -24,14 +24,28 @@ from twisted.python.failure import Failure
 
 from ._calling import as_deferred
 
+if TYPE_CHECKING:
+    from ._cluster import Cause
+
 __all__ = [
     "DispatchResult",
     "EventDispatcher",
     "ListenerError",
     "StopPropagation",
+    "current_cause",
 ]
 
 _log = Logger()
+
+# The forwarded event whose listeners are running (their context: set by the dispatch, so that it follows
+# a coroutine listener across its awaits and the listeners after it).
+_cause: contextvars.ContextVar[Cause | None] = contextvars.ContextVar("sandstone_cause", default=None)
+
+
+def current_cause() -> Cause | None:
+    """The forwarded event whose listener is running, if any (see ``_cluster.Cause``)."""
+    return _cause.get()
+
 
 _Listener = Callable[[Any], Any]
 
@@ -95,13 +109,20 @@ class _Dispatch:
     only while an asynchronous listener has not finished.
     """
 
-    def __init__(self, name: str, event: object, entries: list[_Entry]) -> None:
+    def __init__(self, name: str, event: object, entries: list[_Entry], cause: Cause | None) -> None:
         self._pending = deque(entries)
         self.result = DispatchResult(name, event, called=0, stopped=False, errors=[])
         self.done: Deferred[DispatchResult] = Deferred()
-        # Listeners after an asynchronous one run in the context the dispatch started in (where the
-        # cluster bus marks the forwarded event being handled), not in that of whatever fired its Deferred.
+        # The listeners run in a context of their own (its cause: the forwarded event they handle, or the
+        # one being handled where the dispatch started), also after an asynchronous one, whatever fired
+        # its Deferred.
         self._context = contextvars.copy_context()
+        if cause is not None:
+            self._context.run(_cause.set, cause)
+
+    def start(self) -> None:
+        """Call the listeners (see ``run``), in the dispatch's context."""
+        self._context.run(self.run)
 
     def run(self) -> None:
         """Call listeners until one must be awaited or none remain."""
@@ -228,13 +249,17 @@ class EventDispatcher:
         """True when at least one listener is registered for C{name}."""
         return name in self._entries
 
-    def dispatch(self, name: str, event: object = None) -> Deferred[DispatchResult]:
+    def dispatch(
+        self, name: str, event: object = None, *, cause: Cause | None = None
+    ) -> Deferred[DispatchResult]:
         """
         Call the listeners of C{name} with C{event}, one after another.
 
         The returned Deferred never fails; it fires with a L{DispatchResult},
-        already before returning when every listener is synchronous.
+        already before returning when every listener is synchronous. C{cause}
+        is given for a forwarded event: what its listeners broadcast is keyed
+        by it (see C{_cluster.Cause}).
         """
-        running = _Dispatch(name, event, list(self._entries.get(name, ())))
-        running.run()
+        running = _Dispatch(name, event, list(self._entries.get(name, ())), cause)
+        running.start()
         return running.done

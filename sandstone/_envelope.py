@@ -93,6 +93,10 @@ class Channels:
         _check_name_part("node id", node_id, allow_colon=False)
         return f"{self.base}:nodes:{node_id}"
 
+    def announced(self, key: str) -> str:
+        """The key naming the node that announces the keyed broadcast ``key`` (see ``RedisBus.announce``)."""
+        return f"{self.base}:announced:{key}"
+
     @property
     def heartbeat_prefix(self) -> str:
         """What every heartbeat key starts with (the node id follows)."""
@@ -480,7 +484,6 @@ AnyMessage = EventMessage | DeliveryMessage | NodeMessage
 
 _ABSENT: Any = object()
 # whether Publication carries its dedupe key itself (then it travels both ways with it)
-_PUBLICATION_HAS_KEY = "key" in {f.name for f in dataclasses.fields(Publication)}
 
 
 @dataclass(frozen=True)
@@ -606,8 +609,7 @@ def _delivery(message: dict[str, Any], rule: ChannelRule) -> DeliveryMessage:
         eligible_authid=_frozen(get("eligible_authid")),
         eligible_authrole=_frozen(get("eligible_authrole")),
     )
-    if _PUBLICATION_HAS_KEY:
-        publication.key = get("key")  # type: ignore[attr-defined]
+    publication.key = get("key")
     return DeliveryMessage(message["origin"], publication, get("key"))
 
 
@@ -840,7 +842,8 @@ def decode_owner(raw: Any) -> str:
         problem = check.problem(owner.get(key, _ABSENT))
         if problem is not None:
             raise EnvelopeError(f"the entry's {key} {problem}")
-    return owner["node"]
+    node: str = owner["node"]
+    return node
 
 
 __all__ = [

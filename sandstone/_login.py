@@ -107,7 +107,7 @@ class MemorySessionStore:
     def _now(self) -> float:
         clock = self._clock
         if clock is None:  # the reactor, looked up late: creating an app must not install one
-            from twisted.internet import reactor as clock  # type: ignore[no-redef]
+            from twisted.internet import reactor as clock
         return clock.seconds()  # type: ignore[union-attr]
 
     def _sweep(self, now: float) -> None:

@@ -15,7 +15,10 @@ from twisted.logger import Logger
 from ._auth import Authentication
 from ._authorization import Authorization, refuse_reserved
 from ._broker import Broker
-from ._dealer import Dealer
+from ._call import Call, Callee, Caller
+from ._cluster import Cluster, LocalCluster, publication_id_for
+from ._dealer import Dealer, Registration
+from ._dispatcher import current_cause
 from ._errors import LIMIT_EXCEEDED, NO_SUCH_TOPIC, PROCEDURE_ALREADY_EXISTS, WampError
 from ._limits import Limits
 from ._login import MemorySessionStore
@@ -26,7 +29,6 @@ from ._session import Session, Transport
 from ._subscriptions import EXACT, Subscription
 
 if TYPE_CHECKING:
-    from ._bus import RedisBus
     from ._topic import TopicHost
 
 log = Logger()
@@ -36,7 +38,8 @@ class Router:
     """Routes one realm: sessions join and leave here; every broadcast goes through ``publish``.
 
     ``publish`` is the single door through which publications reach subscribers, whoever made
-    them (a client, a topic, the app), so that a cluster bus can be put in front of it.
+    them (a client, a topic, the app). ``cluster`` is how the other nodes are reached (``LocalCluster``:
+    there are none); the router calls nothing else of it than the ``Cluster`` interface.
     """
 
     def __init__(
@@ -47,6 +50,7 @@ class Router:
         open_uris: bool = False,
         strict_uris: bool = False,
         anonymous: bool = False,
+        cluster: Cluster | None = None,
     ) -> None:
         self.realm = realm
         self.auth = Authentication(MemorySessionStore(), anonymous=anonymous)
@@ -57,7 +61,7 @@ class Router:
         self.dealer = Dealer()
         self.sessions: dict[int, Session] = {}
         self._topics = topics
-        self.bus: RedisBus | None = None  # set while a cluster bus is running
+        self._cluster: Cluster = cluster if cluster is not None else LocalCluster()
         self.limits = Limits()  # the app's limits (rates here; sizes and buffers on the transport)
         self.clock = time.monotonic  # seconds, for the rate limits (tests inject a fake clock)
         self.authorization = Authorization(self, topics)
@@ -65,6 +69,16 @@ class Router:
         # Called once a publication was delivered to the local subscribers (and handed to the bus): see
         # on_delivered.
         self.delivered: Callable[[], None] = _nothing
+
+    @property
+    def cluster(self) -> Cluster:
+        """The other nodes, as this router reaches them (``LocalCluster`` when it is on its own)."""
+        return self._cluster
+
+    def use_cluster(self, cluster: Cluster | None) -> None:
+        """Reach the other nodes through ``cluster`` from now on (``None``: this node is on its own). A bus
+        does it while it runs (``RedisBus.startService`` / ``stopService``)."""
+        self._cluster = cluster if cluster is not None else LocalCluster()
 
     def on_delivered(self, hook: Callable[[], None]) -> None:
         """Call ``hook`` once each publication was delivered to the local subscribers (and handed to the bus):
@@ -106,7 +120,10 @@ class Router:
         self.authorization.forget(session)
         for subscription in self.broker.unsubscribe_all(session):
             self._unsubscribed(session, subscription)
-        self.dealer.session_lost(session)
+        cluster = self._cluster
+        for registration in self.dealer.session_lost(session):
+            cluster.released(registration)
+        cluster.caller_left(session)
 
     @property
     def anonymous(self) -> bool:
@@ -148,7 +165,7 @@ class Router:
             except WampError:
                 self.broker.unsubscribe(session, subscription.id)
                 raise
-        session._send(message.Subscribed(msg.request, subscription.id))
+        session.send_message(message.Subscribed(msg.request, subscription.id))
         if topics is not None:
             topics.subscribed(session, msg.topic)
 
@@ -184,7 +201,7 @@ class Router:
     def unsubscribe(self, session: Session, msg: message.Unsubscribe) -> None:
         """Unsubscribe a session from one subscription, answer UNSUBSCRIBED, then run topic hooks."""
         subscription = self.broker.unsubscribe(session, msg.subscription)
-        session._send(message.Unsubscribed(msg.request))
+        session.send_message(message.Unsubscribed(msg.request))
         self._unsubscribed(session, subscription)
 
     def _unsubscribed(self, session: Session, subscription: Subscription) -> None:
@@ -221,13 +238,21 @@ class Router:
 
     def publish(self, publication: Publication) -> int:
         """Deliver a publication to every local subscriber it admits and, in a cluster, to the other
-        nodes; returns how many EVENTs were sent here."""
-        bus = self.bus
-        if bus is not None and not bus.prepare(publication):
+        nodes; returns how many EVENTs were sent here.
+
+        Made while a forwarded event is handled (on every node alike), it gets that cause's next key, and
+        its id from the key: then the cluster delivers each key once per node.
+        """
+        cluster = self._cluster
+        if publication.key is None:
+            cause = current_cause()
+            if cause is not None:
+                publication.key = cause.key(publication.source, publication.topic)
+                publication.id = publication_id_for(publication.key)
+        if publication.key is not None and not cluster.first_delivery(publication):
             return 0  # another node's copy of this keyed broadcast was delivered here already
         delivered = self.broker.deliver(publication, self.limits.max_events_per_publication)
-        if bus is not None:
-            bus.announce(publication)
+        cluster.announce(publication)
         self.delivered()
         return delivered
 
@@ -238,8 +263,7 @@ class Router:
         return delivered
 
     def register(self, session: Session, msg: message.Register) -> Deferred[None] | None:
-        """Register a client callee (if authorized), claiming the URI cluster-wide when a bus runs;
-        answers REGISTERED."""
+        """Register a client callee (if authorized), claiming the URI cluster-wide; answers REGISTERED."""
         refuse_reserved(msg.procedure, "register")
         self._check_registration_room(session)
         checks, cleanup = self.authorization.checks(session, "register", msg.procedure)
@@ -247,30 +271,75 @@ class Router:
             session, checks, "register", msg.procedure, lambda: self._register(session, msg), cleanup
         )
 
-    def call(self, session: Session, msg: message.Call) -> Deferred[None] | None:
-        """Route a client's CALL (if authorized); only the meta procedures are callable in ``wamp.``."""
-        if msg.procedure not in self.dealer.meta:
-            refuse_reserved(msg.procedure, "call")
-        checks, cleanup = self.authorization.checks(session, "call", msg.procedure)
-        return self.authorization.gate(
-            session, checks, "call", msg.procedure, lambda: self.dealer.call(session, msg), cleanup
-        )
+    def call(self, session: Session, call: Call) -> Deferred[None] | None:
+        """Route a client's call (if authorized) to its callee, here or on another node; only the meta
+        procedures are callable in ``wamp.``."""
+        procedure = call.procedure
+        if procedure not in self.dealer.meta:
+            refuse_reserved(procedure, "call")
+        checks, cleanup = self.authorization.checks(session, "call", procedure)
+        return self.authorization.gate(session, checks, "call", procedure, lambda: self._call(call), cleanup)
+
+    def _call(self, call: Call) -> None:
+        if self.dealer.serves(call.procedure):
+            self.dealer.call(call)
+        else:
+            self._cluster.call(call)
+
+    def call_from_cluster(self, call: Call) -> None:
+        """A call another node passed on to this one, for a client callee here (the app's procedures are
+        on every node); raises ``no_such_procedure`` when no client of this node serves it."""
+        self.dealer.call_client(call)
+
+    def client_registrations(self) -> list[Registration]:
+        """The registrations of this node's client callees (the ones claimed cluster-wide)."""
+        return self.dealer.client_registrations()
+
+    def cancel(self, caller: Caller, request: int, mode: str | None) -> None:
+        """A caller's CANCEL of its call ``request`` (see ``Dealer.cancel``), here or on another node."""
+        if not self.dealer.cancel(caller, request, mode):
+            self._cluster.cancel(caller, request, mode)
+
+    def yielded(
+        self,
+        callee: Callee,
+        invocation: int,
+        args: list[Any] | None,
+        kwargs: dict[str, Any] | None,
+        progress: bool,
+        problem: str | None = None,
+    ) -> None:
+        """A callee's result for its INVOCATION (see ``Dealer.yielded``)."""
+        self.dealer.yielded(callee, invocation, args, kwargs, progress, problem)
+
+    def failed(
+        self,
+        callee: Callee,
+        invocation: int,
+        error: str,
+        args: list[Any] | None,
+        kwargs: dict[str, Any] | None,
+        problem: str | None = None,
+    ) -> None:
+        """A callee's error for its INVOCATION (see ``Dealer.failed``)."""
+        self.dealer.failed(callee, invocation, error, args, kwargs, problem)
+
+    def unregister(self, session: Session, registration_id: int) -> None:
+        """End one of a session's registrations (``no_such_registration`` if it holds none such)."""
+        registration = self.dealer.unregister(session, registration_id)
+        self._cluster.released(registration)
 
     def _register(self, session: Session, msg: message.Register) -> None:
         self._check_registration_room(session)  # again, after an asynchronous authorization
         registration = self.dealer.register(session, msg.procedure)
-        if self.bus is None:
-            session._send(message.Registered(msg.request, registration.id))
-            return
 
         def claimed(ok: bool) -> None:
             if ok:
-                session._send(message.Registered(msg.request, registration.id))
+                session.send_message(message.Registered(msg.request, registration.id))
                 return
-            if session._registrations.pop(registration.id, None) is None:
+            if not self.dealer.withdraw(registration):
                 return  # the session left meanwhile, and its leaving removed the registration already
-            self.dealer.forget(registration)
-            session._send(
+            session.send_message(
                 message.Error(
                     message.Register.MESSAGE_TYPE,
                     msg.request,
@@ -279,7 +348,7 @@ class Router:
                 )
             )
 
-        self.bus.claim(registration).addCallback(claimed)
+        self._cluster.claim(registration).addCallback(claimed)
 
     def send(
         self, session: Session, topic: str, args: list[Any] | None, kwargs: dict[str, Any] | None

@@ -514,25 +514,25 @@ class BroadcastOnBehalfTests(SynchronousTestCase):
         self.inbox = self.admin.subscribe("com.", match="prefix")
 
     def test_allowed_identity_broadcasts(self) -> None:
-        publication = self.app.broadcast("com.app.news", "hi", on_behalf_of=Identity("joe", "user"))
+        sent = self.app.broadcast("com.app.news", "hi", on_behalf_of=Identity("joe", "user"))
         self.assertEqual(self.inbox.payloads, ["hi"])
-        self.assertEqual(self.inbox.events[0].publication, publication)
+        self.assertEqual(self.inbox.events[0].publication, self.successResultOf(sent))
         [(principal, action, uri, match)] = [c for c in self.recorder.calls if c[1] == "publish"]
         self.assertEqual(
             (principal.authid, principal.authrole, action, uri, match),
             ("joe", "user", "publish", "com.app.news", "exact"),
         )
 
-    def test_refused_identity_raises_and_nothing_is_sent(self) -> None:
-        with self.assertRaises(WampError) as caught:
-            self.app.broadcast("com.secret.news", "hi", on_behalf_of=Identity("joe", "user"))
-        self.assertEqual(caught.exception.uri, NOT_AUTHORIZED)
+    def test_refused_identity_fails_and_nothing_is_sent(self) -> None:
+        refused = self.app.broadcast("com.secret.news", "hi", on_behalf_of=Identity("joe", "user"))
+        self.assertEqual(self.failureResultOf(refused, WampError).value.uri, NOT_AUTHORIZED)
         self.assertEqual(self.inbox.payloads, [])
 
     def test_a_session_may_be_given(self) -> None:
         user = connect(self.client, "user")
-        with self.assertRaises(WampError):
-            self.app.broadcast("com.secret.news", "hi", on_behalf_of=user._session)
+        self.failureResultOf(
+            self.app.broadcast("com.secret.news", "hi", on_behalf_of=user._session), WampError
+        )
         self.assertIs(self.recorder.calls[-1][0], user._session)
 
     def test_without_on_behalf_of_nothing_is_checked(self) -> None:
@@ -568,9 +568,12 @@ class BroadcastOnBehalfTests(SynchronousTestCase):
             def may_publish(self, session: Any, payload: Any) -> bool:
                 return session.authrole == "moderator"
 
-        with self.assertRaises(WampError):
-            app.broadcast("com.app.rooms.a", "hi", on_behalf_of=Identity("joe", "user"))
-        app.broadcast("com.app.rooms.a", "hi", on_behalf_of=Identity("ann", "moderator"))
+        self.failureResultOf(
+            app.broadcast("com.app.rooms.a", "hi", on_behalf_of=Identity("joe", "user")), WampError
+        )
+        self.successResultOf(
+            app.broadcast("com.app.rooms.a", "hi", on_behalf_of=Identity("ann", "moderator"))
+        )
         self.assertIsNone(app.topic_instance("com.app.rooms.a"))
 
 

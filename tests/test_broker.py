@@ -562,9 +562,8 @@ class FakeSession:
     def __init__(self, session_id: int, transport: FakeTransport) -> None:
         self.id = session_id
         self.transport = transport
-        self._subscriptions: dict[int, Any] = {}
 
-    def _send(self, msg: message.Message) -> None:
+    def send_message(self, msg: message.Message) -> None:
         self.transport.send_message(msg)
 
 

@@ -16,8 +16,11 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from sandstone import Publication, Sandstone, Topic, on_event
 from sandstone import _bus as bus_module
-from sandstone._bus import CLUSTER_SECRET_ENV, MAX_ID, RedisBus, _Recent, publication_id_for
+from sandstone._bus import CLUSTER_SECRET_ENV, RedisBus, _Recent
+from sandstone._cluster import Cause, publication_id_for
+from sandstone._dispatcher import DispatchResult
 from sandstone._envelope import Signer, decode, encode_delivery, encode_event, encode_node, encode_owner
+from sandstone._ids import MAX_ID
 from sandstone.testing import TestClient
 
 
@@ -91,22 +94,25 @@ def make_app(node_id: str, **options: Any) -> tuple[Sandstone, RedisBus, list[di
             self.broadcast({"from": "topic", "n": event.n})
 
     bus = app.use_redis("redis://127.0.0.1:1/0", node_id=node_id, reactor=task.Clock(), **options)
-    app.router.bus = bus  # what startService does
+    app.router.use_cluster(bus)  # what startService does
     sent: list[dict[str, Any]] = []
-    bus._publish = lambda channel, payload: sent.append(  # type: ignore[method-assign]
+    bus._publish = lambda channel, payload, announce_key=None: sent.append(  # type: ignore[method-assign]
         {"channel": channel, **json.loads(payload)}
     )
     return app, bus, sent
+
+
+def handle(app: Sandstone, event_id: str, event: Ping) -> defer.Deferred[DispatchResult]:
+    """Run the app's listeners of ``ping`` as a node does for the forwarded event ``event_id``."""
+    return app.events.dispatch("ping", event, cause=Cause(event_id))
 
 
 class PrepareTests(SynchronousTestCase):
     def test_outside_a_forwarded_event(self) -> None:
         app, bus, sent = make_app("a")
         publication = Publication("articles", [1], id=42)
-        self.assertTrue(bus.prepare(publication))
-        self.assertIsNone(publication.key)
-        self.assertEqual(publication.id, 42)
-        self.assertTrue(bus.prepare(publication))  # nothing is remembered for unkeyed broadcasts
+        self.assertTrue(bus.first_delivery(publication))
+        self.assertTrue(bus.first_delivery(publication))  # nothing is remembered for unkeyed broadcasts
         app.broadcast("articles", "x")
         [delivery] = sent
         self.assertEqual(delivery["channel"], "sandstone:realm1:peers")  # nodes speak on their own channel
@@ -123,7 +129,7 @@ class PrepareTests(SynchronousTestCase):
             ids.append(app.broadcast("articles", {"from": "app again", "n": event.n}))
             ids.append(app.broadcast("other", {"from": "app", "n": event.n}))
 
-        bus._dispatch_local("e1", "ping", Ping(1))
+        handle(app, "e1", Ping(1))
         keys = [m["key"] for m in sent]
         self.assertEqual(
             keys, ["e1:topic:articles:1", "e1:app:articles:1", "e1:app:articles:2", "e1:app:other:1"]
@@ -136,14 +142,14 @@ class PrepareTests(SynchronousTestCase):
         self.assertNotIn("key", sent[0])
         # another event starts its ranks anew
         del sent[:]
-        bus._dispatch_local("e2", "ping", Ping(2))
+        handle(app, "e2", Ping(2))
         self.assertEqual([m["key"] for m in sent][:2], ["e2:topic:articles:1", "e2:app:articles:1"])
 
     def test_every_node_derives_the_same_ids(self) -> None:
         nodes = [make_app(name) for name in ("a", "b")]
         for app, bus, _ in nodes:
             app._core.topics.instance("articles")
-            bus._dispatch_local("same-event", "ping", Ping(7))
+            handle(app, "same-event", Ping(7))
         (_, _, sent_a), (_, _, sent_b) = nodes
         strip = [{k: v for k, v in m.items() if k != "origin"} for m in sent_a]
         self.assertEqual(strip, [{k: v for k, v in m.items() if k != "origin"} for m in sent_b])
@@ -174,7 +180,7 @@ class PrepareTests(SynchronousTestCase):
     def test_own_broadcast_first_then_other_nodes_copy_is_dropped(self) -> None:
         app, bus, sent = make_app("b")
         reader = TestClient(app).connect().subscribe("articles")
-        bus._dispatch_local("e1", "ping", Ping(1))
+        handle(app, "e1", Ping(1))
         self.assertEqual(reader.payloads, [{"from": "topic", "n": 1}])
         [announced] = sent
         del announced["channel"]
@@ -201,7 +207,7 @@ class PrepareTests(SynchronousTestCase):
         def later(event: Ping) -> None:
             app.broadcast("t", "next listener")
 
-        done = bus._dispatch_local("e1", "ping", Ping(1))
+        done = handle(app, "e1", Ping(1))
         clock.advance(1)
         clock.advance(1)
         self.assertTrue(self.successResultOf(done).ok)
@@ -490,7 +496,7 @@ class ChannelSeparationTests(BusTestCase):
         self.assertEqual(self.bus.stats["rejected"], 1)
         # the key was not remembered: the node's own broadcast of it still reaches the reader
         self.app._core.topics.instance("articles")
-        self.bus._dispatch_local("e1", "ping", Ping(1))
+        handle(self.app, "e1", Ping(1))
         self.assertEqual(self.reader.payloads, [{"from": "topic", "n": 1}])
 
     def test_what_nodes_send_goes_to_the_internal_channels(self) -> None:
@@ -550,7 +556,7 @@ class SignatureTests(BusTestCase):
 
     def test_sent_messages_are_signed_for_their_channel(self) -> None:
         raw: list[tuple[str, bytes]] = []
-        self.patch(self.bus, "_publish", lambda channel, payload: raw.append((channel, payload)))
+        self.patch(self.bus, "_publish", lambda channel, payload, announce_key=None: raw.append((channel, payload)))
         self.app.broadcast("articles", "x")
         node = "sandstone:realm1:node:me"
         self.bus._received(node, Signer("s3cret").sign(node, forged_call(origin="b")))
@@ -606,7 +612,7 @@ class SignatureTests(BusTestCase):
         _, bus, _ = make_app("n")
         self.assertTrue(bus.signed)
         raw: list[bytes] = []
-        self.patch(bus, "_publish", lambda channel, payload: raw.append(payload))
+        self.patch(bus, "_publish", lambda channel, payload, announce_key=None: raw.append(payload))
         bus.announce(Publication("articles", ["x"], id=3))
         Signer("from-env").check(bus.channels.peers, raw[0])
         _, given, _ = make_app("n", cluster_secret="given")
@@ -667,7 +673,6 @@ class ProceduresEntryTests(BusTestCase):
         return commands
 
     def test_a_call_to_a_procedure_whose_entry_is_not_a_nodes_fails_at_once(self) -> None:
-        self.patch(self.app.router.dealer, "cluster", self.bus)  # what startService does
         caller = TestClient(self.app).connect()
         entries = [
             "not json",

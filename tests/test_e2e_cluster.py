@@ -669,3 +669,62 @@ class RedisPasswordTests(ClusterTestCase):
         await writer.publish("news", {"n": 1}, options=PublishOptions(acknowledge=True))
         await wait_until(lambda: counts(reader, "news"))
         self.assertEqual(counts(reader, "news"), [{"n": 1}])
+
+
+def make_pinged(name: str) -> Sandstone:
+    """A node whose topic ``news`` and whose app both broadcast once per forwarded ``ping``."""
+    app = Sandstone(anonymous=True, open_uris=True)
+    app.forward("ping")
+
+    @app.topic("news")
+    class News(Topic):
+        @on_event("ping")
+        def pinged(self, event: dict[str, Any]) -> None:
+            self.broadcast({"news": event["n"]})
+
+    @app.on_event("ping")
+    def log_ping(event: dict[str, Any]) -> None:
+        app.broadcast("log.pings", {"logged": event["n"]})
+
+    return app
+
+
+class BusCostTests(ClusterTestCase):
+    """A broadcast made on every node while a forwarded event is handled crosses the bus once, whatever the
+    number of nodes making it (O(N) receipts, not N per node)."""
+
+    async def test_each_keyed_broadcast_is_published_once(self) -> None:
+        names = iter("ABCD")
+        nodes = await self.start_cluster(lambda: make_pinged(next(names)), 4)
+        *with_instances, patterns_only = nodes
+        exact = []
+        for node in with_instances:
+            client = await self.connect_to(node)
+            await client.record("news")
+            await client.record("log.", match="prefix")
+            exact.append(client)
+        watcher = await self.connect_to(patterns_only)
+        await watcher.record("ne", match="prefix")
+        await watcher.record("log.", match="prefix")
+        self.assertIsNone(patterns_only.app.topic_instance("news"))
+        redis_client = self.redis_client()
+        publishes = int(redis_client.info("commandstats").get("cmdstat_publish", {}).get("calls", 0))
+
+        self.successResultOf(nodes[0].app.dispatch("ping", {"n": 1}))
+        everything = [(c, t) for c in exact for t in ("news", "log.")] + [(watcher, "ne"), (watcher, "log.")]
+        await wait_until(lambda: all(counts(client, topic) for client, topic in everything))
+        await sleep(0.3)  # stray copies would have arrived by now
+
+        for client in exact:
+            self.assertEqual(counts(client, "news"), [{"news": 1}])
+            self.assertEqual(counts(client, "log."), [{"logged": 1}])
+        self.assertEqual(counts(watcher, "ne"), [{"news": 1}])
+        self.assertEqual(counts(watcher, "log."), [{"logged": 1}])
+        ids = {c.received[t][0].details.publication for c, t in everything if t != "log."}
+        self.assertEqual(len(ids), 1)
+        # the event, then one announcement per key (news by one of its three nodes, log by one of four)
+        after = int(redis_client.info("commandstats")["cmdstat_publish"]["calls"])
+        self.assertEqual(after - publishes, 3)
+        self.assertEqual(sum(node.bus.stats["published"] for node in nodes), 3)
+        self.assertEqual(sum(node.bus.stats["announced_elsewhere"] for node in nodes), (3 - 1) + (4 - 1))
+        self.assertEqual(sum(node.bus.stats["duplicates"] for node in nodes), 2 + 3)
