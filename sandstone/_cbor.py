@@ -12,7 +12,8 @@ import struct
 from typing import Any
 
 import cbor2
-from autobahn.wamp.serializer import CBORObjectSerializer, CBORSerializer
+from autobahn.wamp.interfaces import IObjectSerializer
+from autobahn.wamp.serializer import CBORObjectSerializer, CBORSerializer, Serializer
 
 _SHAREABLE = 28
 _SHARED_REFERENCE = 29
@@ -38,11 +39,22 @@ def _loads(data: bytes) -> Any:
         raise
 
 
-class SafeCBORObjectSerializer(CBORObjectSerializer):
+class SafeCBORObjectSerializer(IObjectSerializer):
     """autobahn's ``CBORObjectSerializer``, refusing value sharing when decoding."""
 
+    NAME = "cbor"
+    BINARY = True
+
+    def __init__(self, batched: bool = False) -> None:
+        self.batched = batched
+        self._autobahn = CBORObjectSerializer(batched=batched)  # encodes
+
+    def serialize(self, obj: Any) -> bytes:
+        data: bytes = self._autobahn.serialize(obj)
+        return data
+
     def unserialize(self, payload: bytes) -> list[Any]:
-        if not self._batched:
+        if not self.batched:
             return [_loads(payload)]
         messages, size, i = [], len(payload), 0
         while i < size:
@@ -56,8 +68,15 @@ class SafeCBORObjectSerializer(CBORObjectSerializer):
         return messages
 
 
+class _SafeCBORSerializer(CBORSerializer):
+    """autobahn's ``CBORSerializer`` over a ``SafeCBORObjectSerializer``."""
+
+    def __init__(self, batched: bool = False) -> None:
+        Serializer.__init__(self, SafeCBORObjectSerializer(batched=batched))
+        if batched:
+            self.SERIALIZER_ID = "cbor.batched"
+
+
 def cbor_serializer(batched: bool = False) -> CBORSerializer:
     """A ``CBORSerializer`` (subprotocol ``wamp.2.cbor`` or ``.batched``) that refuses value sharing."""
-    serializer = CBORSerializer(batched=batched)
-    serializer._serializer = SafeCBORObjectSerializer(batched=batched)
-    return serializer
+    return _SafeCBORSerializer(batched=batched)

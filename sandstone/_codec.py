@@ -8,6 +8,8 @@ from autobahn.wamp import message
 from autobahn.wamp.interfaces import ISerializer
 from autobahn.wamp.serializer import Serializer
 
+from ._autobahn_internals import object_serializer, router_data, router_data_if_any
+
 
 class DecodeError(Exception):
     """A frame is not a valid sequence of WAMP messages."""
@@ -29,7 +31,7 @@ _PLACEHOLDER_URI = "sandstone.placeholder"
 
 def decode(serializer: ISerializer, payload: bytes, is_binary: bool) -> list[message.Message]:
     """Turn one WebSocket message into WAMP messages, or raise ``DecodeError`` saying why."""
-    objects = serializer._serializer  # type: ignore[attr-defined]
+    objects = object_serializer(serializer)
     if is_binary != objects.BINARY:
         kind = "binary" if is_binary else "text"
         raise DecodeError(f"{kind} frame on a {serializer.SERIALIZER_ID} connection")
@@ -52,13 +54,13 @@ def _parse(raw: Any) -> message.Message:
     if uri is not None:  # parsed with a valid stand-in, then put back for the session to check
         raw = [*raw[:index], _PLACEHOLDER_URI, *raw[index + 1 :]]
     try:
-        msg = cls.parse(raw)
+        msg: message.Message = cls.parse(raw)
     except Exception as exc:
         raise DecodeError(f"invalid {cls.__name__.upper()}: {exc}") from None
     if uri is not None:
         setattr(msg, attribute, uri)
     if kind in _DISCLOSING:
-        msg._router_internal = {"disclose_me": _disclose_option(raw)}
+        router_data(msg)["disclose_me"] = _disclose_option(raw)
     return msg
 
 
@@ -74,8 +76,8 @@ def _disclose_option(raw: list[Any]) -> bool:
 
 def disclosed(msg: message.Message) -> bool:
     """Whether a PUBLISH or CALL asked the router to disclose the sender's identity."""
-    internal = msg._router_internal
-    return bool(internal and internal.get("disclose_me"))
+    data = router_data_if_any(msg)
+    return bool(data and data.get("disclose_me"))
 
 
 def _describe(raw: Any) -> str:

@@ -14,7 +14,8 @@ import decimal
 import json
 from typing import Any
 
-from autobahn.wamp.serializer import JsonObjectSerializer, JsonSerializer
+from autobahn.wamp.interfaces import IObjectSerializer
+from autobahn.wamp.serializer import JsonObjectSerializer, JsonSerializer, Serializer
 
 _BATCH_SEPARATOR = b"\x18"
 _NUL_ESCAPE = b"\\u0000"
@@ -33,17 +34,25 @@ _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=_b
 _decode = json.JSONDecoder().decode
 
 
-class FastJsonObjectSerializer(JsonObjectSerializer):
+class FastJsonObjectSerializer(IObjectSerializer):
     """autobahn's ``JsonObjectSerializer`` (NUL-prefixed base64 for bytes), with C fast paths."""
 
+    NAME = "json"
+    BINARY = False
+
+    def __init__(self, batched: bool = False) -> None:
+        self.batched = batched
+        self._autobahn = JsonObjectSerializer(batched=batched)  # for frames that may carry bytes
+
     def serialize(self, obj: Any) -> bytes:
-        data = _encode(obj).encode("utf8")
-        return data + _BATCH_SEPARATOR if self._batched else data
+        data: bytes = _encode(obj).encode("utf8")
+        return data + _BATCH_SEPARATOR if self.batched else data
 
     def unserialize(self, payload: bytes) -> list[Any]:
         if _NUL_ESCAPE in payload:  # a string may stand for bytes: autobahn's own decoder
-            return super().unserialize(payload)
-        if self._batched:
+            objects: list[Any] = self._autobahn.unserialize(payload)
+            return objects
+        if self.batched:
             chunks = payload.split(_BATCH_SEPARATOR)[:-1]
             if not chunks:
                 raise ValueError("batch format error")
@@ -51,8 +60,15 @@ class FastJsonObjectSerializer(JsonObjectSerializer):
         return [_decode(payload.decode("utf8"))]
 
 
+class _FastJsonSerializer(JsonSerializer):
+    """autobahn's ``JsonSerializer`` over a ``FastJsonObjectSerializer``."""
+
+    def __init__(self, batched: bool = False) -> None:
+        Serializer.__init__(self, FastJsonObjectSerializer(batched=batched))
+        if batched:
+            self.SERIALIZER_ID = "json.batched"
+
+
 def json_serializer(batched: bool = False) -> JsonSerializer:
     """A ``JsonSerializer`` (subprotocol ``wamp.2.json`` or ``wamp.2.json.batched``) using the fast paths."""
-    serializer = JsonSerializer(batched=batched)
-    serializer._serializer = FastJsonObjectSerializer(batched=batched)
-    return serializer
+    return _FastJsonSerializer(batched=batched)

@@ -98,7 +98,7 @@ def _split_host(host: str) -> tuple[str, str]:
     return name, port
 
 
-@functools.lru_cache(maxsize=1024)  # a server sees few local addresses and host names: parsing costs ~5 us
+@functools.lru_cache(maxsize=1024)  # a server sees few local addresses and host names: parse each once
 def _is_loopback(name: str) -> bool:
     return name in _LOOPBACK_NAMES or name.endswith(".localhost") or _is_loopback_ip(name)
 

@@ -66,7 +66,7 @@ ROUTER_ROLES = {
 
 class _Welcome(message.Welcome):
     """WELCOME with the router's roles marshalled once: autobahn's own ``marshal`` walks each role's
-    features for every WELCOME (5 us of a connection's setup). Same wire message."""
+    features for every WELCOME, a cost on every connection's setup. Same wire message."""
 
     __slots__ = ()
 
@@ -265,7 +265,7 @@ class Session:
             self.abort(NO_SUCH_REALM, f"no realm {hello.realm!r} on this router")
             return
         self.realm = hello.realm
-        # Only what the router uses of the client's roles: the role objects would cost ~3 KB a session.
+        # Only what the router uses of the client's roles: the role objects would weigh on every session.
         self._interruptible = bool(getattr(hello.roles.get("callee"), "call_canceling", False))
         self.id = rid()  # announced in a WAMP-CRA challenge; the router keeps it on join if still free
         headers = getattr(self._transport, "handshake_headers", None)

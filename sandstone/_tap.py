@@ -12,7 +12,7 @@ import sys
 from dataclasses import replace
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
+from twisted.application import strports
 from twisted.application.service import IService, MultiService
 from twisted.logger import Logger
 from twisted.python import usage
@@ -399,8 +399,8 @@ class SandstoneService(MultiService):
 def _freeze_startup_objects() -> None:
     """Keep the garbage collector's full collections short: everything alive once the server has started
     (modules, the app, the listening port) is moved out of their reach (``gc.freeze``), so they scan only
-    what serving created. Without it each full collection scans every imported module's objects: about
-    40 ms here with examples.blog, during which every request and broadcast in flight waits."""
+    what serving created. Without it each full collection scans every imported module's objects, and every
+    request and broadcast in flight waits meanwhile."""
     gc.collect()
     gc.freeze()
     _log.debug(
@@ -440,7 +440,6 @@ def makeService(options: Options, *, inherited_fd: int | None = None) -> IServic
     C{inherited_fd}: its "web" accepts on that inherited listening socket.
     """
     from twisted.internet import reactor
-    from twisted.internet.endpoints import serverFromString
 
     from sandstone._workers import (
         KILL_GRACE,
@@ -466,12 +465,10 @@ def makeService(options: Options, *, inherited_fd: int | None = None) -> IServic
     if inherited_fd is not None:
         web: IService = InheritedPortService(inherited_fd, site)
     elif workers > 1:
-        web = listener = SharedListener(serverFromString(reactor, listen), workers, site)
+        web = listener = SharedListener(listen, workers, site)
     else:
-        web = StreamServerEndpointService(serverFromString(reactor, listen), site)
-        # As twisted.application.strports.service does: if listening fails
-        # (port in use...), fail startService instead of serving nothing.
-        web._raiseSynchronously = True
+        # If listening fails (port in use...), startService fails instead of serving nothing.
+        web = strports.service(listen, site, reactor)
     web.setName("web")
     web.setServiceParent(root)
     # Stopped alongside "web" (which stops listening): GOODBYE to sessions, REST requests may finish.

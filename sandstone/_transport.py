@@ -5,16 +5,13 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from pprint import pformat
 from typing import Any, cast
 
-from autobahn.twisted import websocket as _autobahn_twisted_websocket
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.wamp import message
 from autobahn.wamp.interfaces import ISerializer
 from autobahn.wamp.serializer import MsgPackSerializer
-from autobahn.websocket import protocol as _autobahn_protocol
 from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
 from autobahn.websocket.protocol import TrafficStats
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
@@ -23,6 +20,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ._admission import Ticket
+from ._autobahn_internals import PROTOCOL_OPTIONS, options_class, router_data, websocket_data_received
 from ._cbor import cbor_serializer
 from ._codec import DecodeError, decode
 from ._errors import HELLO_TIMEOUT, INVALID_ARGUMENT, PAYLOAD_TOO_LARGE, SYSTEM_SHUTDOWN
@@ -35,37 +33,6 @@ from ._session import Session
 from ._twisted_internals import TCPServer, buffered_bytes, send_now
 
 log = Logger()
-
-
-class _Lazy:
-    """``render(value)``, deferred until the text is actually wanted."""
-
-    __slots__ = ("_render", "_value")
-
-    def __init__(self, render: Callable[[Any], Any], value: Any) -> None:
-        self._render = render
-        self._value = value
-
-    def __str__(self) -> str:
-        return str(self._render(self._value))
-
-    def __format__(self, spec: str) -> str:
-        return format(str(self), spec)
-
-
-def _deferred_text(render: Callable[[Any], Any]) -> Callable[[Any], _Lazy]:
-    def lazy(value: Any) -> _Lazy:
-        return _Lazy(render, value)
-
-    return lazy
-
-
-# autobahn formats the arguments of its debug lines before its logger drops them: pretty-printing every
-# connection's ~30 options on connect (a third of a connection's setup time), and a highlighted
-# qualified name on every dataReceived. The same text when a debug observer does want it.
-_autobahn_protocol.pformat = _deferred_text(pformat)  # type: ignore[assignment]  # only ever formatted
-_autobahn_protocol.hltype = _deferred_text(_autobahn_protocol.hltype)
-_autobahn_twisted_websocket.hltype = _deferred_text(_autobahn_twisted_websocket.hltype)
 
 
 def default_serializers() -> dict[str, ISerializer]:
@@ -96,22 +63,22 @@ _CREDENTIAL_HEADERS = frozenset(("cookie", "authorization"))
 def framed(msg: message.Message, serializer: ISerializer) -> tuple[bytes, bytes]:
     """The serialized message and its unmasked, unfragmented WebSocket frame, both built once per message and
     serializer: every subscriber of a broadcast on the same serializer gets the same bytes."""
-    objects = serializer._serializer  # type: ignore[attr-defined]
-    internal = msg._router_internal
-    if internal is None:
-        internal = msg._router_internal = {}
-    frames = internal.get("frames")
+    data = router_data(msg)
+    frames = data.get("frames")
     if frames is None:
-        frames = internal["frames"] = {}
-    cached = frames.get(objects)
+        frames = data["frames"] = {}
+    cached: tuple[bytes, bytes] | None = frames.get(serializer)
     if cached is None:
-        payload = msg.serialize(objects)
-        cached = frames[objects] = (payload, _frame_header(len(payload), objects.BINARY) + payload)
+        payload, binary = serializer.serialize(msg)
+        cached = frames[serializer] = (payload, _frame_header(len(payload), binary) + payload)
     return cached
 
 
+_BINARY_FRAME = 0x82  # the first byte of an unfragmented binary frame (FIN + opcode 2); text: 0x81
+
+
 def _frame_header(length: int, binary: bool) -> bytes:
-    first = 0x82 if binary else 0x81  # FIN + binary/text opcode
+    first = _BINARY_FRAME if binary else 0x81
     if length < 126:
         return bytes((first, length))
     if length < 65536:
@@ -126,6 +93,10 @@ class WampServerProtocol(WebSocketServerProtocol):
     transport: ITransport  # connected before any of this class's methods runs
     _serializer: ISerializer
     _wamp: Session | None = None
+    _compressed = False  # permessage-deflate is in use (known once open)
+
+    # autobahn's own, without the debug line it formats for every chunk received.
+    dataReceived = websocket_data_received
 
     def onConnect(self, request: ConnectionRequest) -> str:
         # limits: allowed hosts (400), origin (403), concurrent connections (503)
@@ -135,6 +106,7 @@ class WampServerProtocol(WebSocketServerProtocol):
             name: value for name, value in request.headers.items() if name in _CREDENTIAL_HEADERS
         }
         serializers = self.factory.serializers
+        subprotocol: str
         for subprotocol in request.protocols:
             serializer = serializers.get(subprotocol)
             if serializer is not None:
@@ -146,7 +118,10 @@ class WampServerProtocol(WebSocketServerProtocol):
         )
 
     def onOpen(self) -> None:
-        # What autobahn kept of the handshake is not needed any more: ~2.5 KB per idle connection.
+        # A compressing connection's messages go through autobahn's sendMessage, not as prebuilt frames. (A
+        # connection opened without a handshake, as in-memory tests do, has no extensions.)
+        self._compressed = bool(getattr(self, "websocket_extensions_in_use", None))
+        # What autobahn kept of the handshake is not needed any more, and every idle connection would keep it.
         self.http_headers = {}
         self.http_request_data = b""
         self.http_response_data = ""
@@ -204,7 +179,7 @@ class WampServerProtocol(WebSocketServerProtocol):
         if 0 < limit < len(payload):
             self._skip_oversize(msg, len(payload))
             return
-        if self._perMessageCompress is None and not self.send_queue:
+        if not self._compressed and not self.send_queue:
             # The hot path of a broadcast: the frame was built once for every subscriber on this serializer.
             transport = self.transport
             if type(transport) is TCPServer:
@@ -212,7 +187,7 @@ class WampServerProtocol(WebSocketServerProtocol):
             else:
                 transport.write(frame)
         else:
-            self.sendMessage(payload, self._serializer._serializer.BINARY)  # type: ignore[attr-defined]
+            self.sendMessage(payload, frame[0] == _BINARY_FRAME)
         backlog = self._backlog
         if backlog is not None and backlog.paused:
             self._check_backlog(backlog, len(payload))
@@ -360,9 +335,7 @@ class WampServerProtocol(WebSocketServerProtocol):
         subscribers it was for; a RESULT, or the ERROR of a call, becomes an ERROR for that caller."""
         self.factory.stats["unserializable_skipped"] += 1
         serializer = self._serializer.SERIALIZER_ID
-        internal = msg._router_internal
-        if internal is None:
-            internal = msg._router_internal = {}
+        internal = router_data(msg)
         if "unserializable" not in internal:  # the first session it fails for
             problem = payload_problem(getattr(msg, "args", None), getattr(msg, "kwargs", None))
             internal["unserializable"] = problem
@@ -381,7 +354,7 @@ class WampServerProtocol(WebSocketServerProtocol):
             text = f"the {'error' if is_call_error else 'result'} could not be delivered: {reason}"
             request = msg.request  # type: ignore[attr-defined]
             replacement = message.Error(message.Call.MESSAGE_TYPE, request, uri, [text])
-            replacement._router_internal = {"replacement": True}  # never replaced in turn
+            router_data(replacement)["replacement"] = True  # never replaced in turn
             self.send_message(replacement)
 
     def shut_down(self, grace: float = 1.0) -> None:
@@ -581,15 +554,12 @@ class WampServerFactory(WebSocketServerFactory):
         """Build connections from a subclass of the protocol holding the factory's options in the class.
 
         autobahn copies ~30 options from the factory into every connection's ``__dict__`` unless the
-        connection already has them: as class attributes they cost an idle connection nothing (~1.5 KB
-        saved) and are read as fast as instance attributes.
+        connection already has them, and pretty-prints them for a debug line: as class attributes they cost
+        an idle connection nothing, are read as fast as instance attributes, and connecting formats nothing
+        (see ``_autobahn_internals.options_class``).
         """
-        base = self._protocol_base
-        options = {name: getattr(self, name) for name in WebSocketServerProtocol.CONFIG_ATTRS}
-        self.protocol = cast(
-            "type[WampServerProtocol]",
-            type(base.__name__, (base,), {"__module__": base.__module__, **options}),
-        )
+        options = {name: getattr(self, name) for name in PROTOCOL_OPTIONS}
+        self.protocol = options_class(self._protocol_base, options)
 
     def admit(self, request: ConnectionRequest, local_ip: str = "") -> None:
         """Refuse a WebSocket handshake: 400 for a host name not in ``allowed_hosts`` (received on

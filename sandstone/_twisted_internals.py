@@ -1,9 +1,13 @@
-"""The private details of Twisted's TCP connections that sandstone relies on for speed, in one place.
+"""The private details of Twisted that sandstone relies on for speed, in one place.
 
-``twisted.internet.tcp.Server`` (through ``abstract.FileDescriptor``) keeps the bytes it was given but did
-not send yet in ``dataBuffer`` (from ``offset`` on) and in ``_tempDataLen`` bytes of pending chunks, sends
-with ``writeSomeData`` and says whether it can with ``connected`` and ``disconnecting``. Nothing public says
-whether a transport holds unsent bytes, or sends now instead of after the next poll.
+- ``twisted.internet.tcp.Server`` (through ``abstract.FileDescriptor``) keeps the bytes it was given but did
+  not send yet in ``dataBuffer`` (from ``offset`` on) and in ``_tempDataLen`` bytes of pending chunks, sends
+  with ``writeSomeData`` and says whether it can with ``connected`` and ``disconnecting``. Nothing public
+  says whether a transport holds unsent bytes, or sends now instead of after the next poll.
+- ``twisted.web.http.Request._parsePOSTFormSubmission``: what the constructor's ``parsePOSTFormSubmission``
+  sets, read by ``requestReceived``. The HTTP channel constructs a request before its headers arrive, so a
+  request that turns out not to carry a form sets it afterwards (``skip_form_parsing``).
+
 tests/test_twisted_internals.py fails if a Twisted release changes these; setup.py bounds Twisted to the
 releases tested.
 """
@@ -13,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import tcp
+from twisted.web.http import Request
 
 TCPServer = tcp.Server
 """The transport class whose details ``send_now`` uses (an accepted TCP connection, not TLS)."""
@@ -45,3 +50,9 @@ def buffered_bytes(transport: Any) -> int | None:
             return len(data) - int(getattr(transport, "offset", 0)) + temp
         transport = getattr(transport, "transport", None)
     return None
+
+
+def skip_form_parsing(request: Request) -> None:
+    """Have ``request`` leave a POST body unparsed (no form fields in ``request.args``), as if it had been
+    constructed with ``parsePOSTFormSubmission=False``; called before its ``requestReceived``."""
+    request._parsePOSTFormSubmission = False

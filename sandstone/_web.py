@@ -19,6 +19,7 @@ from zope.interface import implementer
 
 from ._admission import Admission, Refusal, Ticket
 from ._limits import Limits, host_allowed
+from ._twisted_internals import skip_form_parsing
 
 if TYPE_CHECKING:
     from ._app import Sandstone
@@ -62,11 +63,11 @@ class LimitedRequest(Request):
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         if self._body_refused:
             return
-        # twisted.web parses a POST's Content-Type with the email package (~30 us) to find out whether the
+        # twisted.web parses a POST's Content-Type with the (slow) email package to find out whether the
         # body is a form for ``request.args``: only a type with "form" in it can be one.
         content_type = self.requestHeaders.getRawHeaders(b"content-type")
         if content_type is not None and b"form" not in content_type[0].lower():
-            self._parsePOSTFormSubmission = False
+            skip_form_parsing(self)
         super().requestReceived(command, path, version)
 
     def _refuse_body(self, length: int | None, limit: int) -> None:
@@ -274,7 +275,8 @@ class SandstoneSite(Site):
             path = target.partition(b"?")[0]
             if path == self._upgrade_line:
                 return self.websocket[1].buildProtocol(addr)
-        return super().buildProtocol(addr)
+        channel: IProtocol | None = super().buildProtocol(addr)
+        return channel
 
 
 def _response(status: str, text: str) -> bytes:
@@ -445,7 +447,7 @@ class GracefulShutdown(Service):
     Stop listening alongside (``twistd sandstone`` stops its listening port at the same time).
     """
 
-    name = "shutdown"  # type: ignore[assignment]  # Twisted's Service declares `name = None` untyped
+    name = "shutdown"  # type: ignore[assignment, unused-ignore]  # Service declares `name = None`
 
     def __init__(
         self, app: Sandstone, site: SandstoneSite | None = None, timeout: float = 5.0, clock: Any = None

@@ -26,17 +26,18 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from twisted.application.service import Service
 from twisted.internet import error, fdesc
-from twisted.internet.abstract import FileDescriptor
+from twisted.internet.abstract import FileDescriptor, isIPv6Address
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
-from twisted.internet.endpoints import TCP6ServerEndpoint
-from twisted.internet.interfaces import IListeningPort, IProcessTransport, IReactorThreads
-from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, serverFromString
+from twisted.internet.interfaces import IListeningPort, IProcessTransport, IReactorTCP, IReactorThreads
+from twisted.internet.protocol import ProcessProtocol, ServerFactory
 from twisted.logger import ILogObserver, Logger, LogLevel, eventFromJSON, globalLogPublisher
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 log = Logger()
 
@@ -77,6 +78,49 @@ def bind_sockets(family: int, interface: str, port: int, backlog: int, count: in
     return sockets
 
 
+class TCPAddress(NamedTuple):
+    """Where a TCP server endpoint listens."""
+
+    family: int
+    interface: str
+    port: int
+    backlog: int
+
+
+@implementer(IReactorTCP)
+class _ListenRecorder:
+    """A reactor that only notes where an endpoint asks it to listen."""
+
+    address: tuple[int, int, str] | None = None
+
+    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:
+        self.address = (port, backlog, interface)
+
+    def connectTCP(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+
+def tcp_address(listen: str) -> TCPAddress:
+    """Where the ``tcp:`` or ``tcp6:`` endpoint description ``listen`` listens, as Twisted parses it: the
+    endpoint ``serverFromString`` builds is asked to listen on a reactor that notes where (endpoints keep
+    their address private).
+
+    @raise ValueError: ``listen`` describes another kind of endpoint (one Twisted cannot parse raises what
+        ``serverFromString`` raises).
+    """
+    recorder = _ListenRecorder()
+    endpoint = serverFromString(recorder, listen)
+    if isinstance(endpoint, TCP4ServerEndpoint | TCP6ServerEndpoint):
+        endpoint.listen(ServerFactory())
+    if recorder.address is None:
+        raise ValueError(f"not a tcp: or tcp6: endpoint description: {listen!r}")
+    port, backlog, interface = recorder.address
+    ipv6 = isinstance(endpoint, TCP6ServerEndpoint) or isIPv6Address(interface)
+    if ipv6:
+        return TCPAddress(socket.AF_INET6, interface or "::", port, backlog)
+    return TCPAddress(socket.AF_INET, interface, port, backlog)
+
+
 class SharedListener(Service):
     """The supervisor's "web" service: binds the ``--listen`` address once per worker (see
     ``bind_sockets``), accepts on worker 1's socket itself, and keeps the others open for the workers.
@@ -85,13 +129,11 @@ class SharedListener(Service):
     worker accepts again (``hand_back``): connections queued there are served, not lost.
     """
 
-    name = "web"  # type: ignore[assignment]  # Twisted's Service declares `name = None` untyped
+    name = "web"  # type: ignore[assignment, unused-ignore]  # Service declares `name = None`
 
-    def __init__(self, endpoint: Any, count: int, factory: Any, reactor: Any = None) -> None:
-        self.family = socket.AF_INET6 if isinstance(endpoint, TCP6ServerEndpoint) else socket.AF_INET
-        self.interface = endpoint._interface or ("::" if self.family == socket.AF_INET6 else "")
-        self.requested_port = endpoint._port
-        self.backlog = endpoint._backlog
+    def __init__(self, listen: str, count: int, factory: Any, reactor: Any = None) -> None:
+        """``listen`` is a ``tcp:`` or ``tcp6:`` endpoint description (``--listen``)."""
+        self.family, self.interface, self.requested_port, self.backlog = tcp_address(listen)
         self.count = count
         self.factory = factory
         if reactor is None:
@@ -119,7 +161,8 @@ class SharedListener(Service):
         return self.sockets[(number - 1) % len(self.sockets)].fileno()
 
     def _adopt(self, number: int) -> IListeningPort:
-        return self._reactor.adoptStreamPort(self.fileno(number), self.family, self.factory)
+        port: IListeningPort = self._reactor.adoptStreamPort(self.fileno(number), self.family, self.factory)
+        return port
 
     def take_over(self, number: int) -> None:
         """Accept on worker ``number``'s socket here, while it is down."""
@@ -146,7 +189,7 @@ class SharedListener(Service):
 class InheritedPortService(Service):
     """A worker's "web" service: accepts on the listening socket inherited as file descriptor ``fd``."""
 
-    name = "web"  # type: ignore[assignment]  # Twisted's Service declares `name = None` untyped
+    name = "web"  # type: ignore[assignment, unused-ignore]  # Service declares `name = None`
 
     def __init__(self, fd: int, factory: Any, reactor: Any = None) -> None:
         self.fd = fd
@@ -208,11 +251,12 @@ def worker_environment(options: Any) -> dict[str, str]:
 
 def _describe_end(reason: Failure) -> str:
     value = reason.value
-    if getattr(value, "signal", None):
+    number = getattr(value, "signal", None)
+    if number:
         try:
-            name = signal.Signals(value.signal).name
+            name = signal.Signals(number).name
         except ValueError:
-            name = str(value.signal)
+            name = str(number)
         return f"was killed by {name}"
     return f"exited with status {getattr(value, 'exitCode', None)}"
 
@@ -267,7 +311,7 @@ class WorkerSupervisor(Service):
     ``environment`` adds variables to the supervisor's own for the workers (see ``worker_environment``).
     """
 
-    name = "workers"  # type: ignore[assignment]  # Twisted's Service declares `name = None` untyped
+    name = "workers"  # type: ignore[assignment, unused-ignore]  # Service declares `name = None`
 
     def __init__(
         self,

@@ -32,6 +32,7 @@ from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, maybeDeferred
 
 from ._app import Sandstone
+from ._autobahn_internals import object_serializer
 from ._codec import DecodeError, decode
 from ._login import SESSION_COOKIE
 from ._session import Session
@@ -271,7 +272,7 @@ class TestSession:
 
     def send_raw(self, raw: list[Any]) -> None:
         """Serialize a raw WAMP message (a list) and hand it to the router as a frame."""
-        objects = self._serializer._serializer  # type: ignore[attr-defined]  # not in autobahn's ISerializer
+        objects = object_serializer(self._serializer)
         payload, is_binary = objects.serialize(raw), objects.BINARY
         self.send_frame(payload, is_binary)
 

@@ -147,7 +147,7 @@ class PrepareTests(SynchronousTestCase):
 
     def test_every_node_derives_the_same_ids(self) -> None:
         nodes = [make_app(name) for name in ("a", "b")]
-        for app, bus, _ in nodes:
+        for app, _, _ in nodes:
             app._core.topics.instance("articles")
             handle(app, "same-event", Ping(7))
         (_, _, sent_a), (_, _, sent_b) = nodes
@@ -556,7 +556,9 @@ class SignatureTests(BusTestCase):
 
     def test_sent_messages_are_signed_for_their_channel(self) -> None:
         raw: list[tuple[str, bytes]] = []
-        self.patch(self.bus, "_publish", lambda channel, payload, announce_key=None: raw.append((channel, payload)))
+        self.patch(
+            self.bus, "_publish", lambda channel, payload, announce_key=None: raw.append((channel, payload))
+        )
         self.app.broadcast("articles", "x")
         node = "sandstone:realm1:node:me"
         self.bus._received(node, Signer("s3cret").sign(node, forged_call(origin="b")))

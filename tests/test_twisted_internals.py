@@ -1,5 +1,6 @@
-"""Tests for L{sandstone._twisted_internals}: the private details of Twisted's TCP connections it relies on
-are still there (checked on a real connection over loopback), and what ``send_now`` does with them."""
+"""Tests for L{sandstone._twisted_internals}: the private details of Twisted it relies on are still there
+(TCP's checked on a real connection over loopback), and what ``send_now`` and ``skip_form_parsing`` do with
+them."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.internet.testing import StringTransport
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web import http
 
-from sandstone._twisted_internals import TCPServer, buffered_bytes, send_now
+from sandstone._twisted_internals import TCPServer, buffered_bytes, send_now, skip_form_parsing
 
 
 class _Accepted(Protocol):
@@ -153,3 +155,49 @@ class SendNowTests(TwistedTCPTestCase):
         transport = StringTransport()
         send_now(transport, b"frame")
         self.assertEqual(transport.value(), b"frame")
+
+
+_FORM_POST = (
+    b"POST /submit?q=1 HTTP/1.1\r\nHost: example.com\r\n"
+    b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 7\r\n\r\nname=ab"
+)
+
+
+def _args_seen(skip: bool) -> dict[bytes, list[bytes]]:
+    """``request.args`` of a form POST served by twisted.web's HTTP channel, with ``skip_form_parsing``
+    called (as sandstone's request does) or not."""
+    seen: list[dict[bytes, list[bytes]]] = []
+
+    class Recording(http.Request):
+        def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+            if skip:
+                skip_form_parsing(self)
+            super().requestReceived(command, path, version)
+
+        def process(self) -> None:
+            seen.append(self.args)
+            self.finish()
+
+    channel = http.HTTPChannel()
+    channel.requestFactory = Recording  # type: ignore[assignment]
+    channel.makeConnection(StringTransport())
+    channel.dataReceived(_FORM_POST)
+    [args] = seen
+    return args
+
+
+class RequestFormParsingTests(SynchronousTestCase):
+    """If one of these fails, a Twisted release changed what ``skip_form_parsing`` relies on: adapt it (and
+    only it), then raise Twisted's upper bound in setup.py."""
+
+    def test_the_field_is_what_the_constructor_argument_sets(self) -> None:
+        channel = http.HTTPChannel()
+        channel.makeConnection(StringTransport())
+        self.assertIs(http.Request(channel)._parsePOSTFormSubmission, True)
+        self.assertIs(http.Request(channel, parsePOSTFormSubmission=False)._parsePOSTFormSubmission, False)
+
+    def test_a_form_post_fills_the_args(self) -> None:
+        self.assertEqual(_args_seen(skip=False), {b"q": [b"1"], b"name": [b"ab"]})
+
+    def test_skipped_form_parsing_leaves_the_body_alone(self) -> None:
+        self.assertEqual(_args_seen(skip=True), {b"q": [b"1"]})
