@@ -5,7 +5,7 @@ from __future__ import annotations
 import fnmatch
 import functools
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -26,10 +26,10 @@ class Limits:
     auto_ping_interval: float = 30.0  # seconds between pings to each client (0: no pings)
     auto_ping_timeout: float = 10.0  # seconds a client has to answer a ping before it is dropped
     max_connections: int = 10_000  # concurrent WebSocket connections; beyond it the handshake gets 503
-    publish_rate: float = 100.0  # PUBLISH messages per second per session (sustained)
-    publish_burst: int = 200  # PUBLISH messages a session may send at once
-    call_rate: float = 100.0  # CALL messages per second per session (sustained)
-    call_burst: int = 200  # CALL messages a session may send at once
+    publish_rate: float = 0.0  # PUBLISH messages per second per connection (sustained); 0: no cap
+    publish_burst: int = 200  # PUBLISH messages a connection may send at once, with publish_rate
+    call_rate: float = 0.0  # CALL messages per second per connection (sustained); 0: no cap
+    call_burst: int = 200  # CALL messages a connection may send at once, with call_rate
     deflate_window_bits: int = 11  # permessage-deflate: at most 2**bits of window per connection (9..15)
     deflate_memory_level: int = 4  # permessage-deflate: zlib memory level (1..9)
     max_request_body: int = 1_048_576  # bytes of a REST request body; beyond it 413
@@ -50,6 +50,12 @@ class Limits:
     subscribe_rate: float = 100.0  # SUBSCRIBE messages per second per connection (sustained)
     subscribe_burst: int = 1_000  # SUBSCRIBE messages a connection may send at once
     max_events_per_publication: int = 32  # EVENTs one publication may produce for one session
+    # fairness: seconds of one read's messages a connection gets handled at once; the rest wait for the
+    # next reactor turns (between the other connections' reads) and reading from it pauses meanwhile
+    message_time_slice: float = 0.005
+    # per authrole: the PUBLISH, CALL and SUBSCRIBE rates (and bursts) of that role's sessions, e.g.
+    # {"anonymous": Limits(publish_rate=10)}; the other fields of these Limits are not used
+    role_limits: Mapping[str, Limits] | None = None
 
 
 _DEFAULT_PORTS = {"http": "80", "https": "443", "ws": "80", "wss": "443"}
@@ -69,8 +75,10 @@ def origin_allowed(origin: str | None, host: str | None, patterns: Sequence[str]
 
     Allowed: no Origin at all (non-browser clients send none), an origin matching one of ``patterns``
     (``fnmatch`` style, e.g. ``https://*.example.com`` or ``http://localhost:*``; ``*`` allows any),
-    and the app's own origin: the one whose ``host[:port]`` is the handshake's ``Host`` header. Anything
-    else, including the opaque ``null`` origin of sandboxed frames and ``file:`` pages, is refused.
+    and the app's own origin: the one whose ``host[:port]`` is the handshake's ``Host`` header, with the
+    scheme ``http``/``https`` of a page, or ``ws``/``wss`` as non-browser clients such as wampy send (a
+    browser never sends those). Anything else, including the opaque ``null`` origin of sandboxed frames and
+    ``file:`` pages, is refused.
     """
     if origin is None or not origin.strip():
         return True
@@ -80,7 +88,7 @@ def origin_allowed(origin: str | None, host: str | None, patterns: Sequence[str]
     if origin == "null" or not host:
         return False
     parts = urlsplit(origin)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    if parts.scheme not in _DEFAULT_PORTS or not parts.netloc:
         return False
     return _authority(parts.scheme, parts.netloc) == _authority(parts.scheme, host)
 

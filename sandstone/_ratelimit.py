@@ -47,17 +47,28 @@ class SessionRates:
     """The PUBLISH, CALL and SUBSCRIBE buckets of one connection, built from the app's ``Limits``.
 
     Every session on the connection shares them (GOODBYE then HELLO does not refill them). A bucket is
-    made on the first message of its kind: most connections never call, many never publish.
+    made on the first message of its kind: most connections never call, many never publish. A session whose
+    authrole has rates of its own (``Limits.role_limits``) switches the connection to them (``use_role``).
     """
 
-    __slots__ = ("_limits", "_clock", "_publish", "_call", "_subscribe")
+    __slots__ = ("_app_limits", "_limits", "_clock", "_publish", "_call", "_subscribe")
 
     def __init__(self, limits: Limits, clock: Callable[[], float] = time.monotonic) -> None:
+        self._app_limits = limits
         self._limits = limits
         self._clock = clock
         self._publish: TokenBucket | None = None
         self._call: TokenBucket | None = None
         self._subscribe: TokenBucket | None = None
+
+    def use_role(self, authrole: str | None) -> None:
+        """Count a session of ``authrole`` from now on: its role's rates if ``role_limits`` has them, else
+        the app's. Changing from one to the other starts new buckets."""
+        roles = self._app_limits.role_limits
+        limits = (roles.get(authrole) if roles and authrole is not None else None) or self._app_limits
+        if limits is not self._limits:
+            self._limits = limits
+            self._publish = self._call = self._subscribe = None
 
     @property
     def publish(self) -> TokenBucket:

@@ -319,6 +319,7 @@ class Session:
         self.authid = accepted.identity.authid
         self.authrole = accepted.identity.authrole
         self.authmethod = accepted.method
+        self._rates.use_role(self.authrole)
         # Public, read-only: the token_digest of the REST session it was opened with (method cookie), or None.
         self.login_digest = accepted.login
         self._state = _ESTABLISHED

@@ -135,10 +135,10 @@ _LIMIT_OPTIONS: dict[str, tuple[str, type, str]] = {
     "max-message-size": ("max_message_size", int, "Bytes of a WebSocket message, in (inflated) or out."),
     "max-frame-size": ("max_frame_size", int, "Bytes of one incoming WebSocket frame."),
     "max-connections": ("max_connections", int, "Concurrent WebSocket connections; beyond it 503."),
-    "publish-rate": ("publish_rate", float, "PUBLISH messages per second per session (0: no limit)."),
-    "publish-burst": ("publish_burst", int, "PUBLISH messages a session may send at once."),
-    "call-rate": ("call_rate", float, "CALL messages per second per session (0: no limit)."),
-    "call-burst": ("call_burst", int, "CALL messages a session may send at once."),
+    "publish-rate": ("publish_rate", float, "PUBLISH messages per second per connection (0: no limit)."),
+    "publish-burst": ("publish_burst", int, "PUBLISH messages a connection may send at once."),
+    "call-rate": ("call_rate", float, "CALL messages per second per connection (0: no limit)."),
+    "call-burst": ("call_burst", int, "CALL messages a connection may send at once."),
     "max-outgoing-buffer": ("max_outgoing_buffer", int, "Bytes queued for a client that does not read."),
     "max-request-body": ("max_request_body", int, "Bytes of a REST request body; beyond it 413."),
     "hello-timeout": ("hello_timeout", float, "Seconds a new WebSocket has to open its WAMP session."),
@@ -165,6 +165,11 @@ _LIMIT_OPTIONS: dict[str, tuple[str, type, str]] = {
         "max_events_per_publication",
         int,
         "EVENTs one publication may produce for one session (one per matching subscription).",
+    ),
+    "message-time-slice": (
+        "message_time_slice",
+        float,
+        "Seconds of its messages a connection gets handled at once; the rest wait, reading paused (0: off).",
     ),
 }
 

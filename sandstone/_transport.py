@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
@@ -33,6 +33,8 @@ from ._session import Session
 from ._twisted_internals import TCPServer, buffered_bytes, send_now
 
 log = Logger()
+
+_NO_SLICE = float("inf")
 
 
 def default_serializers() -> dict[str, ISerializer]:
@@ -95,8 +97,18 @@ class WampServerProtocol(WebSocketServerProtocol):
     _wamp: Session | None = None
     _compressed = False  # permessage-deflate is in use (known once open)
 
-    # autobahn's own, without the debug line it formats for every chunk received.
-    dataReceived = websocket_data_received
+    # Fairness (see ``WampServerFactory.backlogged``): the messages of one read are handled at once until
+    # its time slice ends; the rest wait in the inbox, in order, and reading pauses until they are handled.
+    _slice_end = _NO_SLICE  # monotonic time: handle the messages arriving before it at once
+    _inbox: deque[tuple[bytes, bool]] | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self._slice_end = self.factory.slice_end()
+        try:
+            # autobahn's own, without the debug line it formats for every chunk received.
+            websocket_data_received(self, data)
+        finally:
+            self._slice_end = _NO_SLICE
 
     def onConnect(self, request: ConnectionRequest) -> str:
         # limits: allowed hosts (400), origin (403), concurrent connections (503)
@@ -129,6 +141,40 @@ class WampServerProtocol(WebSocketServerProtocol):
         self._attach()
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        inbox = self._inbox
+        if inbox is not None:
+            inbox.append((payload, isBinary))
+        elif self._slice_end <= self.factory.monotonic():
+            # This connection had its share of the turn: the rest of what it sent waits for the next turns,
+            # and TCP tells it to slow down meanwhile.
+            self._inbox = deque(((payload, isBinary),))
+            cast(IPushProducer, self.transport).pauseProducing()
+            self.factory.backlogged(self)
+        else:
+            self._handle(payload, isBinary)
+
+    def serve_backlog(self) -> bool:
+        """Handle the messages waiting in the inbox for one time slice; True when some are left. Reading
+        resumes once the inbox is empty."""
+        inbox = self._inbox
+        if inbox is None:
+            return False
+        self._slice_end = self.factory.slice_end()
+        try:
+            while inbox:
+                payload, is_binary = inbox.popleft()
+                self._handle(payload, is_binary)
+                if self._inbox is not inbox:
+                    return False  # the connection is gone
+                if inbox and self._slice_end <= self.factory.monotonic():
+                    return True
+        finally:
+            self._slice_end = _NO_SLICE
+        self._inbox = None
+        cast(IPushProducer, self.transport).resumeProducing()
+        return False
+
+    def _handle(self, payload: bytes, isBinary: bool) -> None:
         session = self._wamp
         if session is None:
             if self._shutting_down:
@@ -236,6 +282,7 @@ class WampServerProtocol(WebSocketServerProtocol):
             self._watch_backlog()
 
     def connectionLost(self, reason: Any = None) -> None:
+        self._inbox = None
         self.factory.writer.forget(self)
         self.factory.connections.discard(self)
         self._cancel_hello_timer()
@@ -521,6 +568,9 @@ class WampServerFactory(WebSocketServerFactory):
         self.clock: IReactorTime = clock  # type: ignore[assignment]
         # The frames written to this factory's connections during one turn of its reactor, sent at its end.
         self.writer = _TurnWriter(self.clock.callLater, monotonic)
+        self.monotonic = monotonic
+        self._backlogged: deque[WampServerProtocol] = deque()  # connections with messages waiting
+        self._serving_backlogs = False
         self.serializers = serializers if serializers is not None else default_serializers()
         self._protocol_base: type[WampServerProtocol] = self.protocol
         super().__init__(protocols=list(self.serializers), **kwargs)
@@ -543,6 +593,31 @@ class WampServerFactory(WebSocketServerFactory):
             failByDrop=False,  # a refused frame or message gets a close frame with its code (1009)
             allowNullOrigin=True,  # origins are checked in admit(), which answers 403
         )
+
+    def slice_end(self) -> float:
+        """When a time slice starting now ends (``limits.message_time_slice``; no end when it is 0)."""
+        time_slice = self.limits.message_time_slice
+        return self.monotonic() + time_slice if time_slice > 0 else _NO_SLICE
+
+    def backlogged(self, protocol: WampServerProtocol) -> None:
+        """``protocol`` has messages waiting: from the next reactor turn on, each turn handles one time slice
+        of every backlogged connection's messages, in turn, between the reads of the other connections, so
+        that a connection sending as fast as it can does not hold the others up."""
+        self._backlogged.append(protocol)
+        if not self._serving_backlogs:
+            self._serving_backlogs = True
+            self.clock.callLater(0, self._serve_backlogs)
+
+    def _serve_backlogs(self) -> None:
+        self._serving_backlogs = False
+        backlogged = self._backlogged
+        for _ in range(len(backlogged)):
+            protocol = backlogged.popleft()
+            if protocol.serve_backlog():
+                backlogged.append(protocol)
+        if backlogged and not self._serving_backlogs:
+            self._serving_backlogs = True
+            self.clock.callLater(0, self._serve_backlogs)
 
     def setProtocolOptions(self, *args: Any, **options: Any) -> None:
         """autobahn's protocol options, for the connections made from now on (they read them from their

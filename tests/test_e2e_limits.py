@@ -125,6 +125,13 @@ class OriginTests(LimitsTestCase):
         self.assertEqual((await self.handshake(origin=f"http://127.0.0.1:{self.port}")).status, 101)
         self.assertEqual((await self.handshake()).status, 101)
 
+    async def test_a_websocket_origin_of_the_servers_own_host_is_allowed(self) -> None:
+        # python wampy sends its own URL as the Origin: the server's own host, never a browser's page
+        self.serve_app()
+        self.assertEqual((await self.handshake(origin=f"ws://127.0.0.1:{self.port}")).status, 101)
+        for origin in ("ws://evil.example", f"ws://127.0.0.1:{self.port + 1}", "http://evil.example"):
+            self.assertEqual((await self.handshake(origin=origin)).status, 403, origin)
+
     async def test_allowed_origin_patterns(self) -> None:
         app = Sandstone(anonymous=True, allowed_origins=["https://*.example.com"])
         self.serve(app)

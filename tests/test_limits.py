@@ -30,6 +30,16 @@ class OriginTests(SynchronousTestCase):
         self.assertTrue(origin_allowed("https://Example.com", "example.com"))
         self.assertTrue(origin_allowed("https://example.com", "example.com:443"))
 
+    def test_websocket_origins_of_the_servers_own_host_are_allowed(self) -> None:
+        # non-browser clients such as python wampy send their own URL as the origin
+        self.assertTrue(origin_allowed("ws://127.0.0.1:8080", "127.0.0.1:8080"))
+        self.assertTrue(origin_allowed("wss://example.com", "example.com:443"))
+        self.assertTrue(origin_allowed("ws://example.com:80", "example.com"))
+        self.assertFalse(origin_allowed("ws://127.0.0.1:8081", "127.0.0.1:8080"))
+        self.assertFalse(origin_allowed("ws://evil.example", "127.0.0.1:8080"))
+        self.assertFalse(origin_allowed("wss://example.com", "example.com:80"))
+        self.assertFalse(origin_allowed("ftp://example.com", "example.com"))
+
     def test_foreign_and_null_origins_are_refused(self) -> None:
         self.assertFalse(origin_allowed("http://evil.example", "localhost:8080"))
         self.assertFalse(origin_allowed("http://localhost:9999", "localhost:8080"))

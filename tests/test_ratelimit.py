@@ -97,13 +97,21 @@ class SessionRateTests(SynchronousTestCase):
 class SessionRatesTests(SynchronousTestCase):
     def test_each_bucket_follows_its_limits(self) -> None:
         clock = Clock()
-        limits = Limits(publish_burst=1, call_burst=2, subscribe_rate=1.0, subscribe_burst=3)
+        limits = Limits(
+            publish_rate=100.0, publish_burst=1, call_rate=100.0, call_burst=2, subscribe_rate=1.0, subscribe_burst=3
+        )
         rates = SessionRates(limits, clock.seconds)
         self.assertEqual([rates.publish.allow() for _ in range(2)], [True, False])
         self.assertEqual([rates.call.allow() for _ in range(3)], [True, True, False])
         self.assertEqual([rates.subscribe.allow() for _ in range(4)], [True, True, True, False])
         clock.advance(1.0)
         self.assertEqual([rates.subscribe.allow(), rates.subscribe.allow()], [True, False])
+
+    def test_publish_and_call_are_not_capped_by_default(self) -> None:
+        rates = SessionRates(Limits(), Clock().seconds)
+        self.assertTrue(all(rates.publish.allow() for _ in range(10_000)))
+        self.assertTrue(all(rates.call.allow() for _ in range(10_000)))
+        self.assertFalse(all(rates.subscribe.allow() for _ in range(10_000)))  # SUBSCRIBE keeps its cap
 
     def test_a_bucket_keeps_its_tokens_between_uses(self) -> None:
         rates = SessionRates(Limits(subscribe_burst=1), Clock().seconds)
@@ -251,3 +259,38 @@ class ConnectionRatesTests(SynchronousTestCase):
         self.hello(second)
         self.send(second, [PUBLISH, 1, {"acknowledge": True}, "news", ["x"]])
         self.assertEqual(self.received(transport)[-1][:2], [PUBLISHED, 1])
+
+
+class RoleLimitsTests(SynchronousTestCase):
+    """``Limits.role_limits``: the rates of a role's sessions, the app's for the others."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        roles = {"anonymous": Limits(publish_rate=0.001, publish_burst=2)}
+        self.app = limited_app(self.clock, role_limits=roles)  # type: ignore[arg-type]
+
+        @self.app.authenticator
+        def authenticate(credentials: Any) -> Any:
+            from sandstone import Identity
+
+            return Identity(credentials.authid, "user") if credentials.secret_is("pw") else None
+
+    def publish(self, session: Any, count: int) -> list[bool]:
+        outcomes = []
+        for _ in range(count):
+            try:
+                session.publish("news", "x", acknowledge=True)
+                outcomes.append(True)
+            except ApplicationError as exc:
+                self.assertEqual(exc.error, "sandstone.error.rate_limited")
+                outcomes.append(False)
+        return outcomes
+
+    def test_a_role_with_rates_of_its_own(self) -> None:
+        anonymous = TestClient(self.app).connect()
+        self.assertEqual(self.publish(anonymous, 3), [True, True, False])
+
+    def test_the_other_roles_get_the_apps(self) -> None:
+        user = TestClient(self.app).connect(authid="joe", ticket="pw")
+        self.assertEqual(user.authrole, "user")
+        self.assertTrue(all(self.publish(user, 500)))  # the app's default: no PUBLISH cap
