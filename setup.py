@@ -25,8 +25,8 @@ setup(
         # msgpack, cbor2 and ujson come with autobahn itself; its "serialization" extra would add
         # bjdata, which prints a traceback on import next to NumPy 2.
         # Upper bounds: the releases sandstone is tested with (it relies on some of their private details,
-        # see _twisted_internals.py). `tox -e latest` runs the tests on the newest releases, past these
-        # bounds: when it passes, raise them.
+        # see _twisted_internals.py and _autobahn_internals.py). `tox -e latest` and CI (.ci/latest-deps)
+        # run the tests on the newest releases, past these bounds: when they pass, raise them.
         "autobahn[twisted]>=26.7.1,<27",
         "klein>=24.8,<25",
         "Twisted>=24.7,<27",
@@ -38,7 +38,9 @@ setup(
         "hiredis>=2,<4",
     ],
     extras_require={
-        "test": ["hypothesis", "kosoku", "redis>=5", "twisted[tls]"],
+        # playwright: the browser tests (tests/test_browser.py), with Debian's chromium
+        # cryptography: the throwaway CAs of the TLS tests (twisted[tls] brings it too)
+        "test": ["cryptography", "hypothesis", "kosoku", "playwright>=1.40", "redis>=5", "twisted[tls]"],
         "push": ["redis>=5,<9"],
         # The versions .ci/run checks with.
         "lint": ["ruff==0.17.6", "mypy==2.4.1", "mypy-zope==1.0.17"],

@@ -50,7 +50,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -251,9 +251,15 @@ class Server:
 
 @contextlib.contextmanager
 def sandstone(
-    app: str | None, redis_url: str | None = None, workers: int = 1, label: str = "sandstone"
+    app: str | None,
+    redis_url: str | None = None,
+    workers: int = 1,
+    label: str = "sandstone",
+    extra_args: Sequence[str] = (),
+    default_limits: bool = False,
 ) -> Iterator[Server]:
-    """``twistd -n sandstone`` on a free port, optionally on a Redis bus (``--redis``) with ``--workers N``.
+    """``twistd -n sandstone`` on a free port, optionally on a Redis bus (``--redis``) with ``--workers N``;
+    ``extra_args`` go to ``twistd sandstone``; ``default_limits`` keeps sandstone's own (see below).
 
     Ready when /ws answers a handshake and, with workers, when workers 2..N accept connections (until then
     the connections the kernel hashes to their sockets wait). Whether the bus is up is the caller's business
@@ -261,21 +267,26 @@ def sandstone(
     """
     port = free_port()
     argv = [*twistd_argv(), "-n", "--pidfile=", "sandstone", "--listen", f"tcp:{port}:interface=127.0.0.1"]
+    argv += list(extra_args)
     # No per-session rate limits, no connection cap and no slow-consumer drop: Crossbar has none of them
     # by default, and a benchmark publisher is meant to go as fast as it can. Every generator connects from
     # 127.0.0.1, opening up to thousands of sessions at once: no cap on connections per address either.
-    argv += [
-        "--publish-rate",
-        "0",
-        "--call-rate",
-        "0",
-        "--max-connections",
-        "0",
-        "--max-outgoing-buffer",
-        "0",
-        "--max-pending-per-ip",
-        "0",
-    ]
+    argv += (
+        []
+        if default_limits
+        else [
+            "--publish-rate",
+            "0",
+            "--call-rate",
+            "0",
+            "--max-connections",
+            "0",
+            "--max-outgoing-buffer",
+            "0",
+            "--max-pending-per-ip",
+            "0",
+        ]
+    )
     if app:
         argv += ["--app", app]
     if redis_url:

@@ -4,7 +4,10 @@ Run it from the repository root::
 
     twistd -n sandstone --app examples.blog:app --listen tcp:8080
 
-then ``POST /api/articles`` with ``{"title": "..."}`` and watch the ``articles`` topic.
+then open http://localhost:8080/ in a browser: the page (``examples/static/blog/``, plain HTML, CSS and
+JavaScript with autobahn-js) lists the articles, publishes new ones, shows the ``articles`` notifications as
+they arrive and chats on ``chat/{channel}``. Or ``POST /api/articles`` with ``{"title": "..."}`` and watch
+the ``articles`` topic with any WAMP client.
 
 Several processes behave as one server when they share a Redis (``--redis redis://127.0.0.1:6379``):
 ``article.created`` is forwarded, so a POST on any node reaches the ``articles`` subscribers of every node.
@@ -15,9 +18,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from twisted.web.iweb import IRequest
+from twisted.web.static import File
 
 from sandstone import Sandstone, Session, Topic, on_event
 
@@ -38,6 +43,8 @@ class ArticleCreated:
 
 
 _articles: dict[int, Article] = {}
+
+PAGE = Path(__file__).resolve().parent / "static" / "blog"
 
 app.forward("article.created", ArticleCreated)
 
@@ -85,6 +92,12 @@ def get_article(request: IRequest, article_id: int) -> bytes:
     if article is None:
         return _json(request, 404, {"error": f"no article {article_id}"})
     return _json(request, 200, asdict(article))
+
+
+@app.route("/", branch=True, methods=["GET", "HEAD"])
+def page(request: IRequest) -> File:
+    """The page a person opens: ``index.html``, ``app.js`` and ``style.css`` from ``static/blog/``."""
+    return File(str(PAGE))
 
 
 @app.topic("articles")

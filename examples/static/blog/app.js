@@ -1,0 +1,294 @@
+// The blog page: the articles over REST, the live notifications and the chat over WAMP (autobahn-js).
+// Whatever people typed (titles, messages, channel names) goes into the page as text (textContent),
+// never as HTML.
+"use strict";
+
+(function () {
+  const REALM = "realm1";
+  const WS_PATH = "/ws";
+  const MAX_ITEMS = 100; // notifications and chat lines kept on the page
+  const CHANNEL = /^[\p{L}\p{N}_-]{1,40}$/u; // one part of the topic URI chat/{channel}
+
+  const $ = (id) => document.getElementById(id);
+  const nickname = "guest-" + String(Math.floor(1000 + Math.random() * 9000));
+
+  let session = null; // the open WAMP session, or null
+  let channel = "general"; // the chat channel joined, or to join once connected
+  let chatSubscription = null;
+  let joins = 0; // each join supersedes the ones before it
+  let articles = new Map(); // id -> {id, title}
+  let announced = null; // articles announced while the list loads, or null
+
+  $("nickname").textContent = nickname;
+
+  function element(tag, className, text) {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  function now() {
+    return element("time", null, new Date().toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" }));
+  }
+
+  function show(id, text) {
+    const node = $(id);
+    node.textContent = text || "";
+    node.hidden = !text;
+  }
+
+  function wampError(error) {
+    if (error && typeof error.error === "string") {
+      const detail = Array.isArray(error.args) && error.args.length ? ": " + String(error.args[0]) : "";
+      return error.error + detail;
+    }
+    return String(error);
+  }
+
+  // --- connection state ----------------------------------------------------------------------------------
+
+  function showConnection(state, text) {
+    const node = $("connection");
+    node.dataset.state = state;
+    node.textContent = text;
+  }
+
+  // --- articles (REST) -----------------------------------------------------------------------------------
+
+  function isArticle(value) {
+    return value !== null && typeof value === "object" && Number.isInteger(value.id) && typeof value.title === "string";
+  }
+
+  function remember(article) {
+    if (!isArticle(article)) return;
+    articles.set(article.id, article);
+    if (announced) announced.set(article.id, article);
+    renderArticles();
+  }
+
+  function renderArticles() {
+    const items = [...articles.values()]
+      .sort((a, b) => b.id - a.id)
+      .map((article) => {
+        const item = element("li");
+        item.append(element("span", "number", "#" + article.id), element("span", "title", article.title));
+        return item;
+      });
+    $("articles").replaceChildren(...items);
+    $("no-articles").hidden = articles.size > 0;
+  }
+
+  // The server's list replaces the page's (it may have restarted with other articles), plus whatever was
+  // announced while the list was on its way.
+  async function loadArticles() {
+    announced = new Map();
+    try {
+      const response = await fetch("/api/articles", { headers: { Accept: "application/json" } });
+      if (!response.ok) throw new Error("the server answered " + response.status);
+      const loaded = new Map();
+      for (const article of await response.json()) {
+        if (isArticle(article)) loaded.set(article.id, article);
+      }
+      for (const [id, article] of announced) loaded.set(id, article);
+      articles = loaded;
+      renderArticles();
+    } catch (error) {
+      show("publish-error", "Could not load the articles: " + error.message);
+    } finally {
+      announced = null;
+    }
+  }
+
+  async function errorText(response) {
+    try {
+      const body = await response.json();
+      if (body && typeof body.error === "string") return body.error;
+    } catch (error) {
+      // not JSON: say what the status was
+    }
+    return "The server answered " + response.status + " " + response.statusText;
+  }
+
+  $("publish-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const input = $("title");
+    const button = event.target.querySelector("button");
+    button.disabled = true;
+    show("publish-error", null);
+    try {
+      const response = await fetch("/api/articles", {
+        method: "POST",
+        headers: { "Content-Type": "application/json", Accept: "application/json" },
+        body: JSON.stringify({ title: input.value }),
+      });
+      if (response.status === 201) {
+        remember(await response.json());
+        input.value = "";
+      } else {
+        show("publish-error", await errorText(response));
+      }
+    } catch (error) {
+      show("publish-error", "Could not reach the server: " + error.message);
+    } finally {
+      button.disabled = false;
+      input.focus();
+    }
+  });
+
+  // --- live notifications (topic "articles") -------------------------------------------------------------
+
+  function onArticles(args) {
+    const payload = args && args.length ? args[0] : null;
+    const text = payload && typeof payload.message === "string" ? payload.message : JSON.stringify(args);
+    const item = element("li");
+    item.append(now(), element("span", "text", text));
+    const list = $("notifications");
+    list.prepend(item);
+    while (list.children.length > MAX_ITEMS) list.lastElementChild.remove();
+    $("no-notifications").hidden = true;
+    if (payload) remember(payload.article);
+  }
+
+  // --- chat (topics "chat/{channel}") --------------------------------------------------------------------
+
+  function chatLine(kind, name, text) {
+    const item = element("li", kind);
+    item.append(now());
+    if (name) item.append(element("span", "name", name));
+    item.append(element("span", "text", text));
+    const log = $("chat-log");
+    log.append(item);
+    while (log.children.length > MAX_ITEMS) log.firstElementChild.remove();
+    log.scrollTop = log.scrollHeight;
+  }
+
+  function onChat(args) {
+    const payload = args && args.length ? args[0] : null;
+    if (typeof payload === "string") {
+      chatLine("notice", null, payload); // the topic's own words, e.g. "Welcome on general"
+    } else if (payload && typeof payload.text === "string") {
+      chatLine("other", typeof payload.name === "string" ? payload.name : "someone", payload.text);
+    } else {
+      chatLine("other", "someone", JSON.stringify(args));
+    }
+  }
+
+  async function join(wanted) {
+    const mine = ++joins;
+    const current = session;
+    const previous = chatSubscription;
+    chatSubscription = null;
+    channel = wanted;
+    $("current-channel").textContent = wanted;
+    $("chat-log").replaceChildren();
+    if (!current) return; // joined when the connection opens
+    if (previous) {
+      try {
+        await current.unsubscribe(previous);
+      } catch (error) {
+        // the session may be closing; its subscriptions go with it
+      }
+    }
+    try {
+      const subscription = await current.subscribe("chat/" + wanted, onChat);
+      if (mine !== joins || current !== session) {
+        current.unsubscribe(subscription).then(null, () => {});
+        return;
+      }
+      chatSubscription = subscription;
+    } catch (error) {
+      if (mine === joins) show("chat-error", "Could not join " + wanted + ": " + wampError(error));
+    }
+  }
+
+  $("channel-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const wanted = $("channel").value.trim();
+    show("chat-error", null);
+    if (!CHANNEL.test(wanted)) {
+      show("chat-error", "A channel name is 1 to 40 letters, digits, - or _.");
+      return;
+    }
+    if (wanted !== channel || !chatSubscription) join(wanted);
+  });
+
+  $("message-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const input = $("message");
+    const text = input.value.trim();
+    if (!text) return;
+    if (!session) {
+      show("chat-error", "Not connected: the message was not sent.");
+      return;
+    }
+    show("chat-error", null);
+    const to = channel;
+    input.value = "";
+    try {
+      // The topic relays a message to everyone else on the channel, not back to its sender: show our copy.
+      await session.publish("chat/" + to, [{ name: nickname, text: text }], {}, { acknowledge: true });
+      if (to === channel) chatLine("mine", nickname + " (you)", text);
+    } catch (error) {
+      if (!input.value) input.value = text;
+      show("chat-error", "Not sent: " + wampError(error));
+    }
+  });
+
+  // --- the WAMP connection -------------------------------------------------------------------------------
+
+  if (typeof autobahn === "undefined") {
+    showConnection("unavailable", "Live updates unavailable: autobahn-js did not load");
+    loadArticles();
+    return;
+  }
+
+  const connection = new autobahn.Connection({
+    url: (location.protocol === "https:" ? "wss://" : "ws://") + location.host + WS_PATH,
+    realm: REALM,
+    max_retries: -1, // keep trying while the server is away
+    initial_retry_delay: 1,
+    max_retry_delay: 5,
+    retry_delay_growth: 1.5,
+  });
+
+  connection.onopen = async (opened) => {
+    session = opened;
+    chatSubscription = null;
+    showConnection("open", "Connected");
+    show("chat-error", null);
+    try {
+      await opened.subscribe("articles", onArticles);
+    } catch (error) {
+      show("publish-error", "Could not follow the articles: " + wampError(error));
+    }
+    loadArticles();
+    join(channel);
+  };
+
+  connection.onclose = (reason, details) => {
+    session = null;
+    chatSubscription = null;
+    if (details.will_retry) {
+      const delay = Math.max(1, Math.round(details.retry_delay));
+      showConnection("closed", "Disconnected: reconnecting in " + delay + " s…");
+    } else if (details.reason === "wamp.close.system_shutdown") {
+      // The server said goodbye because it is stopping (a restart, a deploy). autobahn-js never retries
+      // after a goodbye, so the page comes back by itself.
+      showConnection("closed", "Disconnected: the server is restarting, reconnecting…");
+      setTimeout(() => {
+        try {
+          connection.open();
+        } catch (error) {
+          // already opening
+        }
+      }, 1000);
+    } else {
+      const why = details.reason ? " (" + details.reason + ")" : "";
+      showConnection("closed", "Disconnected" + why + ": reload the page to reconnect");
+    }
+    return false;
+  };
+
+  connection.open();
+})();
