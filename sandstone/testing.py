@@ -449,6 +449,15 @@ class TestClient:
         self.app = app
         self.serializer = serializer
         self.rest = StubTreq(app.resource())
+        self._sessions: list[TestSession] = []
+
+    def close(self) -> None:
+        """Disconnect every session this client connected (``self.addCleanup(client.close)``): an app shared
+        by several tests then starts each one without the previous one's subscribers."""
+        sessions, self._sessions = self._sessions, []
+        for session in sessions:
+            if not session.transport_closed:
+                session.disconnect()
 
     def connect(
         self,
@@ -489,6 +498,7 @@ class TestClient:
         if authid is not None:
             details["authid"] = authid
         session = TestSession(self.app, self.serializer, headers=handshake)
+        self._sessions.append(session)
         return session.join(realm or self.app.realm, ticket=ticket, secret=secret, **details)
 
     def request(

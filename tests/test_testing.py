@@ -352,3 +352,25 @@ class RequestTests(SynchronousTestCase):
 
         self.assertEqual(TestClient(self.app).get("/boom").code, 500)
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+
+class CloseTests(SynchronousTestCase):
+    def test_close_disconnects_every_session_of_the_client(self) -> None:
+        app = Sandstone(anonymous=True)
+
+        @app.topic("room")
+        class Room(Topic):
+            pass
+
+        client = TestClient(app)
+        alice, bob = client.connect(), client.connect()
+        alice.subscribe("room")
+        bob.subscribe("room")
+        bob.disconnect()  # already gone: closing leaves it alone
+        other = TestClient(app).connect()
+        self.assertIsNotNone(app.topic_instance("room"))
+        client.close()
+        self.assertTrue(alice.transport_closed)
+        self.assertIsNone(app.topic_instance("room"))  # its last subscriber left
+        self.assertEqual(list(app.router.sessions.values()), [other._session])
+        client.close()  # twice is fine
