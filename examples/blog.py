@@ -4,10 +4,11 @@ Run it from the repository root::
 
     twistd -n sandstone --app examples.blog:app --listen tcp:8080
 
-then open http://localhost:8080/ in a browser: the page (``examples/static/blog/``, plain HTML, CSS and
-JavaScript with autobahn-js) lists the articles, publishes new ones, shows the ``articles`` notifications as
-they arrive and chats on ``chat/{channel}``. Or ``POST /api/articles`` with ``{"title": "..."}`` and watch
-the ``articles`` topic with any WAMP client.
+then open http://localhost:8080/ in a browser: the page (``examples/static/blog/``, plus what it shares with
+the sensors page in ``examples/static/common/``: plain HTML, CSS and JavaScript with autobahn-js) lists the
+articles, publishes new ones, shows the ``articles`` notifications as they arrive and chats on
+``chat/{channel}``. Or ``POST /api/articles`` with ``{"title": "..."}`` and watch the ``articles`` topic with
+any WAMP client.
 
 Several processes behave as one server when they share a Redis (``--redis redis://127.0.0.1:6379``):
 ``article.created`` is forwarded, so a POST on any node reaches the ``articles`` subscribers of every node.
@@ -45,6 +46,7 @@ class ArticleCreated:
 _articles: dict[int, Article] = {}
 
 PAGE = Path(__file__).resolve().parent / "static" / "blog"
+COMMON = PAGE.parent / "common"  # what the blog and sensors pages share
 
 app.forward("article.created", ArticleCreated)
 
@@ -98,6 +100,12 @@ def get_article(request: IRequest, article_id: int) -> bytes:
 def page(request: IRequest) -> File:
     """The page a person opens: ``index.html``, ``app.js`` and ``style.css`` from ``static/blog/``."""
     return File(str(PAGE))
+
+
+@app.route("/common/", branch=True, methods=["GET", "HEAD"])
+def common(request: IRequest) -> File:
+    """What the page shares with the sensors page: ``base.css`` and ``live.js`` from ``static/common/``."""
+    return File(str(COMMON))
 
 
 @app.topic("articles")

@@ -6,10 +6,10 @@ average with ``sensors.average`` and each room's last readings with ``sensors.re
 
     twistd -n sandstone --app examples.sensors:app --listen tcp:8080
 
-then open http://localhost:8080/: a live chart of every room's temperature (``examples/static/sensors/``,
-subscribed to ``sensors..temperature`` with a wildcard) and forms calling the procedures. Serving the page
-starts three simulated thermometers (rooms 1 to 3, one reading a second each, through the same code as
-``sensors.report``), which run until the server stops.
+then open http://localhost:8080/: a live chart of every room's temperature (``examples/static/sensors/``
+plus ``examples/static/common/``, subscribed to ``sensors..temperature`` with a wildcard) and forms calling
+the procedures. Serving the page starts three simulated thermometers (rooms 1 to 3, one reading a second
+each, through the same code as ``sensors.report``), which run until the server stops.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from sandstone import Sandstone, Session, Topic
 app = Sandstone(anonymous=True)
 
 PAGE = Path(__file__).resolve().parent / "static" / "sensors"
+COMMON = PAGE.parent / "common"  # what the sensors and blog pages share
 RECENT = 300  # readings kept per room for sensors.recent
 
 
@@ -149,3 +150,9 @@ def page(request: IRequest) -> File:
     starts no timer)."""
     simulation.start()
     return File(str(PAGE))
+
+
+@app.route("/common/", branch=True, methods=["GET", "HEAD"])
+def common(request: IRequest) -> File:
+    """What the page shares with the blog page: ``base.css`` and ``live.js`` from ``static/common/``."""
+    return File(str(COMMON))

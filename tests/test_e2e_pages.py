@@ -33,7 +33,12 @@ class BlogPageTests(PageTestCase):
         self.assertIn(b'<script defer src="app.js"></script>', body)
 
     async def test_script_and_style_are_served(self) -> None:
-        for path, expected in (("/app.js", b"new autobahn.Connection"), ("/style.css", b".connection")):
+        for path, expected in (
+            ("/app.js", b"live.connect("),
+            ("/style.css", b".chat-log"),
+            ("/common/live.js", b"new autobahn.Connection"),
+            ("/common/base.css", b".connection"),
+        ):
             code, _, body = await self.get(path)
             self.assertEqual(code, 200, path)
             self.assertIn(expected, body, path)
@@ -49,6 +54,8 @@ class BlogPageTests(PageTestCase):
 
     async def test_unknown_path_is_404(self) -> None:
         self.assertEqual((await self.get("/nothing-here"))[0], 404)
+        self.assertEqual((await self.get("/common/nothing-here"))[0], 404)
+        self.assertEqual((await self.get("/common/app.js"))[0], 404)  # the page's own files are not there
 
 
 class SensorsPageTests(PageTestCase):
@@ -66,3 +73,13 @@ class SensorsPageTests(PageTestCase):
         self.assertTrue(sensors.simulation.running)
         self.assertEqual(sorted(sensors._rooms), [1, 2, 3])  # the first readings, at once
         self.assertEqual((await self.get("/chart.js"))[0], 200)
+
+    async def test_shared_files_are_served_without_starting_the_simulated_sensors(self) -> None:
+        for path, expected in (
+            ("/common/live.js", b"new autobahn.Connection"),
+            ("/common/base.css", b".connection"),
+        ):
+            code, _, body = await self.get(path)
+            self.assertEqual(code, 200, path)
+            self.assertIn(expected, body, path)
+        self.assertFalse(sensors.simulation.running)

@@ -98,7 +98,12 @@ class SessionRatesTests(SynchronousTestCase):
     def test_each_bucket_follows_its_limits(self) -> None:
         clock = Clock()
         limits = Limits(
-            publish_rate=100.0, publish_burst=1, call_rate=100.0, call_burst=2, subscribe_rate=1.0, subscribe_burst=3
+            publish_rate=100.0,
+            publish_burst=1,
+            call_rate=100.0,
+            call_burst=2,
+            subscribe_rate=1.0,
+            subscribe_burst=3,
         )
         rates = SessionRates(limits, clock.seconds)
         self.assertEqual([rates.publish.allow() for _ in range(2)], [True, False])

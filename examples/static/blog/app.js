@@ -1,15 +1,15 @@
-// The blog page: the articles over REST, the live notifications and the chat over WAMP (autobahn-js).
+// The blog page: the articles over REST, the live notifications and the chat over WAMP (autobahn-js, through
+// live.connect from /common/live.js).
 // Whatever people typed (titles, messages, channel names) goes into the page as text (textContent),
 // never as HTML.
 "use strict";
 
 (function () {
-  const REALM = "realm1";
-  const WS_PATH = "/ws";
   const MAX_ITEMS = 100; // notifications and chat lines kept on the page
   const CHANNEL = /^[\p{L}\p{N}_-]{1,40}$/u; // one part of the topic URI chat/{channel}
 
   const $ = (id) => document.getElementById(id);
+  const wampError = live.wampError;
   const nickname = "guest-" + String(Math.floor(1000 + Math.random() * 9000));
 
   let session = null; // the open WAMP session, or null
@@ -36,22 +36,6 @@
     const node = $(id);
     node.textContent = text || "";
     node.hidden = !text;
-  }
-
-  function wampError(error) {
-    if (error && typeof error.error === "string") {
-      const detail = Array.isArray(error.args) && error.args.length ? ": " + String(error.args[0]) : "";
-      return error.error + detail;
-    }
-    return String(error);
-  }
-
-  // --- connection state ----------------------------------------------------------------------------------
-
-  function showConnection(state, text) {
-    const node = $("connection");
-    node.dataset.state = state;
-    node.textContent = text;
   }
 
   // --- articles (REST) -----------------------------------------------------------------------------------
@@ -237,58 +221,23 @@
 
   // --- the WAMP connection -------------------------------------------------------------------------------
 
-  if (typeof autobahn === "undefined") {
-    showConnection("unavailable", "Live updates unavailable: autobahn-js did not load");
-    loadArticles();
-    return;
-  }
-
-  const connection = new autobahn.Connection({
-    url: (location.protocol === "https:" ? "wss://" : "ws://") + location.host + WS_PATH,
-    realm: REALM,
-    max_retries: -1, // keep trying while the server is away
-    initial_retry_delay: 1,
-    max_retry_delay: 5,
-    retry_delay_growth: 1.5,
+  const connection = live.connect({
+    async onopen(opened) {
+      session = opened;
+      chatSubscription = null;
+      show("chat-error", null);
+      try {
+        await opened.subscribe("articles", onArticles);
+      } catch (error) {
+        show("publish-error", "Could not follow the articles: " + wampError(error));
+      }
+      loadArticles();
+      join(channel);
+    },
+    onclose() {
+      session = null;
+      chatSubscription = null;
+    },
   });
-
-  connection.onopen = async (opened) => {
-    session = opened;
-    chatSubscription = null;
-    showConnection("open", "Connected");
-    show("chat-error", null);
-    try {
-      await opened.subscribe("articles", onArticles);
-    } catch (error) {
-      show("publish-error", "Could not follow the articles: " + wampError(error));
-    }
-    loadArticles();
-    join(channel);
-  };
-
-  connection.onclose = (reason, details) => {
-    session = null;
-    chatSubscription = null;
-    if (details.will_retry) {
-      const delay = Math.max(1, Math.round(details.retry_delay));
-      showConnection("closed", "Disconnected: reconnecting in " + delay + " s…");
-    } else if (details.reason === "wamp.close.system_shutdown") {
-      // The server said goodbye because it is stopping (a restart, a deploy). autobahn-js never retries
-      // after a goodbye, so the page comes back by itself.
-      showConnection("closed", "Disconnected: the server is restarting, reconnecting…");
-      setTimeout(() => {
-        try {
-          connection.open();
-        } catch (error) {
-          // already opening
-        }
-      }, 1000);
-    } else {
-      const why = details.reason ? " (" + details.reason + ")" : "";
-      showConnection("closed", "Disconnected" + why + ": reload the page to reconnect");
-    }
-    return false;
-  };
-
-  connection.open();
+  if (!connection) loadArticles(); // no live updates, but the articles all the same
 })();

@@ -1,33 +1,19 @@
 // The sensors page: a live line chart (plain SVG) of every room's temperature, from the topics
-// sensors.{room}.temperature (one wildcard subscription), and forms calling the app's procedures.
+// sensors.{room}.temperature (one wildcard subscription), and forms calling the app's procedures; the WAMP
+// connection is live.connect's, from /common/live.js.
 "use strict";
 
 (function () {
-  const REALM = "realm1";
-  const WS_PATH = "/ws";
   const WINDOW = 120; // seconds of readings on the chart, at most
   const COLORS = ["#b45309", "#2563eb", "#059669", "#9333ea", "#dc2626", "#0891b2", "#65a30d", "#db2777"];
   const SVG = "http://www.w3.org/2000/svg";
   const MARGIN = { left: 48, right: 16, top: 12, bottom: 28 };
 
   const $ = (id) => document.getElementById(id);
+  const wampError = live.wampError;
   const series = new Map(); // room -> readings [{at, celsius}], oldest first
   let session = null;
   let pending = false;
-
-  function wampError(error) {
-    if (error && typeof error.error === "string") {
-      const detail = Array.isArray(error.args) && error.args.length ? ": " + String(error.args[0]) : "";
-      return error.error + detail;
-    }
-    return String(error);
-  }
-
-  function showConnection(state, text) {
-    const node = $("connection");
-    node.dataset.state = state;
-    node.textContent = text;
-  }
 
   // --- readings ------------------------------------------------------------------------------------------
 
@@ -218,54 +204,21 @@
 
   // --- the WAMP connection -------------------------------------------------------------------------------
 
-  if (typeof autobahn === "undefined") {
-    showConnection("unavailable", "Live updates unavailable: autobahn-js did not load");
-    return;
-  }
-
-  const connection = new autobahn.Connection({
-    url: (location.protocol === "https:" ? "wss://" : "ws://") + location.host + WS_PATH,
-    realm: REALM,
-    max_retries: -1,
-    initial_retry_delay: 1,
-    max_retry_delay: 5,
-    retry_delay_growth: 1.5,
-  });
-
-  connection.onopen = async (opened) => {
-    session = opened;
-    showConnection("open", "Connected");
-    try {
-      // every room's topic: "sensors..temperature" matches sensors.1.temperature, sensors.2.temperature...
-      await opened.subscribe("sensors..temperature", onReading, { match: "wildcard" });
-      for (const room of await opened.call("sensors.recent")) {
-        for (const [at, celsius] of room.readings) add(room.room, at, celsius);
-      }
-    } catch (error) {
-      showResult("error", "Could not follow the sensors: " + wampError(error));
-    }
-  };
-
-  connection.onclose = (reason, details) => {
-    session = null;
-    if (details.will_retry) {
-      showConnection("closed", "Disconnected: reconnecting in " + Math.max(1, Math.round(details.retry_delay)) + " s…");
-    } else if (details.reason === "wamp.close.system_shutdown") {
-      // The server said goodbye because it is stopping; autobahn-js never retries after a goodbye.
-      showConnection("closed", "Disconnected: the server is restarting, reconnecting…");
-      setTimeout(() => {
-        try {
-          connection.open();
-        } catch (error) {
-          // already opening
+  live.connect({
+    async onopen(opened) {
+      session = opened;
+      try {
+        // every room's topic: "sensors..temperature" matches sensors.1.temperature, sensors.2.temperature...
+        await opened.subscribe("sensors..temperature", onReading, { match: "wildcard" });
+        for (const room of await opened.call("sensors.recent")) {
+          for (const [at, celsius] of room.readings) add(room.room, at, celsius);
         }
-      }, 1000);
-    } else {
-      const why = details.reason ? " (" + details.reason + ")" : "";
-      showConnection("closed", "Disconnected" + why + ": reload the page to reconnect");
-    }
-    return false;
-  };
-
-  connection.open();
+      } catch (error) {
+        showResult("error", "Could not follow the sensors: " + wampError(error));
+      }
+    },
+    onclose() {
+      session = null;
+    },
+  });
 })();
