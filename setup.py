@@ -36,6 +36,8 @@ setup(
         # txredisapi's C reply parser; without it txredisapi's own parser caps the cluster bus at about
         # 1,000 publications per second per node.
         "hiredis>=2,<4",
+        # --metrics: the Prometheus exposition, the process collector.
+        "prometheus_client>=0.20,<1",
     ],
     extras_require={
         # playwright: the browser tests (tests/test_browser.py), with Debian's chromium

@@ -23,7 +23,7 @@ from ._publication import Publication, session_ids
 from ._router import Router
 from ._topic import TopicHost
 from ._transport import WampServerFactory, websocket_resource
-from ._web import GracefulShutdown, SandstoneSite
+from ._web import GracefulShutdown, LimitedRequest, SandstoneSite
 
 if TYPE_CHECKING:
     from klein.resource import KleinResource
@@ -315,8 +315,9 @@ class Sandstone(Klein):
 
     def use_redis(self, url: str, **options: Any) -> RedisBus:
         """Share events, broadcasts and calls with the other nodes using the Redis at ``url``
-        (``redis://HOST[:PORT][/DB]``). Returns the bus, a Twisted service: start it, or give it a
-        parent service (``twistd sandstone --redis URL`` does both). Options: see ``RedisBus``.
+        (``redis://HOST[:PORT][/DB]``, ``rediss://`` for TLS, ``redis+sentinel://HOST[:PORT],.../MASTER[/DB]``:
+        see docs/bus.md). Returns the bus, a Twisted service: start it, or give it a parent service
+        (``twistd sandstone --redis URL`` does both). Options: see ``RedisBus``.
         """
         from ._bus import RedisBus
 
@@ -404,6 +405,13 @@ class Sandstone(Klein):
 
     # serving
 
+    def execute_endpoint(self, endpoint: str, request: Any, *args: Any, **kwargs: Any) -> Any:
+        """Klein's: run a route's handler. A ``SandstoneSite`` request notes which route served it (the REST
+        metrics are labelled by route, never by path)."""
+        if isinstance(request, LimitedRequest):
+            request.endpoint = endpoint
+        return super().execute_endpoint(endpoint, request, *args, **kwargs)
+
     def websocket_resource(self) -> IResource:
         """The resource serving WAMP over WebSocket for this app (mounted at ``ws_path`` by ``resource``)."""
         core = self._core
@@ -443,10 +451,14 @@ class Sandstone(Klein):
         kwargs.setdefault("stats", core.router.stats)
         return site_class(resource, websocket=(core.mounted_at, core.factory), **kwargs)
 
-    def shutdown_service(self, site: SandstoneSite | None = None, timeout: float = 5.0) -> GracefulShutdown:
-        """A Twisted service whose stop says GOODBYE (``wamp.close.system_shutdown``) to every session
-        and waits for REST requests in flight on ``site``, for at most ``timeout`` seconds."""
-        return GracefulShutdown(self, site, timeout)
+    def shutdown_service(
+        self, site: SandstoneSite | None = None, timeout: float = 5.0, *, goodbye: bool = False
+    ) -> GracefulShutdown:
+        """A Twisted service whose stop closes every WebSocket with 1001 "going away" (clients reconnect)
+        and waits for REST requests in flight on ``site``, for at most ``timeout`` seconds. With
+        ``goodbye``, every session gets GOODBYE ``wamp.close.system_shutdown`` first, after which
+        autobahn-js and wampy.js clients do not reconnect."""
+        return GracefulShutdown(self, site, timeout, goodbye=goodbye)
 
 
 def _published(router: Router, publication: Publication) -> int:

@@ -12,6 +12,8 @@
 - ``WebSocketProtocol._dataReceived``: where autobahn's Twisted ``dataReceived`` hands the bytes over, after
   formatting a debug line for every frame, even when nothing logs it; a connection class calls it directly
   (``websocket_data_received``).
+- ``WebSocketProtocol.sendCloseFrame``: autobahn's own way to start the closing handshake, with any code.
+  Its public ``sendClose`` refuses 1001 "going away", which a server shutting down sends (``send_close``).
 
 tests/test_autobahn_internals.py fails if an autobahn release changes these; setup.py bounds autobahn to the
 releases tested.
@@ -22,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, TypeVar, cast
 
+from autobahn.util import encode_truncate
 from autobahn.wamp.interfaces import IObjectSerializer, ISerializer
 from autobahn.wamp.message import Message
 from autobahn.websocket.protocol import WebSocketProtocol, WebSocketServerProtocol
@@ -57,6 +60,13 @@ def options_class(base: _P, options: Mapping[str, Any]) -> _P:
     nor formats for its debug log."""
     namespace = {"__module__": base.__module__, **options, "CONFIG_ATTRS": ()}
     return cast(_P, type(base.__name__, (base,), namespace))
+
+
+def send_close(protocol: WebSocketProtocol, code: int, reason: str) -> None:
+    """Start the closing handshake of ``protocol`` with close ``code`` (which may be 1001 "going away", which
+    autobahn's ``sendClose`` refuses: it takes only 1000 and 3000-4999) and ``reason``. Does nothing on a
+    connection already closing or closed."""
+    protocol.sendCloseFrame(code=code, reasonUtf8=encode_truncate(reason, 123), isReply=False)
 
 
 websocket_data_received = WebSocketProtocol._dataReceived

@@ -34,10 +34,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import txredisapi
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger, LogLevel
@@ -69,6 +67,14 @@ from ._envelope import (
 from ._errors import CANCELED, NO_SUCH_PROCEDURE, WampError
 from ._payload import payload_problem
 from ._publication import Publication
+from ._redis_connect import (
+    ClientTLS,
+    CommandProtocol,
+    RedisLink,
+    SentinelEndpoint,
+    SubscriberProtocol,
+    redis_endpoint,
+)
 from ._redis_url import RedisAddress
 
 if TYPE_CHECKING:
@@ -188,37 +194,6 @@ class _Recent:
         return len(self._seen)
 
 
-class _Subscriber(txredisapi.SubscriberProtocol):  # type: ignore[misc]  # txredisapi has no types
-    """The bus's pub/sub connection; (re)subscribes every time it connects."""
-
-    bus: RedisBus
-
-    def connectionMade(self) -> Any:
-        d = super().connectionMade()
-        self.whenConnected().addCallback(lambda _: self.factory.bus._subscriber_ready(self))
-        return d
-
-    def messageReceived(self, pattern: Any, channel: str, payload: Any) -> None:
-        self.factory.bus._received(channel, payload)
-
-    def connectionLost(self, why: Failure) -> None:
-        super().connectionLost(why)
-        self.factory.bus._subscriber_lost(why)
-
-
-class _Commands(txredisapi.RedisProtocol):  # type: ignore[misc]  # txredisapi has no types
-    """The bus's command connection (PUBLISH, heartbeats, registrations)."""
-
-    def connectionMade(self) -> Any:
-        d = super().connectionMade()
-        self.whenConnected().addCallback(lambda _: self.factory.bus._commands_ready())
-        return d
-
-    def connectionLost(self, why: Failure) -> None:
-        super().connectionLost(why)
-        self.factory.bus._commands_lost(why)
-
-
 class RemoteCaller:
     """A ``Caller`` on another node, for the call ``call_id`` it sent this one (``request`` here): the answers
     travel back on the bus. Its identity is known only when the caller asked for it to be disclosed."""
@@ -272,7 +247,11 @@ class RedisBus(Service):
     """Connects one node (an app's router and dispatcher) to the others through Redis.
 
     Add it to a service tree (``twistd sandstone --redis URL`` does) or call ``startService`` yourself.
-    Without Redis the node keeps serving its own clients; it reconnects with capped backoff.
+    ``url`` is a ``redis://``, ``rediss://`` (TLS) or ``redis+sentinel://`` URL (``_redis_url``); a bad one,
+    or TLS files that cannot be loaded, raise ``ValueError`` here. Without Redis the node keeps serving its
+    own clients; it reconnects with capped backoff (from 0.5 s to ``reconnect_max_delay``), however the
+    connection failed, each TCP connect bounded by ``connect_timeout`` and each Redis answer by
+    ``command_timeout``.
 
     ``cluster_name`` (if any) and the Redis database are part of every channel and key name, so that
     clusters sharing a Redis server stay apart. With a ``cluster_secret`` (default: the environment
@@ -293,6 +272,7 @@ class RedisBus(Service):
         heartbeat_interval: float = 2.0,
         heartbeat_ttl: float = 6.0,
         command_timeout: float = 2.0,
+        connect_timeout: float = 5.0,
         reconnect_max_delay: float = 5.0,
         max_message_bytes: int = 1_048_576,
         dedupe_window: float = 120.0,
@@ -303,6 +283,7 @@ class RedisBus(Service):
 
             reactor = default_reactor
         self.address = RedisAddress.parse(url)
+        self._tls = ClientTLS(self.address.tls) if self.address.tls is not None else None
         self.url = url
         self.node_id = node_id or uuid.uuid4().hex
         self._origin_field = '","origin":' + json.dumps(self.node_id) + ","
@@ -317,6 +298,7 @@ class RedisBus(Service):
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_ttl = heartbeat_ttl
         self.command_timeout = command_timeout
+        self.connect_timeout = connect_timeout
         self.reconnect_max_delay = reconnect_max_delay
         self.max_message_bytes = max_message_bytes
         self.stats: dict[str, int] = dict.fromkeys(
@@ -331,6 +313,7 @@ class RedisBus(Service):
                 "bad_entries",
                 "send_failures",
                 "announced_elsewhere",
+                "reconnects",
             ),
             0,
         )
@@ -343,8 +326,9 @@ class RedisBus(Service):
         self._remote_calls: dict[str, _RemoteCall] = {}
         self._served: dict[tuple[str, str], RemoteCaller] = {}
         self._served_requests = itertools.count(1)
-        self._commands: txredisapi.RedisFactory | None = None
-        self._subscriber: txredisapi.SubscriberFactory | None = None
+        self._commands: RedisLink | None = None
+        self._subscriber: RedisLink | None = None
+        self._sentinel_watch: RedisLink | None = None
         self._commands_up = False
         self._subscribed = False
         self._outage_logged = False
@@ -381,22 +365,34 @@ class RedisBus(Service):
         super().startService()
         self._set_channels()  # the realm may change until now
         self.router.use_cluster(self)
-        endpoint = HostnameEndpoint(self._reactor, self.address.host, self.address.port, timeout=5)
-        self._commands = self._factory(
-            txredisapi.RedisFactory(
-                None,
-                self.address.db,
-                1,
-                isLazy=True,
-                replyTimeout=self.command_timeout,
-                password=self.address.password,
-                username=self.address.username,
-            ),
-            _Commands,
+        endpoint = redis_endpoint(
+            self.address,
+            self._reactor,
+            timeout=self.connect_timeout,
+            tls=self._tls,
+            on_master=self._master_found,
         )
-        self._subscriber = self._factory(txredisapi.SubscriberFactory(isLazy=True), _Subscriber)
-        self._commands.startConnecting(endpoint)
-        self._subscriber.startConnecting(endpoint)
+        self._commands = self._link(
+            endpoint, CommandProtocol, "command", self._commands_ready, self._commands_lost
+        )
+        self._subscriber = self._link(
+            endpoint,
+            SubscriberProtocol,
+            "pub/sub",
+            self._subscriber_ready,
+            self._subscriber_lost,
+            "SUBSCRIBE",
+        )
+        self._commands.start()
+        self._subscriber.start()
+        if isinstance(endpoint, SentinelEndpoint):
+            self._sentinel_watch = endpoint.watcher(
+                initial_delay=min(0.5, self.reconnect_max_delay),
+                max_delay=self.reconnect_max_delay,
+                on_switch=self._master_switched,
+                label=f"cluster bus node {self.node_id}: Sentinel watch",
+            )
+            self._sentinel_watch.start()
         self._heartbeat.start(self.heartbeat_interval, now=False)
         log.info(
             "cluster bus node {node} connecting to {url} (realm {realm}, channels {base}:*)",
@@ -414,15 +410,57 @@ class RedisBus(Service):
                 env=CLUSTER_SECRET_ENV,
             )
 
-    def _factory(self, factory: txredisapi.RedisFactory, protocol: type) -> txredisapi.RedisFactory:
-        factory.protocol = protocol
-        factory.bus = self
-        factory.password = self.address.password  # SubscriberFactory takes no credentials of its own
-        factory.username = self.address.username
-        factory.maxDelay = self.reconnect_max_delay
-        factory.initialDelay = min(0.5, self.reconnect_max_delay)
-        factory.deferred.addErrback(lambda _: None)  # connection failures are retried and logged here
-        return factory
+    def _link(
+        self,
+        endpoint: Any,
+        protocol: type,
+        kind: str,
+        ready: Callable[[Any], Deferred[Any] | None],
+        lost: Callable[[str], None],
+        ready_step: str = "ready",
+    ) -> RedisLink:
+        return RedisLink(
+            endpoint,
+            protocol,
+            self.address,
+            reactor=self._reactor,
+            timeout=self.command_timeout,
+            initial_delay=min(0.5, self.reconnect_max_delay),
+            max_delay=self.reconnect_max_delay,
+            select_db=protocol is CommandProtocol,  # pub/sub ignores the database
+            ready=ready,
+            lost=lost,
+            failed=lambda reason: self._outage(f"{kind} connection to Redis failed ({reason})"),
+            on_message=self._received,
+            label=f"cluster bus node {self.node_id}: {kind} connection",
+            ready_step=ready_step,
+        )
+
+    def _master_switched(self, address: tuple[str, int]) -> None:
+        """The Sentinels announced a new master: move both connections there now."""
+        for link in (self._commands, self._subscriber):
+            if link is not None:
+                link.move_to(address)
+
+    def _master_found(self, old: str | None, new: str) -> None:
+        """The Sentinels name a master (another one than before, if ``old``)."""
+        sentinel = self.address.sentinel
+        master = sentinel.master if sentinel is not None else ""
+        if old is None:
+            log.info(
+                "cluster bus node {node}: the Sentinels name {new} as master {master}",
+                node=self.node_id,
+                master=master,
+                new=new,
+            )
+        else:
+            log.warn(
+                "cluster bus node {node}: master {master} moved from {old} to {new} (Sentinel failover)",
+                node=self.node_id,
+                master=master,
+                old=old,
+                new=new,
+            )
 
     def stopService(self) -> Deferred[None]:
         """Leave the cluster: drop the heartbeat and this node's registrations, then disconnect."""
@@ -440,7 +478,8 @@ class RedisBus(Service):
     def _disconnect(self) -> Deferred[None]:
         from twisted.internet.defer import gatherResults
 
-        stopping = [f.disconnect() for f in (self._commands, self._subscriber) if f is not None]
+        links = (self._commands, self._subscriber, self._sentinel_watch)
+        stopping = [link.disconnect() for link in links if link is not None]
         return gatherResults(stopping, consumeErrors=True).addBoth(lambda _: None)
 
     @property
@@ -460,34 +499,38 @@ class RedisBus(Service):
         if not self.connected:
             return
         if self._outage_logged:
+            self.stats["reconnects"] += 1
             log.info("cluster bus node {node} reconnected to {url}", node=self.node_id, url=str(self.address))
             self._outage_logged = False
         waiters, self._ready_waiters = self._ready_waiters, []
         for d in waiters:
             d.callback(None)
 
-    def _subscriber_ready(self, protocol: _Subscriber) -> None:
-        d = protocol.subscribe(list(self._rules))
+    def _subscriber_ready(self, protocol: SubscriberProtocol) -> Deferred[None]:
+        """Subscribe a new pub/sub connection to the bus channels; if Redis does not confirm in time, the
+        connection is dropped and made again (``RedisLink``)."""
+        d: Deferred[Any] = protocol.subscribe(list(self._rules))
+        d.addTimeout(self.command_timeout, self._reactor)
 
         def subscribed(_: Any) -> None:
             self._subscribed = True
             self._maybe_ready()
 
-        d.addCallbacks(subscribed, lambda f: log.failure("subscribing to the bus channels failed", f))
+        return d.addCallback(subscribed)
 
-    def _subscriber_lost(self, why: Failure) -> None:
+    def _subscriber_lost(self, reason: str) -> None:
         self._subscribed = False
-        self._outage(f"pub/sub connection lost ({why.getErrorMessage()})")
+        self._outage(f"pub/sub connection lost ({reason})")
 
-    def _commands_ready(self) -> None:
+    def _commands_ready(self, protocol: CommandProtocol) -> None:
         self._commands_up = True
         self._beat()
         self._reclaim()
         self._maybe_ready()
 
-    def _commands_lost(self, why: Failure) -> None:
+    def _commands_lost(self, reason: str) -> None:
         self._commands_up = False
-        self._outage(f"command connection lost ({why.getErrorMessage()})")
+        self._outage(f"command connection lost ({reason})")
         self._fail_remote_calls("the cluster bus lost its Redis connection")
 
     def _outage(self, what: str) -> None:
@@ -504,10 +547,12 @@ class RedisBus(Service):
     # commands
 
     def _command(self, name: str, *args: Any, **kwargs: Any) -> Deferred[Any]:
-        if not self._commands_up or self._commands is None:
+        """Run a command on the command connection; it fails at once when that is down, and after
+        ``command_timeout`` without an answer (the connection is then dropped and made again)."""
+        protocol = self._commands.protocol if self._commands is not None else None
+        if not self._commands_up or protocol is None:
             return _failed(BusUnavailable("Redis is not connected"))
-        d: Deferred[Any] = getattr(self._commands.handler, name)(*args, **kwargs)
-        d.addTimeout(self.command_timeout, self._reactor)
+        d: Deferred[Any] = maybeDeferred(getattr(protocol, name), *args, **kwargs)
         return d
 
     def _publish(self, channel: str, payload: bytes, announce_key: str | None = None) -> None:
@@ -552,12 +597,20 @@ class RedisBus(Service):
         self._publish(channel, signed, announce_key)
 
     def _beat(self) -> Deferred[Any]:
+        self._check_subscriber()
         if not self._commands_up:
             return succeed(None)
         key = self.channels.heartbeat(self.node_id)
         d = self._command("eval", _BEAT, [key], [int(self.heartbeat_ttl * 1000)])
         d.addCallbacks(self._beaten, self._beat_failed)
         return d
+
+    def _check_subscriber(self) -> None:
+        """PING the pub/sub connection, which otherwise only listens: one that no longer answers (a peer
+        or proxy gone without closing it) is dropped and made again after ``command_timeout``."""
+        protocol = self._subscriber.protocol if self._subscriber is not None else None
+        if self._subscribed and protocol is not None:
+            maybeDeferred(protocol.ping).addErrback(lambda _: None)  # a timeout drops the connection
 
     def _beaten(self, existed: Any) -> Deferred[Any]:
         if self._beat_failing:

@@ -11,6 +11,7 @@ stop the propagation of the event to the later ones.
 from __future__ import annotations
 
 import contextvars
+import time
 from bisect import bisect_left, insort
 from collections import deque
 from collections.abc import Callable
@@ -199,6 +200,17 @@ class EventDispatcher:
         # is not a scan of the list (thousands of topic instances may listen to one event name).
         self._hashed: dict[str, dict[_Listener, _Entry]] = {}
         self._sequence = count()
+        self._observers: list[Callable[[str, float], None]] = []
+
+    def add_observer(self, observer: Callable[[str, float], None]) -> None:
+        """Call ``observer(name, seconds)`` after every dispatch, once its listeners are done (the metrics'
+        dispatch durations)."""
+        self._observers.append(observer)
+
+    def remove_observer(self, observer: Callable[[str, float], None]) -> None:
+        """Stop calling an observer added with ``add_observer``."""
+        if observer in self._observers:
+            self._observers.remove(observer)
 
     def _lookup(self, name: str, entries: list[_Entry], listener: _Listener) -> _Entry | None:
         """The registration of a listener equal to C{listener} under C{name}, if any."""
@@ -261,5 +273,19 @@ class EventDispatcher:
         by it (see C{_cluster.Cause}).
         """
         running = _Dispatch(name, event, list(self._entries.get(name, ())), cause)
+        if self._observers:
+            running.done.addCallback(_observed, list(self._observers), time.perf_counter())
         running.start()
         return running.done
+
+
+def _observed(
+    result: DispatchResult, observers: list[Callable[[str, float], None]], started: float
+) -> DispatchResult:
+    elapsed = time.perf_counter() - started
+    for observer in observers:
+        try:
+            observer(result.name, elapsed)
+        except Exception:
+            _log.failure("dispatch observer {observer} failed", observer=observer)
+    return result

@@ -12,10 +12,11 @@ from autobahn.wamp import message
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from ._activity import Activity
 from ._auth import Authentication
 from ._authorization import Authorization, refuse_reserved
 from ._broker import Broker
-from ._call import Call, Callee, Caller
+from ._call import Call, Caller
 from ._cluster import Cluster, LocalCluster, publication_id_for
 from ._dealer import Dealer, Registration
 from ._dispatcher import current_cause
@@ -57,6 +58,7 @@ class Router:
         self.open_uris = open_uris
         self.strict_uris = strict_uris
         self.stats: Counter[str] = Counter()  # what the limits refused: rate_limited, oversize_skipped...
+        self.activity = Activity()  # what happened: sessions, messages, publications, calls (for the metrics)
         self.broker = Broker(self.stats)
         self.dealer = Dealer()
         self.sessions: dict[int, Session] = {}
@@ -69,6 +71,11 @@ class Router:
         # Called once a publication was delivered to the local subscribers (and handed to the bus): see
         # on_delivered.
         self.delivered: Callable[[], None] = _nothing
+
+    @property
+    def topics(self) -> TopicHost | None:
+        """The app's topics: the declared patterns and the live instances."""
+        return self._topics
 
     @property
     def cluster(self) -> Cluster:
@@ -113,10 +120,12 @@ class Router:
             session_id = rid()
         session.id = session_id
         self.sessions[session_id] = session
+        self.activity.joined(session.subprotocol, session.authrole)
 
     def leave(self, session: Session) -> None:
         """Remove every trace of a session: subscriptions (firing topic hooks), registrations, calls."""
-        self.sessions.pop(session.id, None)
+        if self.sessions.pop(session.id, None) is not None:
+            self.activity.left(session.subprotocol, session.authrole)
         self.authorization.forget(session)
         for subscription in self.broker.unsubscribe_all(session):
             self._unsubscribed(session, subscription)
@@ -252,6 +261,9 @@ class Router:
         if publication.key is not None and not cluster.first_delivery(publication):
             return 0  # another node's copy of this keyed broadcast was delivered here already
         delivered = self.broker.deliver(publication, self.limits.max_events_per_publication)
+        activity = self.activity
+        activity.publications += 1
+        activity.events += delivered
         cluster.announce(publication)
         self.delivered()
         return delivered
@@ -259,6 +271,9 @@ class Router:
     def deliver_remote(self, publication: Publication) -> int:
         """A publication another node delivered and announced: to the local subscribers only."""
         delivered = self.broker.deliver(publication, self.limits.max_events_per_publication)
+        activity = self.activity
+        activity.remote_publications += 1
+        activity.events += delivered
         self.delivered()
         return delivered
 
@@ -300,30 +315,6 @@ class Router:
         if not self.dealer.cancel(caller, request, mode):
             self._cluster.cancel(caller, request, mode)
 
-    def yielded(
-        self,
-        callee: Callee,
-        invocation: int,
-        args: list[Any] | None,
-        kwargs: dict[str, Any] | None,
-        progress: bool,
-        problem: str | None = None,
-    ) -> None:
-        """A callee's result for its INVOCATION (see ``Dealer.yielded``)."""
-        self.dealer.yielded(callee, invocation, args, kwargs, progress, problem)
-
-    def failed(
-        self,
-        callee: Callee,
-        invocation: int,
-        error: str,
-        args: list[Any] | None,
-        kwargs: dict[str, Any] | None,
-        problem: str | None = None,
-    ) -> None:
-        """A callee's error for its INVOCATION (see ``Dealer.failed``)."""
-        self.dealer.failed(callee, invocation, error, args, kwargs, problem)
-
     def unregister(self, session: Session, registration_id: int) -> None:
         """End one of a session's registrations (``no_such_registration`` if it holds none such)."""
         registration = self.dealer.unregister(session, registration_id)
@@ -354,7 +345,9 @@ class Router:
         self, session: Session, topic: str, args: list[Any] | None, kwargs: dict[str, Any] | None
     ) -> int:
         """Send one EVENT on ``topic`` to a single subscribed session; returns the publication id."""
-        return self.broker.send_to(session, topic, args, kwargs)
+        publication_id = self.broker.send_to(session, topic, args, kwargs)
+        self.activity.events += 1
+        return publication_id
 
     def sessions_opened_with(self, login_digest: str) -> list[Session]:
         """The open sessions of this node opened (auth method ``cookie``) with the REST session whose token

@@ -146,14 +146,21 @@ class Session:
         """True once the session is over (GOODBYE, ABORT or transport lost)."""
         return self._state == _CLOSED
 
+    @property
+    def subprotocol(self) -> str:
+        """The WebSocket subprotocol of the session's connection (``wamp.2.json``...), ``""`` if unknown."""
+        return str(getattr(self._transport, "subprotocol", "") or "")
+
     # from the transport
 
     def on_message(self, msg: message.Message) -> None:
         """Handle one message from the client; a protocol violation aborts the session."""
+        kind = type(msg)
+        self._router.activity.received[kind] += 1
         if self._state == _CLOSED:
             return
         table = _HANDLERS_BY_STATE[self._state]
-        handler = table.get(type(msg))
+        handler = table.get(kind)
         try:
             if handler is None and isinstance(msg, message.Authenticate):
                 raise _ProtocolViolation("AUTHENTICATE with no CHALLENGE pending")
@@ -199,12 +206,15 @@ class Session:
         progress: bool = False,
     ) -> None:
         """RESULT for the client's CALL ``request`` (a progressive one when ``progress``)."""
+        if not progress:
+            self._router.activity.call_ended(None)
         self.send_message(message.Result(request, args=args, kwargs=kwargs, progress=progress or None))
 
     def send_error(
         self, request: int, error: str, args: list[Any] | None = None, kwargs: dict[str, Any] | None = None
     ) -> None:
         """ERROR ``error`` for the client's CALL ``request``."""
+        self._router.activity.call_ended(error)
         self.send_message(message.Error(message.Call.MESSAGE_TYPE, request, error, args=args, kwargs=kwargs))
 
     def send_invocation(self, invocation: int, registration: int, call: Call) -> None:
@@ -241,6 +251,8 @@ class Session:
         self._transport.close_transport(text)
 
     def _send_error(self, request: _Request, payload: ErrorPayload) -> None:
+        if request.MESSAGE_TYPE == message.Call.MESSAGE_TYPE:
+            self._router.activity.call_ended(payload.uri)
         self.send_message(
             message.Error(
                 request.MESSAGE_TYPE, request.request, payload.uri, args=payload.args, kwargs=payload.kwargs
@@ -293,9 +305,11 @@ class Session:
             self._auth_pending = None
             error = failure.value
             if isinstance(error, AuthFailure):
+                self._router.activity.auth_failures[error.reason] += 1
                 self.abort(error.reason, error.text)
                 return
             log.failure("authentication of session {session_id} failed", failure, session_id=self.id)
+            self._router.activity.auth_failures[AUTHENTICATION_DENIED] += 1
             self.abort(AUTHENTICATION_DENIED, DENIED_TEXT)
 
         step.addCallbacks(done, failed).addErrback(
@@ -474,7 +488,7 @@ class Session:
         problem = payload_problem(msg.args, msg.kwargs)
         if problem is not None:  # the dealer ends the call with an ERROR for the caller instead
             refuse_payload(self._router.stats, "YIELD", self.id, problem, self.note_limit("payload"))
-        self._router.yielded(self, msg.request, msg.args, msg.kwargs, bool(msg.progress), problem)
+        self._router.dealer.yielded(self, msg.request, msg.args, msg.kwargs, bool(msg.progress), problem)
 
     def _on_cancel(self, msg: message.Cancel) -> None:
         _check_request_id(msg)
@@ -487,7 +501,7 @@ class Session:
         problem = payload_problem(msg.args, msg.kwargs)
         if problem is not None:  # the caller gets the error URI with an explanation instead of these
             refuse_payload(self._router.stats, "ERROR", self.id, problem, self.note_limit("payload"))
-        self._router.failed(self, msg.request, msg.error, msg.args, msg.kwargs, problem)
+        self._router.dealer.failed(self, msg.request, msg.error, msg.args, msg.kwargs, problem)
 
     def _within_rate(self, msg: message.Publish | message.Call | message.Subscribe) -> bool:
         """Take a token from the connection's PUBLISH, CALL or SUBSCRIBE bucket; over the rate, answer

@@ -13,7 +13,8 @@ from dataclasses import replace
 from typing import Any
 
 from twisted.application import strports
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -238,8 +239,10 @@ class Options(usage.Options):
             "redis",
             None,
             None,
-            "Join a cluster through the Redis at this URL (redis://HOST[:PORT][/DB]): every node started "
-            "with the same Redis and app behaves as one server. Default: no Redis, one process.",
+            "Join a cluster through the Redis at this URL (redis://[[USER]:PASSWORD@]HOST[:PORT][/DB], "
+            "rediss://... for TLS with ?ssl_ca_certs=FILE&ssl_certfile=FILE&ssl_keyfile=FILE, or "
+            "redis+sentinel://HOST[:PORT],HOST[:PORT]/MASTER[/DB]): every node started with the same Redis "
+            "and app behaves as one server. Default: no Redis, one process.",
         ],
         [
             "cluster-name",
@@ -277,7 +280,7 @@ class Options(usage.Options):
             "shutdown-timeout",
             None,
             "5",
-            "Seconds to end connections gracefully on shutdown (GOODBYE, REST requests in flight).",
+            "Seconds to end connections gracefully on shutdown (WebSockets closed, REST requests in flight).",
         ],
         [
             "workers",
@@ -285,6 +288,24 @@ class Options(usage.Options):
             "1",
             "Reactor processes accepting on the --listen socket (tcp: endpoints), each a node of the "
             "cluster: needs --redis. This process is worker 1 and restarts the others if they die.",
+        ],
+        [
+            "metrics",
+            None,
+            None,
+            "Serve Prometheus metrics (/metrics) and health probes (/healthz, /readyz) on this Twisted "
+            "server endpoint, e.g. tcp:9100:interface=127.0.0.1. With --workers N, worker N serves its own "
+            "on the port N - 1 above it. Default: none.",
+        ],
+    ]
+
+    optFlags = [
+        [
+            "shutdown-goodbye",
+            None,
+            "On shutdown, say GOODBYE wamp.close.system_shutdown to every session before closing its "
+            "WebSocket: autobahn-js and wampy.js clients then stop reconnecting. Default: close every "
+            "WebSocket with 1001 (going away) and no GOODBYE, so that clients reconnect by themselves.",
         ],
     ]
 
@@ -303,6 +324,7 @@ class Options(usage.Options):
         self._check_listen()
         self._check_redis()
         self._check_workers(app)
+        self._check_metrics()
         self.app = app
 
     def _check_workers(self, app: Sandstone) -> None:
@@ -335,10 +357,10 @@ class Options(usage.Options):
                 raise usage.UsageError(f"{' and '.join(given)} {verb} --redis URL")
             return
         from sandstone._envelope import channel_names
-        from sandstone._redis_url import RedisAddress
+        from sandstone._redis_connect import check_url
 
         try:
-            RedisAddress.parse(self["redis"])
+            check_url(self["redis"])  # and its TLS files
         except ValueError as err:
             raise usage.UsageError(f"--redis: {err}") from None
         if self["cluster-name"] is not None:
@@ -348,6 +370,26 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--cluster-name: {err}") from None
         if self["cluster-secret"] == "":
             raise usage.UsageError("--cluster-secret must not be empty")
+
+    def _check_metrics(self) -> None:
+        description = self["metrics"]
+        if description is None:
+            return
+        from twisted.internet import reactor
+        from twisted.internet.endpoints import serverFromString
+
+        try:
+            serverFromString(reactor, description)
+        except Exception as err:
+            raise usage.UsageError(
+                f"--metrics {description!r} is not a valid server endpoint: "
+                f"{type(err).__name__}: {_one_line(str(err))}"
+            ) from None
+        if self["workers"] > 1 and not _is_tcp(description):
+            raise usage.UsageError(
+                f"--metrics with --workers {self['workers']} needs a tcp: or tcp6: endpoint (worker N serves "
+                f"its metrics on the port N - 1 above it), got {description!r}"
+            )
 
     def _check_listen(self) -> None:
         # Parse (without listening) so that a typo is a usage error, not a
@@ -400,6 +442,17 @@ class SandstoneService(MultiService):
         super().startService()
         _freeze_startup_objects()
 
+    def stopService(self) -> Deferred[Any]:
+        """Stop every child, the "metrics" one (``--metrics``) after the others: its ``/readyz`` answers 503
+        while they stop (``_health.py``)."""
+        probes = self.namedServices.get("metrics")
+        if probes is None:
+            stopped: Deferred[Any] = super().stopService()
+            return stopped
+        Service.stopService(self)
+        others = [maybeDeferred(child.stopService) for child in reversed(list(self)) if child is not probes]
+        return DeferredList(others).addCallback(lambda _: probes.stopService())
+
 
 def _freeze_startup_objects() -> None:
     """Keep the garbage collector's full collections short: everything alive once the server has started
@@ -435,7 +488,7 @@ def _fit_fd_limit(app: Sandstone) -> None:
         _log.info("file descriptor limit raised from {before} to {after}", before=before, after=after)
 
 
-def makeService(options: Options, *, inherited_fd: int | None = None) -> IService:
+def makeService(options: Options, *, inherited_fd: int | None = None, worker: int = 1) -> IService:
     """
     Build the service tree: a L{SandstoneService} named "sandstone" holding a
     child "web" that serves C{app.resource()} on C{options["listen"]}.
@@ -443,6 +496,9 @@ def makeService(options: Options, *, inherited_fd: int | None = None) -> IServic
     With C{--workers N} (N > 1) a child "workers" (a L{WorkerSupervisor}) runs
     workers 2..N on the socket "web" listens on. A worker itself is built with
     C{inherited_fd}: its "web" accepts on that inherited listening socket.
+    With C{--metrics}, a child "metrics" serves the metrics and probes (see
+    C{_metrics.MetricsService}); C{worker} is this process's number among the
+    workers, which picks its metrics port.
     """
     from twisted.internet import reactor
 
@@ -476,15 +532,16 @@ def makeService(options: Options, *, inherited_fd: int | None = None) -> IServic
         web = strports.service(listen, site, reactor)
     web.setName("web")
     web.setServiceParent(root)
-    # Stopped alongside "web" (which stops listening): GOODBYE to sessions, REST requests may finish.
+    # Stopped alongside "web" (which stops listening): WebSockets closed, REST requests may finish.
     shutdown_timeout = float(options.get("shutdown-timeout") or 5.0)
-    shutdown = app.shutdown_service(site, shutdown_timeout)
+    goodbye = bool(options.get("shutdown-goodbye"))
+    shutdown = app.shutdown_service(site, shutdown_timeout, goodbye=goodbye)
     shutdown.setName("shutdown")
     shutdown.setServiceParent(root)
     if workers > 1:
         supervisor = WorkerSupervisor(
             workers,
-            worker_arguments(options, Options.optParameters),
+            worker_arguments(options, Options.optParameters, Options.optFlags),
             listener,
             shutdown_timeout + KILL_GRACE,
             environment=worker_environment(options),
@@ -511,4 +568,8 @@ def makeService(options: Options, *, inherited_fd: int | None = None) -> IServic
     elif app.bus is not None:  # the app set up its bus in code
         app.bus.setName("bus")
         app.bus.setServiceParent(root)
+    if options.get("metrics"):  # worker: which one of --workers this process is (its metrics port)
+        from sandstone._metrics import metrics_service
+
+        metrics_service(app, site, root, web, options["metrics"], worker).setServiceParent(root)
     return root

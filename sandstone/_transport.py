@@ -20,7 +20,13 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ._admission import Ticket
-from ._autobahn_internals import PROTOCOL_OPTIONS, options_class, router_data, websocket_data_received
+from ._autobahn_internals import (
+    PROTOCOL_OPTIONS,
+    options_class,
+    router_data,
+    send_close,
+    websocket_data_received,
+)
 from ._cbor import cbor_serializer
 from ._codec import DecodeError, decode
 from ._errors import HELLO_TIMEOUT, INVALID_ARGUMENT, PAYLOAD_TOO_LARGE, SYSTEM_SHUTDOWN
@@ -31,6 +37,9 @@ from ._ratelimit import SessionRates
 from ._router import Router
 from ._session import Session
 from ._twisted_internals import TCPServer, buffered_bytes, send_now
+from ._wamp1 import SUBPROTOCOL as WAMP1
+from ._wamp1 import Wamp1Adapter
+from ._wamp1 import accept as accept_wamp1
 
 log = Logger()
 
@@ -62,9 +71,14 @@ def default_serializers() -> dict[str, ISerializer]:
 _CREDENTIAL_HEADERS = frozenset(("cookie", "authorization"))
 
 
-def framed(msg: message.Message, serializer: ISerializer) -> tuple[bytes, bytes]:
+def framed(
+    msg: message.Message, serializer: ISerializer, sent: Counter[type] | None = None
+) -> tuple[bytes, bytes]:
     """The serialized message and its unmasked, unfragmented WebSocket frame, both built once per message and
-    serializer: every subscriber of a broadcast on the same serializer gets the same bytes."""
+    serializer: every subscriber of a broadcast on the same serializer gets the same bytes.
+
+    ``sent`` counts the messages other than EVENT as they are serialized (each goes to one client; the router
+    counts EVENTs per broadcast), so that counting costs a broadcast's subscribers nothing."""
     data = router_data(msg)
     frames = data.get("frames")
     if frames is None:
@@ -73,6 +87,9 @@ def framed(msg: message.Message, serializer: ISerializer) -> tuple[bytes, bytes]
     if cached is None:
         payload, binary = serializer.serialize(msg)
         cached = frames[serializer] = (payload, _frame_header(len(payload), binary) + payload)
+        kind = type(msg)
+        if sent is not None and kind is not message.Event:
+            sent[kind] += 1
     return cached
 
 
@@ -96,6 +113,7 @@ class WampServerProtocol(WebSocketServerProtocol):
     _serializer: ISerializer
     _wamp: Session | None = None
     _compressed = False  # permessage-deflate is in use (known once open)
+    _v1: Wamp1Adapter | None = None  # translates WAMP v1 (subprotocol "wamp") to the session's v2 messages
 
     # Fairness (see ``WampServerFactory.backlogged``): the messages of one read are handled at once until
     # its time slice ends; the rest wait in the inbox, in order, and reading pauses until they are handled.
@@ -124,9 +142,12 @@ class WampServerProtocol(WebSocketServerProtocol):
             if serializer is not None:
                 self._serializer = serializer
                 return subprotocol
+        if WAMP1 in request.protocols:  # only when no v2 subprotocol is offered: v2 wins
+            self._v1 = accept_wamp1(self.factory.router, self.handshake_headers)  # 403 if it could not open
+            return WAMP1
         raise ConnectionDeny(
             ConnectionDeny.BAD_REQUEST,
-            "this server speaks the WebSocket subprotocols " + ", ".join(serializers),
+            "this server speaks the WebSocket subprotocols " + ", ".join([*serializers, WAMP1]),
         )
 
     def onOpen(self) -> None:
@@ -139,6 +160,8 @@ class WampServerProtocol(WebSocketServerProtocol):
         self.http_response_data = ""
         self.websocket_protocols = []
         self._attach()
+        if self._v1 is not None:
+            self._open_wamp1(self._v1)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         inbox = self._inbox
@@ -178,10 +201,11 @@ class WampServerProtocol(WebSocketServerProtocol):
         session = self._wamp
         if session is None:
             if self._shutting_down:
-                self.sendClose(self.CLOSE_STATUS_CODE_GOING_AWAY, "server shutting down")
+                send_close(self, self.CLOSE_STATUS_CODE_GOING_AWAY, "server shutting down")
             return
         try:
-            messages = decode(self._serializer, payload, isBinary)
+            v1 = self._v1
+            messages = v1.decode(payload, isBinary) if v1 else decode(self._serializer, payload, isBinary)
         except DecodeError as exc:
             session.protocol_violation(str(exc))
             return
@@ -216,12 +240,20 @@ class WampServerProtocol(WebSocketServerProtocol):
         """
         if self.state != self.STATE_OPEN:
             return
+        factory = self.factory
         try:
-            payload, frame = framed(msg, self._serializer)
+            v1 = self._v1
+            if v1 is None:
+                payload, frame = framed(msg, self._serializer, factory.sent_messages)
+            else:
+                v1_framed = v1.framed(msg, factory.sent_messages)
+                if v1_framed is None:
+                    return  # nothing in WAMP v1 for it (SUBSCRIBED, PUBLISHED, ABORT...)
+                payload, frame = v1_framed
         except Exception as exc:  # a broadcast's other subscribers must still get their EVENT
             self._skip_unserializable(msg, exc)
             return
-        limit = self.factory.limits.max_message_size
+        limit = factory.limits.max_message_size
         if 0 < limit < len(payload):
             self._skip_oversize(msg, len(payload))
             return
@@ -229,9 +261,10 @@ class WampServerProtocol(WebSocketServerProtocol):
             # The hot path of a broadcast: the frame was built once for every subscriber on this serializer.
             transport = self.transport
             if type(transport) is TCPServer:
-                self.factory.writer.write(self, frame)
+                factory.writer.write(self, frame)
             else:
                 transport.write(frame)
+                factory.traffic.outgoingOctetsWireLevel += len(frame)
         else:
             self.sendMessage(payload, frame[0] == _BINARY_FRAME)
         backlog = self._backlog
@@ -248,14 +281,23 @@ class WampServerProtocol(WebSocketServerProtocol):
         self.factory.writer.flush_one(self)
         super().dropConnection(abort)
 
+    @property
+    def subprotocol(self) -> str:
+        """The WebSocket subprotocol chosen in the handshake (``wamp.2.json``...), ``""`` before."""
+        return getattr(self, "websocket_protocol_in_use", None) or ""
+
     def close_transport(self, reason: str) -> None:
         """Close the WebSocket after an ABORT."""
         if self.state == self.STATE_OPEN:
-            self.sendClose(self.CLOSE_STATUS_CODE_NORMAL, reason[:120])
+            if self._v1 is None:
+                self.sendClose(self.CLOSE_STATUS_CODE_NORMAL, reason[:120])
+            else:  # 1002/1003 after a malformed v1 message (v1 has no ABORT), which sendClose refuses
+                send_close(self, self._v1.close_code, reason[:120])
 
     # limits and lifecycle
 
     _hello_timer: IDelayedCall | None = None
+    _close_timer: IDelayedCall | None = None  # closes the WebSocket a while after a shutdown's GOODBYE
     _backlog: _Backlog | None = None
     _shutting_down = False
     _ticket: Ticket | None = None
@@ -286,6 +328,9 @@ class WampServerProtocol(WebSocketServerProtocol):
         self.factory.writer.forget(self)
         self.factory.connections.discard(self)
         self._cancel_hello_timer()
+        close_timer, self._close_timer = self._close_timer, None
+        if close_timer is not None and close_timer.active():
+            close_timer.cancel()
         if self._ticket is not None:
             self._pending = False
             self._ticket.release()
@@ -307,6 +352,16 @@ class WampServerProtocol(WebSocketServerProtocol):
         timeout = self.factory.limits.hello_timeout
         if timeout > 0:
             self._hello_timer = self.factory.clock.callLater(timeout, self._hello_timed_out)
+
+    def _open_wamp1(self, v1: Wamp1Adapter) -> None:
+        """WAMP v1 has no HELLO: the session opens with the WebSocket (WELCOME at once), with the handshake's
+        REST login or anonymously (see ``_wamp1.accept``)."""
+        session = self._wamp
+        assert session is not None
+        session.on_message(v1.hello(self.factory.router.realm))
+        if session.is_open:
+            self._cancel_hello_timer()
+            self._serving()
 
     def _cancel_hello_timer(self) -> None:
         timer, self._hello_timer = self._hello_timer, None
@@ -404,8 +459,11 @@ class WampServerProtocol(WebSocketServerProtocol):
             router_data(replacement)["replacement"] = True  # never replaced in turn
             self.send_message(replacement)
 
-    def shut_down(self, grace: float = 1.0) -> None:
-        """Server shutdown: GOODBYE ``wamp.close.system_shutdown`` to an open session, then close."""
+    def shut_down(self, grace: float = 1.0, goodbye: bool = False) -> None:
+        """Server shutdown: close the WebSocket with 1001 "going away" and no WAMP GOODBYE, so that clients
+        reconnect (autobahn-js and wampy.js take a GOODBYE from the router as the end and stop retrying).
+        With ``goodbye``, an open session first gets GOODBYE ``wamp.close.system_shutdown``, and the
+        WebSocket is closed after ``grace`` seconds (or once the client answers)."""
         if self._shutting_down:
             return
         self._shutting_down = True
@@ -414,18 +472,19 @@ class WampServerProtocol(WebSocketServerProtocol):
         if self.state != self.STATE_OPEN:
             self.dropConnection(abort=True)
             return
-        if session is None or not session.is_open:
+        if not goodbye or session is None or not session.is_open or self._v1 is not None:  # v1: no GOODBYE
             if session is not None:
                 session.on_transport_lost()
-            self.sendClose(self.CLOSE_STATUS_CODE_GOING_AWAY, "server shutting down")
+            send_close(self, self.CLOSE_STATUS_CODE_GOING_AWAY, "server shutting down")
             return
         self.send_message(message.Goodbye(SYSTEM_SHUTDOWN, "the server is shutting down"))
         session.on_transport_lost()  # leave the router now; the client's GOODBYE needs no answer
-        self.factory.clock.callLater(grace, self._close_after_goodbye)
+        self._close_timer = self.factory.clock.callLater(grace, self._close_after_goodbye)
 
     def _close_after_goodbye(self) -> None:
+        self._close_timer = None
         if self.state == self.STATE_OPEN:
-            self.sendClose(self.CLOSE_STATUS_CODE_GOING_AWAY, "server shutting down")
+            send_close(self, self.CLOSE_STATUS_CODE_GOING_AWAY, "server shutting down")
 
 
 class _TurnWriter:
@@ -458,6 +517,7 @@ class _TurnWriter:
         ``clock`` is a monotonic time source in seconds, to tell an idle spell."""
         self.queued: dict[WampServerProtocol, list[bytes]] = {}
         self.scheduled = False
+        self.sent_bytes = 0  # handed to the kernel or the transports, for the metrics
         self.call_later = call_later
         self.clock = clock
         self.last_flush = float("-inf")  # when frames were last sent
@@ -478,6 +538,7 @@ class _TurnWriter:
         direct = self.direct
         if direct is not None and protocol not in direct:
             direct.add(protocol)
+            self.sent_bytes += len(data)
             _send_logged(protocol, data)
             return
         self.queued[protocol] = [data]
@@ -497,16 +558,22 @@ class _TurnWriter:
 
     def send_queued(self) -> None:
         queued, self.queued = self.queued, {}
+        sent = 0
         for protocol, chunks in queued.items():
-            _send_logged(protocol, chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            sent += len(data)
+            _send_logged(protocol, data)
         if queued:
+            self.sent_bytes += sent
             self.last_flush = self.clock()
 
     def flush_one(self, protocol: WampServerProtocol) -> None:
         """Send what waits for ``protocol`` now, if anything (before autobahn writes to it itself)."""
         chunks = self.queued.pop(protocol, None)
         if chunks:
-            send_now(protocol.transport, b"".join(chunks))
+            data = b"".join(chunks)
+            self.sent_bytes += len(data)
+            send_now(protocol.transport, data)
 
     def forget(self, protocol: WampServerProtocol) -> None:
         """Drop what waits for ``protocol`` (its connection is lost)."""
@@ -582,6 +649,7 @@ class WampServerFactory(WebSocketServerFactory):
         self.allowed_hosts = None if allowed_hosts is None else list(allowed_hosts)
         self.connections: set[WampServerProtocol] = set()
         self.stats: Counter[str] = router.stats
+        self.sent_messages: Counter[type] = router.activity.sent  # see framed()
         limits = self.limits
         self.setProtocolOptions(
             maxFramePayloadSize=limits.max_frame_size,
@@ -680,10 +748,11 @@ class WampServerFactory(WebSocketServerFactory):
             )
         return None
 
-    def shutdown(self, grace: float = 1.0) -> None:
-        """Say GOODBYE (``wamp.close.system_shutdown``) to every session and close every connection."""
+    def shutdown(self, grace: float = 1.0, goodbye: bool = False) -> None:
+        """Close every connection with 1001 "going away" (clients reconnect); with ``goodbye``, say GOODBYE
+        (``wamp.close.system_shutdown``) to every session first (see ``WampServerProtocol.shut_down``)."""
         for protocol in list(self.connections):
-            protocol.shut_down(grace)
+            protocol.shut_down(grace, goodbye)
 
 
 class _WampResource(WebSocketResource):

@@ -4,7 +4,7 @@ shutdown service."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
@@ -38,6 +38,8 @@ class LimitedRequest(Request):
 
     _body_refused = False
     _body_received = 0
+    #: The name of the Klein endpoint (route) that served the request, if one did: see ``Sandstone``.
+    endpoint: str | None = None
 
     def _body_limit(self) -> int:
         return int(getattr(getattr(self.channel, "site", None), "max_request_body", 0) or 0)
@@ -97,6 +99,8 @@ class LimitedRequest(Request):
             if not site.host_allowed(host.decode("latin-1") if host else None, self.getHost()):
                 self._refuse_host(site, host)
                 return
+            for observer in site._request_observers:
+                observer(self)
         inflight = getattr(site, "inflight", None)
         if inflight is not None:
             inflight.add(self)
@@ -244,6 +248,8 @@ class SandstoneSite(Site):
         self.stats: Counter[str] = stats if stats is not None else Counter()
         self.admission = admission if admission is not None else Admission(lambda: self.limits)
         self.inflight: set[Request] = set()
+        # Called with each REST request about to be served (the metrics time it: see observe_requests).
+        self._request_observers: list[Callable[[LimitedRequest], None]] = []
         self.websocket = websocket
         self._upgrade_line = b"GET " + websocket[0].encode("utf-8") if websocket is not None else b""
         if clock is None:
@@ -263,6 +269,11 @@ class SandstoneSite(Site):
             )
             return _Refused()
         return _Head(self, addr, ticket)
+
+    def observe_requests(self, observer: Callable[[LimitedRequest], None]) -> None:
+        """Call ``observer(request)`` with each REST request as it starts being served (after its host was
+        allowed), e.g. to learn its duration and status from ``request.notifyFinish()``."""
+        self._request_observers.append(observer)
 
     def host_allowed(self, host: str | None, local: IAddress | None) -> bool:
         """May a request carrying this ``Host`` header, received on ``local``, be served?"""
@@ -442,19 +453,28 @@ def _head_end(buffer: bytes) -> int:
 class GracefulShutdown(Service):
     """Stopping it (``twistd`` stops it on SIGTERM) ends the app's connections gracefully, within a bound.
 
-    Every WAMP session gets GOODBYE ``wamp.close.system_shutdown`` and its WebSocket is closed; REST
-    requests in flight on ``site`` may finish. After ``timeout`` seconds what is left is cut off.
+    Every WebSocket is closed with 1001 "going away", without a WAMP GOODBYE, so that clients reconnect
+    (to another node, or to this one once restarted); with ``goodbye``, every session first gets GOODBYE
+    ``wamp.close.system_shutdown``, which autobahn-js and wampy.js take as the end: they do not reconnect.
+    REST requests in flight on ``site`` may finish. After ``timeout`` seconds what is left is cut off.
     Stop listening alongside (``twistd sandstone`` stops its listening port at the same time).
     """
 
     name = "shutdown"  # type: ignore[assignment, unused-ignore]  # Service declares `name = None`
 
     def __init__(
-        self, app: Sandstone, site: SandstoneSite | None = None, timeout: float = 5.0, clock: Any = None
+        self,
+        app: Sandstone,
+        site: SandstoneSite | None = None,
+        timeout: float = 5.0,
+        clock: Any = None,
+        *,
+        goodbye: bool = False,
     ) -> None:
         self.app = app
         self.site = site
         self.timeout = timeout
+        self.goodbye = goodbye
         if clock is None:
             from twisted.internet import reactor as clock
         self.clock: IReactorTime = clock
@@ -463,8 +483,12 @@ class GracefulShutdown(Service):
         super().stopService()
         factory = self.app._core.factory
         if factory is not None:
-            log.info("shutting down: GOODBYE to {count} connection(s)", count=len(factory.connections))
-            factory.shutdown(grace=min(1.0, self.timeout / 2))
+            count = len(factory.connections)
+            if self.goodbye:
+                log.info("shutting down: GOODBYE to {count} connection(s)", count=count)
+            else:
+                log.info("shutting down: closing {count} connection(s), 1001 going away", count=count)
+            factory.shutdown(grace=min(1.0, self.timeout / 2), goodbye=self.goodbye)
         done: Deferred[None] = Deferred()
         deadline = self.clock.seconds() + self.timeout
 

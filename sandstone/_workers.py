@@ -13,8 +13,11 @@ next connection, and a worker that dies loses no connection still waiting to be 
 - A worker that exits or dies while the supervisor runs is logged and started again (at once if it had run
   for a while, else after a growing delay, up to 30 s, so that a worker failing at startup does not spin).
 - Stopping the supervisor (SIGTERM to twistd) sends SIGTERM to every worker, which shuts down gracefully
-  as a single twistd does (GOODBYE to its sessions, REST requests finish); one still running after
+  as a single twistd does (its WebSockets closed, REST requests finish); one still running after
   ``--shutdown-timeout`` + 5 s gets SIGKILL. The supervisor exits once every worker has ended.
+- A worker stopped on its own (SIGTERM to its pid, a rolling restart) says so in its log as it stops
+  accepting: from then on the supervisor accepts on its socket, so the clients it closes (1001, no GOODBYE)
+  reconnect to this process at once instead of waiting on that socket until the worker has exited.
 - A worker also stops when the pipe on its stdin closes: the supervisor is gone (even killed with SIGKILL),
   so no worker outlives it.
 """
@@ -218,16 +221,21 @@ class InheritedPortService(Service):
     def stopService(self) -> Deferred[None] | None:
         super().stopService()
         port, self.port = self.port, None
-        return port.stopListening() if port is not None else None
+        if port is None:
+            return None
+        # tells the supervisor to accept on this socket meanwhile, while it runs (see WorkerSupervisor.relay)
+        log.info("no longer accepting connections", sandstone_accepting=False)
+        return port.stopListening()
 
 
 # Options a worker gets some other way than its command line (which other local users can read).
 _NOT_IN_ARGV = frozenset({"workers", "cluster-secret"})
 
 
-def worker_arguments(options: Any, parameters: Sequence[Any]) -> list[str]:
+def worker_arguments(options: Any, parameters: Sequence[Any], flags: Sequence[Any] = ()) -> list[str]:
     """The ``twistd sandstone`` arguments a worker gets: every option given, except ``--workers`` and
-    ``--cluster-secret`` (see ``worker_environment``). ``parameters``: ``Options.optParameters``."""
+    ``--cluster-secret`` (see ``worker_environment``). ``parameters``: ``Options.optParameters``;
+    ``flags``: ``Options.optFlags``."""
     arguments = []
     for long, *_rest in parameters:
         if long in _NOT_IN_ARGV:
@@ -235,6 +243,7 @@ def worker_arguments(options: Any, parameters: Sequence[Any]) -> list[str]:
         value = options.get(long)
         if value is not None:
             arguments.append(f"--{long}={value}")
+    arguments.extend(f"--{long}" for long, *_rest in flags if options.get(long))
     return arguments
 
 
@@ -449,8 +458,11 @@ class WorkerSupervisor(Service):
             except (ValueError, TypeError, KeyError):
                 event = None
             if isinstance(event, dict):
-                if event.get("sandstone_accepting"):
+                accepting = event.get("sandstone_accepting")
+                if accepting is True:
                     self.listener.hand_back(number)
+                elif accepting is False:  # the worker is stopping: its clients reconnect, to this process
+                    self.listener.take_over(number)
                 log_format = event.get("log_format")
                 # literal text: the worker flattened the format's fields, and the prefix has none
                 event["log_format"] = f"worker {number}: " + (
@@ -504,7 +516,7 @@ def run_worker(argv: Sequence[str]) -> None:
     except usage.UsageError as err:
         log.critical("{error}", error=str(err))
         sys.exit(2)
-    root = makeService(options, inherited_fd=fd)
+    root = makeService(options, inherited_fd=fd, worker=int(argv[0]))
 
     stopping: list[str] = []
 

@@ -24,7 +24,7 @@ from ._envelope import MAX_BYTES, channel_names, encode_delivery, encode_event, 
 from ._ids import MAX_ID
 from ._payload import value_problem
 from ._publication import Publication
-from ._redis_url import RedisAddress
+from ._redis_url import RedisAddress, check_tls_files
 
 if TYPE_CHECKING:
     import redis
@@ -37,11 +37,13 @@ class Pusher:
 
     ``realm``, ``prefix`` and ``cluster_name`` must be the cluster's (``--cluster-name``); the channel names
     also carry the Redis database of ``url`` (or of ``client``), as the nodes' do. A ``client`` given here
-    is used as it is and is not closed by ``close()``; otherwise one is made from ``url``, a
-    ``redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]`` URL as the nodes take (``ValueError`` for another form;
-    for TLS or a unix socket, pass a ``client``). ``origin`` names this producer in the messages (default:
-    ``push-`` and a random hex string). Redis errors (``redis.exceptions.RedisError``) reach the caller as
-    they are.
+    is used as it is and is not closed by ``close()``; otherwise one is made from ``url``, a Redis URL as the
+    nodes take: ``redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]``, ``rediss://`` for TLS (the server's
+    certificate verified; ``?ssl_ca_certs=``, ``ssl_certfile=``, ``ssl_keyfile=``), or
+    ``redis+sentinel://HOST[:PORT],.../MASTER[/DB]`` (the master the Sentinels name, found again after a
+    failover); ``ValueError`` for another form or unusable TLS files (for a unix socket, pass a ``client``).
+    ``origin`` names this producer in the messages (default: ``push-`` and a random hex string). Redis errors
+    (``redis.exceptions.RedisError``) reach the caller as they are.
     """
 
     def __init__(
@@ -56,22 +58,16 @@ class Pusher:
         max_bytes: int = MAX_BYTES,
     ) -> None:
         try:
-            import redis
+            import redis  # noqa: F401  # here, to say how to install it
         except ImportError as e:
             raise ImportError("sandstone.push needs the redis package: pip install 'sandstone[push]'") from e
         if origin is None:
             origin = f"push-{uuid.uuid4().hex}"
         elif not isinstance(origin, str) or not origin:
             raise ValueError(f"origin must be a non-empty str, not {origin!r}")
+        self._sentinels: list[redis.Redis] = []
         if client is None:
-            address = RedisAddress.parse(url)
-            client = redis.Redis(
-                host=address.host,
-                port=address.port,
-                db=address.db,
-                username=address.username,
-                password=address.password,
-            )
+            client = self._client_for(RedisAddress.parse(url))
             self._owns_client = True
         else:
             self._owns_client = False
@@ -80,11 +76,41 @@ class Pusher:
         except (TypeError, ValueError):
             if self._owns_client:
                 client.close()
+            for sentinel in self._sentinels:
+                sentinel.close()
             raise
         self.origin = origin
         self.max_bytes = max_bytes
         self.client: redis.Redis = client
         self._closed = False
+
+    def _client_for(self, address: RedisAddress) -> redis.Redis:
+        import redis
+        import redis.sentinel
+
+        options: dict[str, Any] = {}
+        if address.tls is not None:
+            check_tls_files(address.tls)
+            options = {
+                "ssl": True,
+                "ssl_ca_certs": address.tls.ca_file,
+                "ssl_certfile": address.tls.cert_file,
+                "ssl_keyfile": address.tls.key_file,
+                "ssl_cert_reqs": "required",
+                "ssl_check_hostname": True,
+            }
+        # (a user without password: redis-py sends AUTH USER "", as the nodes do)
+        credentials: dict[str, Any] = {"username": address.username, "password": address.password}
+        if address.sentinel is None:
+            return redis.Redis(host=address.host, port=address.port, db=address.db, **credentials, **options)
+        sentinel = address.sentinel
+        sentinels = redis.sentinel.Sentinel(
+            list(sentinel.hosts),
+            sentinel_kwargs={"username": sentinel.username, "password": sentinel.password, **options},
+        )
+        self._sentinels = list(sentinels.sentinels)
+        client: redis.Redis = sentinels.master_for(sentinel.master, db=address.db, **credentials, **options)
+        return client
 
     def dispatch(self, name: str, event: object) -> str:
         """Dispatch ``event`` (a dataclass instance or a dict) on every node; returns the event id.
@@ -133,6 +159,8 @@ class Pusher:
         self._closed = True
         if self._owns_client:
             self.client.close()
+        for sentinel in self._sentinels:
+            sentinel.close()
 
     def __enter__(self) -> Pusher:
         return self

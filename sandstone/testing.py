@@ -28,6 +28,7 @@ from autobahn.wamp.auth import compute_wcs, derive_key
 from autobahn.wamp.exception import ApplicationError
 from autobahn.wamp.interfaces import ISerializer
 from autobahn.wamp.serializer import CBORSerializer, JsonSerializer, MsgPackSerializer
+from autobahn.websocket.types import ConnectionDeny
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, maybeDeferred
 
@@ -36,8 +37,21 @@ from ._autobahn_internals import object_serializer
 from ._codec import DecodeError, decode
 from ._login import SESSION_COOKIE
 from ._session import Session
+from ._wamp1 import Wamp1Adapter, Wamp1Violation
+from ._wamp1 import accept as accept_wamp1
 
-__all__ = ["Event", "TestClient", "TestResponse", "TestSession", "TestSubscription", "SessionClosed"]
+__all__ = [
+    "Event",
+    "HandshakeRefused",
+    "SessionClosed",
+    "TestClient",
+    "TestResponse",
+    "TestSession",
+    "TestSubscription",
+    "Wamp1CallError",
+    "Wamp1Subscription",
+    "Wamp1TestSession",
+]
 
 # ISerializers by ISerializer.register(), which type checkers do not see.
 _SERIALIZERS = cast(
@@ -440,6 +454,193 @@ _CLIENT_HANDLERS: dict[type, Callable[[TestSession, Any], None]] = {
 }
 
 
+class HandshakeRefused(Exception):
+    """The server refused the WebSocket handshake; ``code`` is the HTTP status it answered (403...)."""
+
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(f"HTTP {code}: {text}")
+        self.code = code
+
+
+class Wamp1CallError(Exception):
+    """A v1 CALL was answered with CALLERROR: ``uri``, ``desc`` and ``details`` (``None`` if not sent)."""
+
+    def __init__(self, uri: str, desc: Any, details: Any = None) -> None:
+        super().__init__(f"{uri}: {desc}")
+        self.uri = uri
+        self.desc = desc
+        self.details = details
+
+
+@dataclass
+class Wamp1Subscription:
+    """A v1 session's subscription to ``topic`` (the full URI), with the event of every EVENT so far."""
+
+    topic: str
+    events: list[Any] = field(default_factory=list)
+
+    @property
+    def payloads(self) -> list[Any]:
+        """The events received, in order (as ``TestSubscription.payloads``)."""
+        return self.events
+
+
+class _Wamp1MemoryTransport:
+    """The router side of an in-memory WAMP v1 connection: v2 messages become v1 messages for the client."""
+
+    subprotocol = "wamp"
+
+    def __init__(self, client: Wamp1TestSession, adapter: Wamp1Adapter, headers: Mapping[str, str]) -> None:
+        self._client = client
+        self._adapter = adapter
+        self.closed = False
+        self.handshake_headers = dict(headers)
+
+    def send_message(self, msg: message.Message) -> None:
+        if self.closed:
+            return
+        framed = self._adapter.framed(msg)
+        if framed is not None:
+            self._client._receive(jsonlib.loads(framed[0]))
+
+    def close_transport(self, reason: str) -> None:
+        self.closed = True
+        self._client._transport_closed(self._adapter.close_code, reason)
+
+
+class Wamp1TestSession:
+    """A WAMP v1 client, as AutobahnJS 0.8 is one, connected in memory to an app's router (see
+    ``TestClient.connect_v1``). Its frames cross the same v1 translation as a WebSocket's, as JSON.
+
+    ``id`` is the session id of the v1 WELCOME (a string); ``messages`` every v1 message received (lists);
+    ``close_code``/``close_reason`` the WebSocket close the server started, if any (1002 for a malformed
+    message...). Like AutobahnJS, the session resolves CURIEs with its own ``prefix`` map to know which
+    subscription an EVENT is for.
+    """
+
+    __test__ = False
+
+    def __init__(self, app: Sandstone, headers: Mapping[str, str]) -> None:
+        self._router = app.router
+        self._adapter = Wamp1Adapter()
+        self._transport = _Wamp1MemoryTransport(self, self._adapter, headers)
+        self._session: Session = app.router.attach(self._transport, app.router.rates())
+        self._prefixes: dict[str, str] = {}
+        self._subscriptions: dict[str, Wamp1Subscription] = {}
+        self._calls: dict[str, Deferred[Any]] = {}
+        self._call_ids = itertools.count(1)
+        self.messages: list[list[Any]] = []
+        self.id = ""
+        self.close_code: int | None = None
+        self.close_reason: str | None = None
+        self.transport_closed = False
+        self._session.on_message(self._adapter.hello(app.router.realm))
+
+    @property
+    def session(self) -> Session:
+        """The router's ``Session`` of this client (what topic hooks and procedures get)."""
+        return self._session
+
+    def prefix(self, prefix: str, uri: str) -> None:
+        """PREFIX: ``prefix:rest`` stands for ``uri + rest`` from now on, here and on the server."""
+        self._prefixes[prefix] = uri
+        self.send_raw([1, prefix, uri])
+
+    def resolve(self, curie: str) -> str:
+        """The full URI of a CURIE of this session's prefixes (other strings as they are)."""
+        prefix, colon, rest = curie.partition(":")
+        base = self._prefixes.get(prefix) if colon else None
+        return curie if base is None else base + rest
+
+    def subscribe(self, topic: str) -> Wamp1Subscription:
+        """SUBSCRIBE (a CURIE or a URI); the subscription's ``events`` fill up as EVENTs arrive. v1 has no
+        answer: a refused subscription just gets no events."""
+        uri = self.resolve(topic)
+        subscription = self._subscriptions.get(uri)
+        if subscription is None:
+            subscription = self._subscriptions[uri] = Wamp1Subscription(uri)
+        self.send_raw([5, topic])
+        return subscription
+
+    def unsubscribe(self, topic: str) -> None:
+        """UNSUBSCRIBE (a CURIE or a URI)."""
+        self._subscriptions.pop(self.resolve(topic), None)
+        self.send_raw([6, topic])
+
+    def publish(
+        self,
+        topic: str,
+        event: Any,
+        *,
+        exclude_me: bool | None = None,
+        exclude: Iterable[str] | None = None,
+        eligible: Iterable[str] | None = None,
+    ) -> None:
+        """PUBLISH ``event``: ``[7, topic, event]``; with ``exclude_me``, ``[..., excludeMe]``; with
+        ``exclude`` and/or ``eligible`` (lists of v1 session ids), ``[..., exclude, eligible]``."""
+        raw: list[Any] = [7, topic, event]
+        if exclude is not None or eligible is not None:
+            raw.append(list(exclude or []))
+            if eligible is not None:
+                raw.append(list(eligible))
+        elif exclude_me is not None:
+            raw.append(exclude_me)
+        self.send_raw(raw)
+
+    def call(self, procedure: str, *args: Any) -> Deferred[Any]:
+        """CALL: a Deferred firing with the CALLRESULT's result or failing with ``Wamp1CallError``."""
+        call_id = f"call-{next(self._call_ids)}"
+        d: Deferred[Any] = Deferred()
+        self._calls[call_id] = d
+        self.send_raw([2, call_id, procedure, *args])
+        return d
+
+    def disconnect(self) -> None:
+        """Drop the connection, as a closed browser tab does."""
+        if not self._transport.closed:
+            self._transport.closed = True
+            self.transport_closed = True
+            self._session.on_transport_lost()
+
+    def send_raw(self, raw: Any) -> None:
+        """Send one v1 message (any JSON value, for protocol tests) as a text frame."""
+        self.send_frame(jsonlib.dumps(raw).encode("utf-8"), False)
+
+    def send_frame(self, payload: bytes, is_binary: bool) -> None:
+        """Hand the router one frame, exactly as the WebSocket transport would."""
+        if self._transport.closed:
+            raise SessionClosed("transport closed", self.close_reason)
+        try:
+            messages = self._adapter.decode(payload, is_binary)
+        except Wamp1Violation as exc:
+            self._session.protocol_violation(str(exc))
+            return
+        for msg in messages:
+            self._session.on_message(msg)
+
+    def _receive(self, raw: list[Any]) -> None:
+        self.messages.append(raw)
+        kind = raw[0]
+        if kind == 0:
+            self.id = raw[1]
+        elif kind == 3:
+            d = self._calls.pop(raw[1], None)
+            if d is not None:
+                d.callback(raw[2])
+        elif kind == 4:
+            d = self._calls.pop(raw[1], None)
+            if d is not None:
+                d.errback(Wamp1CallError(raw[2], raw[3], raw[4] if len(raw) > 4 else None))
+        elif kind == 8:
+            subscription = self._subscriptions.get(self.resolve(raw[1]))
+            if subscription is not None:
+                subscription.events.append(raw[2])
+
+    def _transport_closed(self, code: int, reason: str) -> None:
+        self.transport_closed = True
+        self.close_code, self.close_reason = code, reason
+
+
 class TestClient:
     """Connects in-memory WAMP sessions to an app and drives its REST routes, for trial tests."""
 
@@ -449,7 +650,7 @@ class TestClient:
         self.app = app
         self.serializer = serializer
         self.rest = StubTreq(app.resource())
-        self._sessions: list[TestSession] = []
+        self._sessions: list[TestSession | Wamp1TestSession] = []
 
     def close(self) -> None:
         """Disconnect every session this client connected (``self.addCleanup(client.close)``): an app shared
@@ -500,6 +701,30 @@ class TestClient:
         session = TestSession(self.app, self.serializer, headers=handshake)
         self._sessions.append(session)
         return session.join(realm or self.app.realm, ticket=ticket, secret=secret, **details)
+
+    def connect_v1(
+        self,
+        *,
+        cookie: str | None = None,
+        bearer: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Wamp1TestSession:
+        """A WAMP v1 session (WebSocket subprotocol ``wamp``, AutobahnJS 0.8), welcomed: anonymous, or with
+        the REST login of ``cookie``/``bearer`` (a token returned by ``app.login``). Raises
+        ``HandshakeRefused`` (403) where the server would refuse the handshake: the app allows no anonymous
+        sessions and no live REST login is given."""
+        handshake = {name.lower(): value for name, value in (headers or {}).items()}
+        if cookie is not None:
+            handshake["cookie"] = f"{SESSION_COOKIE}={cookie}"
+        if bearer is not None:
+            handshake["authorization"] = f"Bearer {bearer}"
+        try:
+            accept_wamp1(self.app.router, handshake)
+        except ConnectionDeny as refused:
+            raise HandshakeRefused(refused.code, refused.reason or "") from None
+        session = Wamp1TestSession(self.app, handshake)
+        self._sessions.append(session)
+        return session
 
     def request(
         self,

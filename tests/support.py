@@ -275,6 +275,24 @@ def websocket_payloads(data: bytes) -> list[bytes]:
     return payloads
 
 
+def websocket_closes(data: bytes) -> list[tuple[int, bytes]]:
+    """(status code, reason) of each close frame in bytes a server wrote (unmasked, unfragmented frames)."""
+    closes = []
+    offset = 0
+    while offset < len(data):
+        opcode, length = data[offset] & 0x0F, data[offset + 1] & 0x7F
+        offset += 2
+        if length == 126:
+            length, offset = int.from_bytes(data[offset : offset + 2], "big"), offset + 2
+        elif length == 127:
+            length, offset = int.from_bytes(data[offset : offset + 8], "big"), offset + 8
+        if opcode == 8:
+            payload = data[offset : offset + length]
+            closes.append((int.from_bytes(payload[:2], "big"), payload[2:]))
+        offset += length
+    return closes
+
+
 def open_websocket(factory: Any) -> tuple[Any, StringTransport]:
     """A WampServerProtocol of ``factory`` on a StringTransport, past a wamp.2.json handshake (no HELLO)."""
     protocol = factory.buildProtocol(None)

@@ -31,6 +31,7 @@ from sandstone._autobahn_internals import (
     options_class,
     router_data,
     router_data_if_any,
+    send_close,
     websocket_data_received,
 )
 
@@ -164,3 +165,33 @@ class DataReceivedTests(SynchronousTestCase):
         self.assertEqual(protocol.state, protocol.STATE_OPEN)
         received = [e for e in events if "dataReceived" in str(e.get("func"))]  # the line dataReceived logs
         self.assertEqual(received, [])
+
+
+class SendCloseTests(SynchronousTestCase):
+    def open(self) -> Any:
+        class Quiet(WebSocketServerProtocol):
+            dataReceived = websocket_data_received
+
+        protocol, _events = _connect(Quiet, closeHandshakeTimeout=0)  # no timer on the global reactor
+        protocol.dataReceived(_HANDSHAKE)
+        protocol.transport.clear()
+        return protocol
+
+    def test_send_close_is_needed_for_going_away(self) -> None:
+        """autobahn's public ``sendClose`` refuses 1001 (what ``send_close`` exists for)."""
+        protocol = self.open()
+        try:
+            protocol.sendClose(1001, "going away")
+        except Exception as refused:  # autobahn raises a plain Exception
+            self.assertIn("invalid close code 1001", str(refused))
+        else:
+            self.fail("sendClose sent 1001: send_close may use it")
+        self.assertEqual(protocol.transport.value(), b"")
+
+    def test_send_close_sends_a_close_frame_with_the_code_and_reason(self) -> None:
+        protocol = self.open()
+        send_close(protocol, 1001, "server shutting down")
+        self.assertEqual(protocol.transport.value(), b"\x88\x16\x03\xe9server shutting down")
+        self.assertEqual(protocol.state, protocol.STATE_CLOSING)
+        send_close(protocol, 1001, "again")  # closing already: nothing more
+        self.assertEqual(len(protocol.transport.value()), 24)

@@ -207,7 +207,7 @@ class BlogPageTests(BrowserTestCase):
         server = self.serve()
         page = self.open_page(server)
         connection = page.locator("#connection")
-        for how in (signal.SIGTERM, signal.SIGKILL):  # a graceful stop (GOODBYE), then a crash
+        for how in (signal.SIGTERM, signal.SIGKILL):  # a graceful stop (1001, no GOODBYE), then a crash
             server.stop(how)
             self.expect(connection).to_have_attribute("data-state", "closed", timeout=TIMEOUT)
             self.expect(connection).to_contain_text("Disconnected")

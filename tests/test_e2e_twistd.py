@@ -90,12 +90,13 @@ class Twistd(ProcessProtocol):
 class TwistdTestCase(ServerTestCase):
     timeout = 120
 
-    async def start(self, *arguments: str, command: Any = twistd_command) -> Twistd:
-        """Start ``twistd -n sandstone ARGUMENTS --listen tcp:PORT:interface=127.0.0.1``; wait until it
+    async def start(self, *arguments: str, command: Any = twistd_command, port: int | None = None) -> Twistd:
+        """Start ``twistd -n sandstone ARGUMENTS --listen tcp:PORT:interface=127.0.0.1`` (a free PORT unless
+        ``port`` is given: a stopped server started again where its clients expect it); wait until it
         accepts connections."""
         # runs last: autobahn's client-side WebSocket timers are flushed once everything is closed
         self.addCleanup(wait_until, lambda: not pending_websocket_timers(), 2.0)
-        port = free_port()
+        port = free_port() if port is None else port
         process = Twistd()
         argv = command(*arguments, "--listen", f"tcp:{port}:interface=127.0.0.1")
         reactor.spawnProcess(process, sys.executable, argv, env=environment(), path=str(REPO))

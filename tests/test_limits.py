@@ -17,7 +17,7 @@ from sandstone import Sandstone
 from sandstone._limits import Limits, host_allowed, origin_allowed
 from sandstone._publication import Publication
 from sandstone._transport import WampServerFactory, WampServerProtocol
-from tests.support import websocket_payloads
+from tests.support import websocket_closes, websocket_payloads
 
 
 class OriginTests(SynchronousTestCase):
@@ -237,25 +237,73 @@ class OutgoingTests(SynchronousTestCase):
 
 
 class ShutdownTests(SynchronousTestCase):
-    def test_goodbye_system_shutdown_then_close(self) -> None:
-        clock = Clock()
+    GOING_AWAY = (1001, b"server shutting down")
+
+    def connection(self, clock: Clock | None = None) -> Connection:
         f = factory(clock)
-        connection = Connection(f)
+        f.setProtocolOptions(closeHandshakeTimeout=0)  # autobahn's close timer runs on the global reactor
+        return Connection(f)
+
+    def test_closes_going_away_without_goodbye_by_default(self) -> None:
+        # autobahn-js and wampy.js reconnect after a close without GOODBYE; after a GOODBYE they do not
+        clock = Clock()
+        connection = self.connection(clock)
+        f = connection.protocol.factory
         connection.hello()
-        closes: list[Any] = []
-        connection.protocol.sendClose = lambda *a, **kw: closes.append(a)  # type: ignore[method-assign]
+        connection.send([message.Subscribe.MESSAGE_TYPE, 1, {}, "news"])
+        sent = len(connection.sent)
         f.shutdown(grace=1.0)
+        self.assertEqual(websocket_closes(connection.transport.value()), [self.GOING_AWAY])
+        self.assertEqual(len(connection.sent), sent)  # no GOODBYE
+        self.assertEqual(f.router.sessions, {})  # the session has left the router
+        f.router.publish(Publication("news", ["late"]))
+        self.assertEqual(len(connection.sent), sent)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_a_message_after_the_close_is_not_handled(self) -> None:
+        connection = self.connection()
+        connection.hello()
+        connection.protocol.factory.shutdown()
+        before = connection.transport.value()
+        connection.send([message.Subscribe.MESSAGE_TYPE, 2, {}, "news"])
+        self.assertEqual(connection.transport.value(), before)
+        self.assertEqual(connection.protocol.factory.router.sessions, {})
+
+    def test_a_session_not_open_yet_is_closed_going_away(self) -> None:
+        for goodbye in (False, True):
+            connection = self.connection()
+            connection.protocol.factory.shutdown(goodbye=goodbye)
+            self.assertEqual(websocket_closes(connection.transport.value()), [self.GOING_AWAY])
+            self.assertEqual(connection.sent, [])
+
+    def test_goodbye_system_shutdown_then_close(self) -> None:
+        connection = self.connection()
+        f = connection.protocol.factory
+        connection.hello()
+        f.shutdown(grace=1.0, goodbye=True)
         goodbye = connection.received()[-1]
         self.assertEqual(
             (goodbye[0], goodbye[2]), (message.Goodbye.MESSAGE_TYPE, "wamp.close.system_shutdown")
         )
         self.assertEqual(f.router.sessions, {})
+        self.assertEqual(websocket_closes(connection.transport.value()), [])
         connection.send(
             [message.Goodbye.MESSAGE_TYPE, {}, "wamp.close.goodbye_and_out"]
         )  # the client's reply
-        self.assertEqual(len(closes), 1)
+        self.assertEqual(websocket_closes(connection.transport.value()), [self.GOING_AWAY])
         self.assertEqual(connection.received()[-1][0], message.Goodbye.MESSAGE_TYPE)  # not answered again
         self.assertEqual(len(connection.sent), 2)
+
+    def test_goodbye_unanswered_closes_after_the_grace(self) -> None:
+        clock = Clock()
+        connection = self.connection(clock)
+        connection.hello()
+        connection.protocol.factory.shutdown(grace=1.0, goodbye=True)
+        self.assertEqual(connection.received()[-1][2], "wamp.close.system_shutdown")
+        clock.advance(0.9)
+        self.assertEqual(websocket_closes(connection.transport.value()), [])
+        clock.advance(0.2)
+        self.assertEqual(websocket_closes(connection.transport.value()), [self.GOING_AWAY])
 
 
 class HostTests(SynchronousTestCase):

@@ -478,6 +478,11 @@ class LimitOptionsTests(_FixtureMixin, TestCase):
         self.assertIsInstance(shutdown, GracefulShutdown)
         self.assertEqual(shutdown.timeout, 2.5)
         self.assertIs(shutdown.site, service.getServiceNamed("web").factory)
+        self.assertFalse(shutdown.goodbye)  # WebSockets closed with 1001, no GOODBYE: clients reconnect
+
+    def test_shutdown_goodbye(self):
+        _, service = self.service_for("--shutdown-goodbye")
+        self.assertTrue(service.getServiceNamed("shutdown").goodbye)
 
 
 class WorkersOptionTests(_FixtureMixin, TestCase):
@@ -537,7 +542,15 @@ class WorkersOptionTests(_FixtureMixin, TestCase):
         from sandstone._workers import SharedListener, WorkerSupervisor
 
         options = self.parse(
-            "--workers", "3", "--redis", self.REDIS, "--listen", "tcp:0:interface=127.0.0.1", "--realm", "r5"
+            "--workers",
+            "3",
+            "--redis",
+            self.REDIS,
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+            "--realm",
+            "r5",
+            "--shutdown-goodbye",
         )
         service = makeService(options)
         web, supervisor = service.getServiceNamed("web"), service.getServiceNamed("workers")
@@ -546,7 +559,7 @@ class WorkersOptionTests(_FixtureMixin, TestCase):
         self.assertIs(supervisor.listener, web)
         self.assertEqual((web.count, supervisor.count), (3, 3))
         self.assertEqual(service.getServiceNamed("shutdown").site, web.factory)
-        # the workers get every option given, except --workers
+        # the workers get every option and flag given, except --workers
         self.assertEqual(
             supervisor.arguments,
             [
@@ -555,6 +568,7 @@ class WorkersOptionTests(_FixtureMixin, TestCase):
                 "--realm=r5",
                 f"--redis={self.REDIS}",
                 "--shutdown-timeout=5.0",
+                "--shutdown-goodbye",
             ],
         )
         self.assertEqual(

@@ -10,8 +10,16 @@ from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.iweb import IRequest
 
-from sandstone import Sandstone, Session, Topic
-from sandstone.testing import Event, SessionClosed, TestClient, TestSession, TestSubscription
+from sandstone import Identity, Sandstone, Session, Topic
+from sandstone.testing import (
+    Event,
+    HandshakeRefused,
+    SessionClosed,
+    TestClient,
+    TestSession,
+    TestSubscription,
+    Wamp1CallError,
+)
 
 
 class ConnectTests(SynchronousTestCase):
@@ -374,3 +382,78 @@ class CloseTests(SynchronousTestCase):
         self.assertIsNone(app.topic_instance("room"))  # its last subscriber left
         self.assertEqual(list(app.router.sessions.values()), [other._session])
         client.close()  # twice is fine
+
+
+class Wamp1SessionTests(SynchronousTestCase):
+    """TestClient.connect_v1: a WAMP v1 client (AutobahnJS 0.8) in memory, next to v2 test sessions."""
+
+    def setUp(self) -> None:
+        self.app = Sandstone(anonymous=True)
+
+        @self.app.topic("chat/{channel}")
+        class Chat(Topic):
+            def on_subscribe(self, session: Session) -> None:
+                self.send(session, f"Welcome on {self.args['channel']}")
+
+        @self.app.procedure("add")
+        def add(a: int, b: int) -> int:
+            return a + b
+
+        self.client = TestClient(self.app)
+        self.addCleanup(self.client.close)
+
+    def test_connect_v1_is_welcomed_with_a_string_id(self) -> None:
+        session = self.client.connect_v1()
+        self.assertEqual(session.messages, [[0, session.id, 1, session.messages[0][3]]])
+        self.assertIs(self.app.router.sessions[int(session.id)], session.session)
+        self.assertEqual(session.session.subprotocol, "wamp")
+
+    def test_subscribe_publish_and_prefix_next_to_v2(self) -> None:
+        v1 = self.client.connect_v1()
+        v1.prefix("c", "chat/")
+        general = v1.subscribe("c:general")
+        v2 = self.client.connect()
+        v2_general = v2.subscribe("chat/general")
+        v1.publish("c:general", {"text": "from v1"})
+        v2.publish("chat/general", {"text": "from v2"})
+        self.assertEqual(general.topic, "chat/general")
+        self.assertEqual(general.payloads, ["Welcome on general", {"text": "from v2"}])
+        self.assertEqual(v2_general.payloads, ["Welcome on general", {"text": "from v1"}])
+        v1.publish("c:general", "to myself too", exclude_me=False)
+        self.assertEqual(general.events[-1], "to myself too")
+        v1.publish("c:general", "to v1 only", exclude=[], eligible=[v1.id])
+        self.assertEqual((general.events[-1], v2_general.payloads[-1]), ("to v1 only", "to myself too"))
+        v1.unsubscribe("c:general")
+        self.assertEqual([s.id for s in self.app.topic_instance("chat/general").subscribers], [v2.id])
+
+    def test_call_results_and_errors(self) -> None:
+        v1 = self.client.connect_v1()
+        self.assertEqual(self.successResultOf(v1.call("add", 1, 2)), 3)
+        failure = self.failureResultOf(v1.call("add", 1), Wamp1CallError)
+        self.assertEqual(failure.value.uri, "wamp.error.invalid_argument")
+        self.assertIn("missing a required argument", failure.value.desc)
+
+    def test_a_malformed_message_closes_with_1002(self) -> None:
+        v1 = self.client.connect_v1()
+        v1.send_raw({"not": "a list"})
+        self.assertEqual(v1.close_code, 1002)
+        self.assertTrue(v1.transport_closed)
+        self.assertEqual(self.app.router.sessions, {})
+        with self.assertRaises(SessionClosed):
+            v1.send_raw([5, "chat/general"])
+
+    def test_identity_from_a_rest_login_or_refused(self) -> None:
+        self.app.router.anonymous = False
+        with self.assertRaises(HandshakeRefused) as caught:
+            self.client.connect_v1()
+        self.assertEqual(caught.exception.code, 403)
+        token = self.app.session_store.create(Identity("alice", "member"))
+        for session in (self.client.connect_v1(cookie=token), self.client.connect_v1(bearer=token)):
+            self.assertEqual((session.session.authid, session.session.authmethod), ("alice", "cookie"))
+
+    def test_close_disconnects_v1_sessions_too(self) -> None:
+        v1 = self.client.connect_v1()
+        v1.subscribe("chat/general")
+        self.client.close()
+        self.assertTrue(v1.transport_closed)
+        self.assertIsNone(self.app.topic_instance("chat/general"))

@@ -11,6 +11,10 @@
 //   http  POSTs to config.url: mode "sat" with config.window requests in flight; mode "rate" at config.rate/s.
 //         config.body is a template; "@T@" is replaced by "@<ms>@" (the send time).
 //
+// config.protocol "wamp" makes the sub role speak WAMP v1 (subprotocol "wamp", as AutobahnJS 0.8 does): no
+// HELLO (the server's WELCOME [0, ...] comes first), SUBSCRIBE [5, topic], then a CALL of wamp.session.count
+// whose CALLRESULT says the SUBSCRIBE was handled (v1 has no SUBSCRIBED); EVENTs are [8, topic, event].
+//
 // The runner drives it through stdin lines: "go" (start publishing), "start" (open the measurement
 // window), "stop" (close it and print its result as one JSON line), "quit". Stdout carries JSON lines only:
 // {"ready": ...} once connected, then one result per "stop". Times are process.hrtime (CLOCK_MONOTONIC, shared
@@ -51,11 +55,12 @@ function connect(index, onMessage) {
   return new Promise((resolve, reject) => {
     // The generator checks no UTF-8: the servers are measured, not the client's validation of their frames.
     const options = { perMessageDeflate: false, handshakeTimeout: 60000, skipUTF8Validation: true };
-    const ws = new WebSocket(config.url, ["wamp.2.json"], options);
+    const v1 = config.protocol === "wamp";
+    const ws = new WebSocket(config.url, [v1 ? "wamp" : "wamp.2.json"], options);
     let state = "hello";
     const topic = config.topic_prefix ? `${config.topic_prefix}${index}` : config.topic;
     ws.on("open", () => {
-      ws.send(JSON.stringify([1, config.realm, { roles: { subscriber: {}, publisher: {} } }]));
+      if (!v1) ws.send(JSON.stringify([1, config.realm, { roles: { subscriber: {}, publisher: {} } }]));
     });
     ws.on("error", (err) => (state === "ready" ? fail(`session ${index}: ${err.message}`) : reject(err)));
     ws.on("close", (code) => {
@@ -67,7 +72,14 @@ function connect(index, onMessage) {
     ws.on("message", (data) => {
       if (state === "ready") return onMessage(data);
       const msg = JSON.parse(data.toString());
-      if (state === "hello" && msg[0] === 2) {
+      if (v1 && state === "hello" && msg[0] === 0) {
+        state = "subscribing";
+        ws.send(JSON.stringify([5, topic]));
+        ws.send(JSON.stringify([2, "subscribed", "wamp.session.count"]));
+      } else if (v1 && state === "subscribing" && msg[0] === 3) {
+        state = "ready";
+        resolve(ws);
+      } else if (state === "hello" && msg[0] === 2) {
         if (config.role !== "sub") {
           state = "ready";
           return resolve(ws);
@@ -132,10 +144,11 @@ function closeWindow(extra) {
 
 async function runSub() {
   const measure = config.mode === "latency";
+  const v1 = config.protocol === "wamp";
   const onMessage = (data) => {
-    // EVENT frames start with "[36,"; counting them needs no JSON parsing, and the send time "@<ms>@" is
-    // found without decoding the frame into a string (the receive time is taken first).
-    if (data[1] === 51 && data[2] === 54) {
+    // EVENT frames start with "[36," (v1: "[8,"); counting them needs no JSON parsing, and the send time
+    // "@<ms>@" is found without decoding the frame into a string (the receive time is taken first).
+    if (v1 ? data[1] === 56 && data[2] === 44 : data[1] === 51 && data[2] === 54) {
       counters.events++;
       if (measure) {
         const now = nowMs();
