@@ -11,8 +11,9 @@ One ``twistd -n sandstone`` (the open router, no rate limits), the Node generato
 - **second publisher**: one session publishing ``--rate`` (50) PUBLISHes/s to ``news``, which
   ``--news-subscribers`` (10) sessions receive, measuring publish -> receive latency.
 
-Cases, alternated run by run (medians reported): the flooder alone, the flooder with the second publisher,
-and both again with ``--message-time-slice 0`` (no time slicing: what fairness costs and gives). Also the
+Cases, alternated run by run (medians reported): the flooder alone and the flooder with the second publisher,
+for each ``--message-time-slice`` of ``--slices`` (default: 5 ms, sandstone's, and 0: no slicing, to see what
+fairness costs and gives). Also the
 fan-out saturation of bench/runner.py (S=100) with sandstone's default options against the runner's
 "limits off" options: the figure users see must equal the other within noise.
 Results: a table on stdout and ``bench/results/fairness-<timestamp>.json``.
@@ -112,6 +113,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--news-subscribers", type=int, default=10)
     parser.add_argument("--rate", type=float, default=50.0)
     parser.add_argument("--payload-bytes", type=int, default=100)
+    parser.add_argument(
+        "--slices",
+        type=lambda text: [float(v) for v in text.split(",")],
+        default=[0.005, 0.0],
+        help="values of --message-time-slice to compare, in seconds (0: no slicing; default 0.005,0)",
+    )
     parser.add_argument("--pin", action="store_true", help="server on CPU 0, generators on the others")
     parser.add_argument("--no-saturation", action="store_true", help="skip the default-vs-off fan-out check")
     args = parser.parse_args(argv)
@@ -120,12 +127,12 @@ def main(argv: list[str]) -> int:
     if args.pin:
         PIN_PLAN.update(pin_plan(sorted(os.sched_getaffinity(0))))
     header = run_header("fairness", argv, args)
-    cases = {
-        "sliced: flooder alone": ((), False),
-        "sliced: flooder + second": ((), True),
-        "no slice: flooder alone": (("--message-time-slice", "0"), False),
-        "no slice: flooder + second": (("--message-time-slice", "0"), True),
-    }
+    cases: dict[str, tuple[tuple[str, ...], bool]] = {}
+    for time_slice in args.slices:
+        label = "no slice" if time_slice == 0 else f"slice {time_slice * 1000:g} ms"
+        extra = ("--message-time-slice", str(time_slice))
+        cases[f"{label}: flooder alone"] = (extra, False)
+        cases[f"{label}: flooder + second"] = (extra, True)
     runs: dict[str, list[dict[str, Any]]] = {case: [] for case in cases}
     saturation: dict[str, list[dict[str, Any]]] = {"default options": [], "limits off": []}
     started = time.monotonic()
@@ -156,7 +163,7 @@ def main(argv: list[str]) -> int:
     print(f"{'case':30} " + " ".join(f"{title:>15}" for title in titles))
     for row in rows:
         print(f"{row[0]:30} " + " ".join(f"{'-' if v is None else v:>15}" for v in row[1:]))
-    for slicing in ("sliced", "no slice"):
+    for slicing in dict.fromkeys(case.split(":")[0] for case in cases):
         alone = median(runs[f"{slicing}: flooder alone"], "flood_events_per_s")
         shared = median(runs[f"{slicing}: flooder + second"], "flood_events_per_s")
         if alone and shared:

@@ -885,7 +885,7 @@ def run_server(name: str, node: str, cb: Path | None, args: argparse.Namespace) 
 
     def start(app: str | None = None) -> contextlib.AbstractContextManager[Server]:
         if name == "sandstone":
-            return sandstone(app)
+            return sandstone(app, extra_args=args.sandstone_args)
         if name == "crossbar":
             assert cb is not None
             return crossbar(cb)
@@ -1257,6 +1257,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--runs", type=int, default=5, help="runs per server (alternating); medians are reported"
     )
     parser.add_argument("--quick", action="store_true", help="a fast smoke: short windows, fewer sizes")
+    parser.add_argument(
+        "--sandstone-arg",
+        dest="sandstone_args",
+        action="append",
+        default=[],
+        help="an extra option for twistd sandstone (repeat it; e.g. --sandstone-arg=--message-time-slice=0)",
+    )
     parser.add_argument(
         "--only", default=",".join(SCENARIOS), help="scenarios: sat,lat,rest,idle,cross,workers"
     )

@@ -258,6 +258,8 @@ class RedisBus(Service):
     variable ``SANDSTONE_CLUSTER_SECRET``), the messages between nodes are signed, and unsigned ones refused.
     """
 
+    keys_broadcasts = True  # every node makes the broadcasts of a forwarded event: tell them apart
+
     def __init__(
         self,
         router: Router,

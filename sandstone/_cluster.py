@@ -11,7 +11,6 @@ nodes tell the copies apart.
 from __future__ import annotations
 
 import hashlib
-import uuid
 from collections import Counter
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -70,6 +69,10 @@ class Cause:
 class Cluster(Protocol):
     """The other nodes, as a router sees them."""
 
+    #: Whether broadcasts made while a forwarded event is handled need their cluster-wide key (only where
+    #: other nodes make them too).
+    keys_broadcasts: bool
+
     def forward(self, name: str, data: dict[str, Any], parent: Cause | None) -> Cause | None:
         """Send the forwarded event ``name`` (``data``: its JSON form) to the other nodes; the cause under
         which this node runs its listeners, or ``None`` when this node handled that event already."""
@@ -106,10 +109,12 @@ class Cluster(Protocol):
 
 
 class LocalCluster:
-    """A node on its own: nothing to tell anyone, no callee anywhere else."""
+    """A node on its own: nothing to tell anyone, no callee anywhere else, no broadcast to tell apart."""
+
+    keys_broadcasts = False
 
     def forward(self, name: str, data: dict[str, Any], parent: Cause | None) -> Cause | None:
-        return Cause(uuid.uuid4().hex if parent is None else parent.child_event_id(name))
+        return _LOCAL_CAUSE
 
     def first_delivery(self, publication: Publication) -> bool:
         return True
@@ -131,3 +136,7 @@ class LocalCluster:
 
     def caller_left(self, caller: Caller) -> None:
         pass
+
+
+# What a node on its own handles a forwarded event under: nothing is keyed there, so one cause serves all.
+_LOCAL_CAUSE = Cause("local")

@@ -50,9 +50,10 @@ class Limits:
     subscribe_rate: float = 100.0  # SUBSCRIBE messages per second per connection (sustained)
     subscribe_burst: int = 1_000  # SUBSCRIBE messages a connection may send at once
     max_events_per_publication: int = 32  # EVENTs one publication may produce for one session
-    # fairness: seconds of one read's messages a connection gets handled at once; the rest wait for the
-    # next reactor turns (between the other connections' reads) and reading from it pauses meanwhile
-    message_time_slice: float = 0.005
+    # fairness: while several connections send messages, seconds of one read's messages a connection gets
+    # handled at once; the rest wait for the next reactor turns (between the other connections' reads) and
+    # reading from it pauses meanwhile
+    message_time_slice: float = 0.002
     # per authrole: the PUBLISH, CALL and SUBSCRIBE rates (and bursts) of that role's sessions, e.g.
     # {"anonymous": Limits(publish_rate=10)}; the other fields of these Limits are not used
     role_limits: Mapping[str, Limits] | None = None

@@ -253,7 +253,7 @@ class Router:
         its id from the key: then the cluster delivers each key once per node.
         """
         cluster = self._cluster
-        if publication.key is None:
+        if publication.key is None and cluster.keys_broadcasts:
             cause = current_cause()
             if cause is not None:
                 publication.key = cause.key(publication.source, publication.topic)

@@ -164,15 +164,18 @@ class WampServerProtocol(WebSocketServerProtocol):
             self._open_wamp1(self._v1)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        factory = self.factory
+        if factory.last_sender is not self:
+            factory.sender_changed(self)
         inbox = self._inbox
         if inbox is not None:
             inbox.append((payload, isBinary))
-        elif self._slice_end <= self.factory.monotonic():
+        elif self._slice_end <= factory.monotonic():
             # This connection had its share of the turn: the rest of what it sent waits for the next turns,
             # and TCP tells it to slow down meanwhile.
             self._inbox = deque(((payload, isBinary),))
             cast(IPushProducer, self.transport).pauseProducing()
-            self.factory.backlogged(self)
+            factory.backlogged(self)
         else:
             self._handle(payload, isBinary)
 
@@ -325,6 +328,8 @@ class WampServerProtocol(WebSocketServerProtocol):
 
     def connectionLost(self, reason: Any = None) -> None:
         self._inbox = None
+        if self.factory.last_sender is self:
+            self.factory.last_sender = None
         self.factory.writer.forget(self)
         self.factory.connections.discard(self)
         self._cancel_hello_timer()
@@ -638,6 +643,8 @@ class WampServerFactory(WebSocketServerFactory):
         self.monotonic = monotonic
         self._backlogged: deque[WampServerProtocol] = deque()  # connections with messages waiting
         self._serving_backlogs = False
+        self.last_sender: WampServerProtocol | None = None  # the connection whose message came last
+        self._contended_until = float("-inf")  # several connections sent messages until then (monotonic)
         self.serializers = serializers if serializers is not None else default_serializers()
         self._protocol_base: type[WampServerProtocol] = self.protocol
         super().__init__(protocols=list(self.serializers), **kwargs)
@@ -663,9 +670,21 @@ class WampServerFactory(WebSocketServerFactory):
         )
 
     def slice_end(self) -> float:
-        """When a time slice starting now ends (``limits.message_time_slice``; no end when it is 0)."""
+        """When a time slice starting now ends: after ``limits.message_time_slice`` while several connections
+        send messages (see ``sender_changed``); never when one sends alone, or the slice is 0."""
         time_slice = self.limits.message_time_slice
-        return self.monotonic() + time_slice if time_slice > 0 else _NO_SLICE
+        if time_slice <= 0:
+            return _NO_SLICE
+        now = self.monotonic()
+        return now + time_slice if now < self._contended_until else _NO_SLICE
+
+    def sender_changed(self, protocol: WampServerProtocol) -> None:
+        """``protocol`` sends a message after another connection did: for the next ``CONTENTION`` seconds,
+        connections share the reactor in time slices. A connection sending alone (subscribers only read) is
+        not sliced: slices would cost it a flush of every subscriber's socket per slice, and gain nobody."""
+        if self.last_sender is not None:
+            self._contended_until = self.monotonic() + self.CONTENTION
+        self.last_sender = protocol
 
     def backlogged(self, protocol: WampServerProtocol) -> None:
         """``protocol`` has messages waiting: from the next reactor turn on, each turn handles one time slice
@@ -686,6 +705,9 @@ class WampServerFactory(WebSocketServerFactory):
         if backlogged and not self._serving_backlogs:
             self._serving_backlogs = True
             self.clock.callLater(0, self._serve_backlogs)
+
+    #: Seconds during which connections are sliced after two of them sent messages in turn.
+    CONTENTION = 0.1
 
     def setProtocolOptions(self, *args: Any, **options: Any) -> None:
         """autobahn's protocol options, for the connections made from now on (they read them from their

@@ -19,6 +19,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from sandstone import Sandstone
+from sandstone._autobahn_internals import object_serializer
 from sandstone._web import SandstoneSite
 
 SERIALIZERS = {
@@ -79,7 +80,7 @@ class DisclosingClient(Client):
     def onJoin(self, details: Any) -> None:
         transport = self._transport
         send = transport.send
-        inner = transport._serializer._serializer
+        inner = object_serializer(transport._serializer)
 
         def send_disclosing(msg: Any) -> None:
             if isinstance(msg, message.Publish | message.Call):
@@ -258,9 +259,9 @@ def sleep(seconds: float) -> defer.Deferred[None]:
     return d
 
 
-def websocket_payloads(data: bytes) -> list[bytes]:
-    """The payloads of the text and binary frames in bytes a server wrote (unmasked, unfragmented frames)."""
-    payloads = []
+def websocket_frames(data: bytes) -> list[tuple[int, bytes]]:
+    """(opcode, payload) of each frame in bytes a server wrote (unmasked, unfragmented frames)."""
+    frames = []
     offset = 0
     while offset < len(data):
         opcode, length = data[offset] & 0x0F, data[offset + 1] & 0x7F
@@ -269,28 +270,19 @@ def websocket_payloads(data: bytes) -> list[bytes]:
             length, offset = int.from_bytes(data[offset : offset + 2], "big"), offset + 2
         elif length == 127:
             length, offset = int.from_bytes(data[offset : offset + 8], "big"), offset + 8
-        if opcode in (1, 2):
-            payloads.append(data[offset : offset + length])
+        frames.append((opcode, data[offset : offset + length]))
         offset += length
-    return payloads
+    return frames
+
+
+def websocket_payloads(data: bytes) -> list[bytes]:
+    """The payloads of the text and binary frames in bytes a server wrote."""
+    return [payload for opcode, payload in websocket_frames(data) if opcode in (1, 2)]
 
 
 def websocket_closes(data: bytes) -> list[tuple[int, bytes]]:
-    """(status code, reason) of each close frame in bytes a server wrote (unmasked, unfragmented frames)."""
-    closes = []
-    offset = 0
-    while offset < len(data):
-        opcode, length = data[offset] & 0x0F, data[offset + 1] & 0x7F
-        offset += 2
-        if length == 126:
-            length, offset = int.from_bytes(data[offset : offset + 2], "big"), offset + 2
-        elif length == 127:
-            length, offset = int.from_bytes(data[offset : offset + 8], "big"), offset + 8
-        if opcode == 8:
-            payload = data[offset : offset + length]
-            closes.append((int.from_bytes(payload[:2], "big"), payload[2:]))
-        offset += length
-    return closes
+    """(status code, reason) of each close frame in bytes a server wrote."""
+    return [(int.from_bytes(p[:2], "big"), p[2:]) for opcode, p in websocket_frames(data) if opcode == 8]
 
 
 def open_websocket(factory: Any) -> tuple[Any, StringTransport]:

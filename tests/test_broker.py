@@ -14,6 +14,7 @@ from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from sandstone import Limits, Publication, Sandstone, Topic
+from sandstone._autobahn_internals import object_serializer
 from sandstone._broker import Broker
 from sandstone._subscriptions import EXACT, PREFIX, WILDCARD
 from sandstone._transport import WampServerFactory, WampServerProtocol
@@ -530,7 +531,7 @@ class CountingSerializer:
 
     def __init__(self, test: SynchronousTestCase, serializer: ISerializer) -> None:
         self.events = 0
-        objects = serializer._serializer  # type: ignore[attr-defined]
+        objects = object_serializer(serializer)
         original = objects.serialize
 
         def serialize(obj: Any) -> bytes:
@@ -633,7 +634,7 @@ class ProtocolSerializeOnceTests(SynchronousTestCase):
         return protocol, transport
 
     def send(self, protocol: WampServerProtocol, raw: list[Any]) -> None:
-        protocol.onMessage(self.serializer._serializer.serialize(raw), False)  # type: ignore[attr-defined]
+        protocol.onMessage(object_serializer(self.serializer).serialize(raw), False)
 
     def test_broadcast_over_websocket_connections_serializes_the_event_once(self) -> None:
         connections = [self.connect() for _ in range(5)]
@@ -644,7 +645,7 @@ class ProtocolSerializeOnceTests(SynchronousTestCase):
         frames = [websocket_payloads(transport.value())[-1] for _, transport in connections]
         self.assertEqual(self.counter.events, 1)
         self.assertEqual(len(set(frames)), 1)
-        self.assertEqual(self.serializer._serializer.unserialize(frames[0])[0][0], EVENT)  # type: ignore[attr-defined]
+        self.assertEqual(object_serializer(self.serializer).unserialize(frames[0])[0][0], EVENT)
 
 
 def wildcard_patterns(topic: str, count: int) -> list[str]:
@@ -689,7 +690,7 @@ class EventCapTests(SynchronousTestCase):
         return session
 
     def events(self, session: NotingFakeSession) -> list[list[Any]]:
-        unserialize = self.json._serializer.unserialize  # type: ignore[attr-defined]
+        unserialize = object_serializer(self.json).unserialize
         return [unserialize(frame)[0] for frame in session.transport.frames]
 
     def test_a_session_matching_more_subscriptions_than_the_cap_gets_the_cap(self) -> None:

@@ -9,6 +9,7 @@ from autobahn.wamp import message
 from autobahn.wamp.serializer import CBORSerializer
 from twisted.trial.unittest import SynchronousTestCase
 
+from sandstone._autobahn_internals import object_serializer
 from sandstone._cbor import cbor_serializer
 from sandstone._codec import DecodeError, decode
 
@@ -21,7 +22,9 @@ class CborSerializerTests(SynchronousTestCase):
         for batched in (False, True):
             ours, theirs = cbor_serializer(batched), CBORSerializer(batched=batched)
             frame = struct.pack("!L", len(raw)) + raw if batched else raw
-            self.assertEqual(ours._serializer.unserialize(frame), theirs._serializer.unserialize(frame))
+            self.assertEqual(
+                object_serializer(ours).unserialize(frame), object_serializer(theirs).unserialize(frame)
+            )
             [msg] = decode(ours, frame * (2 if batched else 1), True)[:1]
             self.assertIsInstance(msg, message.Publish)
             self.assertEqual(msg.args, [b"\x00\x01", 2**63, {"a": [1.5, None]}])

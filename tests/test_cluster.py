@@ -52,11 +52,10 @@ class CauseTests(SynchronousTestCase):
 class LocalClusterTests(SynchronousTestCase):
     def test_a_node_on_its_own(self) -> None:
         cluster = LocalCluster()
+        self.assertFalse(cluster.keys_broadcasts)  # no other node makes the same broadcasts
         cause = cluster.forward("ping", {"n": 1}, None)
-        assert cause is not None
-        child = cluster.forward("pong", {}, cause)
-        assert child is not None
-        self.assertEqual(child.event_id, Cause(cause.event_id).child_event_id("pong"))
+        self.assertIsNotNone(cause)
+        self.assertIs(cluster.forward("pong", {}, cause), cause)  # one cause serves all: nothing is keyed
         publication = Publication("t", [1], key="e1:app:t:1")
         self.assertTrue(cluster.first_delivery(publication))
         self.assertTrue(cluster.first_delivery(publication))  # nothing else can deliver it here
@@ -66,6 +65,16 @@ class LocalClusterTests(SynchronousTestCase):
             cluster.call(Call(_Caller(), 1, "com.nowhere"))
         self.assertEqual(caught.exception.uri, NO_SUCH_PROCEDURE)
         self.assertFalse(cluster.cancel(_Caller(), 1, None))
+
+    def test_a_node_on_its_own_keys_nothing(self) -> None:
+        app = Sandstone(anonymous=True, open_uris=True)
+        app.forward("ping")
+        reader = TestClient(app).connect().subscribe("news")
+        ids: list[int] = []
+        app.on_event("ping")(lambda event: ids.append(app.broadcast("news", event)))
+        self.successResultOf(app.dispatch("ping", {"n": 1}))
+        self.assertEqual(reader.payloads, [{"n": 1}])
+        self.assertNotEqual(ids[0], publication_id_for("local:app:news:1"))  # a fresh id, no key
 
     def test_routers_start_with_one(self) -> None:
         router = Router()
@@ -97,6 +106,8 @@ class _Caller:
 
 class RecordingCluster:
     """A ``Cluster`` recording what the router asks of it; its answers are set by the test."""
+
+    keys_broadcasts = True
 
     def __init__(self) -> None:
         self.asked: list[tuple[Any, ...]] = []

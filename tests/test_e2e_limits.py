@@ -159,8 +159,8 @@ class MessageSizeTests(LimitsTestCase):
     async def test_oversize_after_decompression_closes_with_1009(self) -> None:
         self.serve_app(max_message_size=65536, max_frame_size=65536)
         ws = await self.websocket(compress=True)
-        self.assertIsNotNone(ws._perMessageCompress)
-        self.assertEqual(ws._perMessageCompress.client_max_window_bits, 11)
+        [deflate] = ws.websocket_extensions_in_use
+        self.assertEqual(deflate.client_max_window_bits, 11)
         ws.sendMessage(b"[" + b"0," * 1_000_000 + b"0]")  # 2 MB, a few KB once compressed
         self.assertEqual(await ws.closed, 1009)
 

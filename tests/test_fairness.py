@@ -80,6 +80,7 @@ class TimeSliceTests(SynchronousTestCase):
 
     def test_a_read_beyond_its_slice_waits_in_order_and_pauses_reading(self) -> None:
         protocol, transport = self.connect()
+        self.connect()  # another connection sends too (its HELLO): connections are sliced
         frames = b"".join(client_frame([16, n, {"acknowledge": True}, "news", [n]]) for n in range(1, 21))
         protocol.dataReceived(frames)
         waiting = len(protocol._inbox or ())
@@ -111,6 +112,7 @@ class TimeSliceTests(SynchronousTestCase):
 
     def test_a_connection_lost_with_a_backlog_drops_it(self) -> None:
         protocol, transport = self.connect()
+        self.connect()
         protocol.dataReceived(
             b"".join(client_frame([16, n, {"acknowledge": True}, "news", [n]]) for n in range(1, 21))
         )
@@ -119,6 +121,22 @@ class TimeSliceTests(SynchronousTestCase):
         self.assertIsNone(protocol._inbox)
         self.clock.advance(0)  # the scheduled turn finds nothing to do
         self.assertEqual(self.factory._backlogged, type(self.factory._backlogged)())
+
+    def test_a_connection_sending_alone_is_not_sliced(self) -> None:
+        protocol, transport = self.connect()
+        frames = b"".join(client_frame([16, n, {"acknowledge": True}, "news", [n]]) for n in range(1, 21))
+        protocol.dataReceived(frames)
+        self.assertIsNone(protocol._inbox)
+        self.assertEqual(self.acknowledged(transport), list(range(1, 21)))
+        # another connection's message: slicing from the next read on, for a while
+        self.connect()
+        protocol.dataReceived(frames.replace(b'"news"', b'"more"'))
+        self.assertIsNotNone(protocol._inbox)
+        while protocol._inbox is not None:
+            self.clock.turn()
+        self.ticking.now += WampServerFactory.CONTENTION  # nobody else spoke since
+        protocol.dataReceived(frames)
+        self.assertIsNone(protocol._inbox)
 
     def test_no_slice(self) -> None:
         self.factory.limits = Limits(message_time_slice=0, open_handshake_timeout=0, auto_ping_interval=0)

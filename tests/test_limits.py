@@ -14,6 +14,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from sandstone import Sandstone
+from sandstone._autobahn_internals import object_serializer
 from sandstone._limits import Limits, host_allowed, origin_allowed
 from sandstone._publication import Publication
 from sandstone._transport import WampServerFactory, WampServerProtocol
@@ -145,7 +146,7 @@ class Connection:
         self.protocol.onConnect(request())
         self.protocol.state = self.protocol.STATE_OPEN
         self.protocol.onOpen()
-        self.serializer = f.serializers["wamp.2.json"]._serializer  # type: ignore[attr-defined]
+        self.serializer = object_serializer(f.serializers["wamp.2.json"])
 
     def send(self, raw: list[Any]) -> None:
         self.protocol.onMessage(self.serializer.serialize(raw), False)

@@ -24,6 +24,7 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from sandstone import Sandstone, Topic
+from sandstone._autobahn_internals import object_serializer
 from sandstone._codec import decode
 from sandstone._limits import Limits
 from sandstone._payload import MAX_DEPTH, MAX_VALUES, payload_problem, require_carried, value_problem
@@ -125,7 +126,7 @@ def round_trips(value: Any) -> list[str]:
     for name, serializer in default_serializers().items():
         if "batched" in name:
             continue
-        objects = serializer._serializer  # type: ignore[attr-defined]
+        objects = object_serializer(serializer)
         try:
             data = objects.serialize([36, 1, 2, {}, [value]])
             if name == "wamp.2.json":
@@ -540,7 +541,7 @@ class Connection:
         self.protocol.onConnect(handshake)  # type: ignore[arg-type]
         self.protocol.state = self.protocol.STATE_OPEN
         self.protocol.onOpen()
-        self.objects = f.serializers[subprotocol]._serializer  # type: ignore[attr-defined]
+        self.objects = object_serializer(f.serializers[subprotocol])
         self.send([message.Hello.MESSAGE_TYPE, "realm1", {"roles": {"subscriber": {}, "caller": {}}}])
 
     def send(self, raw: list[Any]) -> None:

@@ -13,6 +13,7 @@ from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from sandstone import Sandstone, Session
+from sandstone._autobahn_internals import object_serializer
 from sandstone._limits import Limits
 from sandstone._ratelimit import SessionRates, TokenBucket
 from sandstone._transport import WampServerFactory, WampServerProtocol
@@ -213,7 +214,7 @@ class ConnectionRatesTests(SynchronousTestCase):
         limits = dict(publish_rate=0.001, publish_burst=2, subscribe_rate=0.001, subscribe_burst=2)
         self.app = limited_app(self.clock, open_handshake_timeout=0, **limits)
         self.factory = WampServerFactory(self.app.router, clock=self.clock)
-        self.json = self.factory.serializers["wamp.2.json"]._serializer  # type: ignore[attr-defined]
+        self.json = object_serializer(self.factory.serializers["wamp.2.json"])
 
     def connect(self) -> tuple[WampServerProtocol, StringTransport]:
         """An open WebSocket connection that negotiated wamp.2.json (no session yet)."""

@@ -15,6 +15,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from sandstone import Sandstone
+from sandstone._autobahn_internals import object_serializer
 from sandstone._limits import Limits
 from sandstone._web import GracefulShutdown
 from tests.support import open_websocket, websocket_closes, websocket_payloads
@@ -34,7 +35,7 @@ class Node:
         self.shutdown = GracefulShutdown(self.app, self.site, timeout, self.clock, goodbye=goodbye)
         self.shutdown.startService()
         self.protocol, self.transport = open_websocket(self.factory)
-        self.json = self.factory.serializers["wamp.2.json"]._serializer  # type: ignore[attr-defined]
+        self.json = object_serializer(self.factory.serializers["wamp.2.json"])
         self.send([message.Hello.MESSAGE_TYPE, "realm1", {"roles": {"subscriber": {}}}])
 
     def send(self, raw: list[Any]) -> None:

@@ -478,6 +478,8 @@ class ConnectionTests(SynchronousTestCase):
         self.app.procedure("echo")(lambda n: n)
         protocol, transport = self.connect()
         self.received(transport)
+        for other in (object(), object()):  # two other connections sent in turn: connections are sliced
+            self.factory.sender_changed(other)
         protocol.dataReceived(b"".join(client_frame([2, f"c{n}", "echo", n]) for n in range(20)))
         self.assertIsNotNone(protocol._inbox)
         while protocol._inbox is not None:
