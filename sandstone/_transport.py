@@ -24,6 +24,7 @@ from ._autobahn_internals import (
     PROTOCOL_OPTIONS,
     options_class,
     router_data,
+    router_data_if_any,
     send_close,
     websocket_data_received,
 )
@@ -79,17 +80,16 @@ def framed(
 
     ``sent`` counts the messages other than EVENT as they are serialized (each goes to one client; the router
     counts EVENTs per broadcast), so that counting costs a broadcast's subscribers nothing."""
-    data = router_data(msg)
-    frames = data.get("frames")
-    if frames is None:
-        frames = data["frames"] = {}
-    cached: tuple[bytes, bytes] | None = frames.get(serializer)
-    if cached is None:
-        payload, binary = serializer.serialize(msg)
-        cached = frames[serializer] = (payload, _frame_header(len(payload), binary) + payload)
-        kind = type(msg)
-        if sent is not None and kind is not message.Event:
-            sent[kind] += 1
+    data = router_data_if_any(msg)
+    if data is not None:
+        cached: tuple[bytes, bytes] | None = data.get(serializer)
+        if cached is not None:  # every subscriber of a broadcast after the first on this serializer
+            return cached
+    payload, binary = serializer.serialize(msg)
+    cached = router_data(msg)[serializer] = (payload, _frame_header(len(payload), binary) + payload)
+    kind = type(msg)
+    if sent is not None and kind is not message.Event:
+        sent[kind] += 1
     return cached
 
 
