@@ -21,6 +21,8 @@ setup(
     packages=find_packages(exclude=["tests*", "examples*", "bench*"]) + ["twisted.plugins"],
     # py.typed (PEP 561): users' type checkers read sandstone's annotations instead of seeing Any.
     package_data={"sandstone": ["py.typed"], "twisted": ["plugins/sandstone_plugin.py"]},
+    # `sandstone run ...`: twistd -n --pidfile= sandstone, without needing twistd's plugin discovery.
+    entry_points={"console_scripts": ["sandstone = sandstone._cli:main"]},
     install_requires=[
         # msgpack, cbor2 and ujson come with autobahn itself; its "serialization" extra would add
         # bjdata, which prints a traceback on import next to NumPy 2.

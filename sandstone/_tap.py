@@ -9,12 +9,14 @@ import importlib
 import inspect
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from twisted.application import strports
 from twisted.application.service import IService, MultiService, Service
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.interfaces import IAddress, IListeningPort
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -311,12 +313,28 @@ class Options(usage.Options):
 
     #: The loaded app, set by L{postOptions}.
     app: Sandstone | None = None
+    #: Set when parsing failed: twistd then prints L{getUsage} before the reason.
+    _failed = False
+
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        try:
+            super().parseOptions(options)
+        except usage.UsageError:
+            self._failed = True
+            raise
+
+    def getUsage(self, width: int | None = None) -> str:
+        """The options' help; nothing once parsing failed, so that twistd prints the one-line reason of a
+        usage error without ~50 lines of options before it (``--help`` still lists them)."""
+        if self._failed:
+            return ""
+        return super().getUsage(width)
 
     def postOptions(self) -> None:
         try:
             app = _configured_app(self["app"], self)
         except AppLoadError as err:
-            raise usage.UsageError(str(err)) from None
+            raise usage.UsageError(str(err)) from err  # the cause: for `sandstone run --debug`
         try:
             self["shutdown-timeout"] = float(self["shutdown-timeout"])
         except ValueError:
@@ -432,15 +450,31 @@ class SandstoneService(MultiService):
         self.listen = listen
 
     def startService(self) -> None:
+        super().startService()
+        self._log_serving()
+        _freeze_startup_objects()
+
+    def _log_serving(self) -> None:
+        """Say where to point a browser and a WAMP client, once listening: the one line to read at startup."""
+        web = self.namedServices.get("web")
+        port: IListeningPort | None = getattr(web, "port", None)
+        base = _base_url(port.getHost(), self.listen) if port is not None else self.listen
+        extras = [f"realm {self.app.realm}"]
+        if self.app.bus is not None:
+            extras.append(f"Redis {self.app.bus.address}")
+        supervisor = self.namedServices.get("workers")
+        if supervisor is not None:
+            extras.append(f"{getattr(supervisor, 'count', '?')} workers")
         _log.info(
-            "sandstone serving {app} on {listen}, WAMP realm {realm} at {ws_path}",
+            "sandstone serving {app} at {url} (WebSocket {ws_url}, {extras})",
             app=self.app_label,
+            url=f"{base}/",
+            ws_url=_ws_url(base) + self.app.ws_path,
+            extras=", ".join(extras),
             listen=self.listen,
             realm=self.app.realm,
             ws_path=self.app.ws_path,
         )
-        super().startService()
-        _freeze_startup_objects()
 
     def stopService(self) -> Deferred[Any]:
         """Stop every child, the "metrics" one (``--metrics``) after the others: its ``/readyz`` answers 503
@@ -452,6 +486,27 @@ class SandstoneService(MultiService):
         Service.stopService(self)
         others = [maybeDeferred(child.stopService) for child in reversed(list(self)) if child is not probes]
         return DeferredList(others).addCallback(lambda _: probes.stopService())
+
+
+def _base_url(address: IAddress, listen: str) -> str:
+    """``http://HOST:PORT`` for where a port listens (``https`` for TLS endpoints); a wildcard interface is
+    shown as the loopback address, which a browser on this machine can open. ``listen`` itself for an
+    address that is not TCP (``unix:...``)."""
+    if not isinstance(address, IPv4Address | IPv6Address):
+        return listen
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(address.host, address.host)
+    if ":" in host:
+        host = f"[{host.split('%')[0]}]"
+    scheme = "https" if listen.split(":", 1)[0].lower() in ("ssl", "tls") else "http"
+    return f"{scheme}://{host}:{address.port}"
+
+
+def _ws_url(base: str) -> str:
+    if base.startswith("https://"):
+        return "wss://" + base.removeprefix("https://")
+    if base.startswith("http://"):
+        return "ws://" + base.removeprefix("http://")
+    return base
 
 
 def _freeze_startup_objects() -> None:
@@ -501,7 +556,9 @@ def makeService(options: Options, *, inherited_fd: int | None = None, worker: in
     workers, which picks its metrics port.
     """
     from twisted.internet import reactor
+    from twisted.internet.endpoints import serverFromString
 
+    from sandstone._listening import ListeningService
     from sandstone._workers import (
         KILL_GRACE,
         InheritedPortService,
@@ -529,7 +586,7 @@ def makeService(options: Options, *, inherited_fd: int | None = None, worker: in
         web = listener = SharedListener(listen, workers, site)
     else:
         # If listening fails (port in use...), startService fails instead of serving nothing.
-        web = strports.service(listen, site, reactor)
+        web = ListeningService(serverFromString(reactor, listen), site)
     web.setName("web")
     web.setServiceParent(root)
     # Stopped alongside "web" (which stops listening): WebSockets closed, REST requests may finish.

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from tests.support import sleep, wait_until
+from tests.support import wait_until
 from tests.test_e2e_twistd import TwistdTestCase
 
 
@@ -15,7 +15,7 @@ class ShutdownTests(TwistdTestCase):
         process = await self.start("--app", "tests.shutdown_app:app", "--shutdown-timeout", "5")
         first, second = await self.connect("json"), await self.connect("cbor")
         response = self.http().get(f"{self.base_url}/slow")
-        await sleep(0.3)  # the request is in flight
+        await wait_until(lambda: "slow request started" in process.output, timeout=10.0)  # in flight
 
         websockets = [first._transport, second._transport]  # the clients' WebSocket connections
         started = time.monotonic()
@@ -39,7 +39,7 @@ class ShutdownTests(TwistdTestCase):
         )
         first, second = await self.connect("json"), await self.connect("cbor")
         response = self.http().get(f"{self.base_url}/slow")
-        await sleep(0.3)  # the request is in flight
+        await wait_until(lambda: "slow request started" in process.output, timeout=10.0)  # in flight
 
         started = time.monotonic()
         process.transport.signalProcess("TERM")

@@ -210,7 +210,9 @@ class DefaultAppTests(TwistdTestCase):
         self.assertEqual((await http.get(f"{self.base_url}/ws")).code, 404)
         self.assertNotEqual((await http.get(f"{self.base_url}/wamp")).code, 404)
 
-        await wait_until(lambda: "WAMP realm other at /wamp" in process.output)
+        await wait_until(
+            lambda: f"(WebSocket ws://127.0.0.1:{self.port}/wamp, realm other)" in process.output
+        )
         await self.terminate(process)
 
 

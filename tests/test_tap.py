@@ -10,8 +10,8 @@ import textwrap
 import types
 from pathlib import Path
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, IServiceMaker
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import inlineCallbacks
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python import usage
@@ -20,6 +20,7 @@ from twisted.web.server import Site
 
 from sandstone import _tap as tap_module
 from sandstone._app import Sandstone
+from sandstone._listening import ListeningService
 from sandstone._tap import AppLoadError, Options, SandstoneService, load_app, makeService
 
 _counter = itertools.count()
@@ -288,7 +289,7 @@ class MakeServiceTests(_FixtureMixin, TestCase):
         self.assertIs(service.app, app)
         self.assertFalse(service.running)
         web = service.getServiceNamed("web")
-        self.assertIsInstance(web, StreamServerEndpointService)
+        self.assertIsInstance(web, ListeningService)
         self.assertIsInstance(web.factory, Site)
         self.assertIsInstance(web.factory.resource, type(app.resource()))
 
@@ -332,20 +333,41 @@ class MakeServiceTests(_FixtureMixin, TestCase):
         service.startService()
         try:
             self.assertTrue(service.running)
-            ports = []
-            # Peek at the listening port, passing it on for stopService.
-            service.getServiceNamed("web")._waitingForPort.addCallback(lambda p: ports.append(p) or p)
-            [port] = ports
-            self.assertEqual(port.getHost().host, "127.0.0.1")
-            self.assertNotEqual(port.getHost().port, 0)
+            address = service.getServiceNamed("web").port.getHost()
+            self.assertEqual(address.host, "127.0.0.1")
+            self.assertNotEqual(address.port, 0)
         finally:
             yield service.stopService()
 
         messages = [formatEvent(e) for e in events if "sandstone serving" in e.get("log_format", "")]
         self.assertEqual(
             messages,
-            [f"sandstone serving {service.app_label} on tcp:0:interface=127.0.0.1, WAMP realm blog at /ws"],
+            [
+                f"sandstone serving {service.app_label} at http://127.0.0.1:{address.port}/ "
+                f"(WebSocket ws://127.0.0.1:{address.port}/ws, realm blog)"
+            ],
         )
+
+
+class ServingURLTests(TestCase):
+    """The URLs of the startup line ("sandstone serving ... at URL (WebSocket URL, ...)")."""
+
+    def test_wildcard_interface_shows_the_loopback_address(self):
+        self.assertEqual(
+            tap_module._base_url(IPv4Address("TCP", "0.0.0.0", 8080), "tcp:8080"), "http://127.0.0.1:8080"
+        )
+
+    def test_ipv6_address_in_brackets(self):
+        self.assertEqual(
+            tap_module._base_url(IPv6Address("TCP", "::", 8080), "tcp6:8080"), "http://[::1]:8080"
+        )
+
+    def test_tls_endpoint_is_https_and_wss(self):
+        base = tap_module._base_url(IPv4Address("TCP", "127.0.0.1", 8443), "ssl:8443:privateKey=k.pem")
+        self.assertEqual((base, tap_module._ws_url(base)), ("https://127.0.0.1:8443", "wss://127.0.0.1:8443"))
+
+    def test_unix_socket_shows_the_endpoint(self):
+        self.assertEqual(tap_module._base_url(UNIXAddress(b"/tmp/s"), "unix:/tmp/s"), "unix:/tmp/s")
 
 
 class PluginTests(TestCase):
@@ -500,7 +522,7 @@ class WorkersOptionTests(_FixtureMixin, TestCase):
         options = self.parse()
         self.assertEqual(options["workers"], 1)
         service = makeService(options)
-        self.assertIsInstance(service.getServiceNamed("web"), StreamServerEndpointService)
+        self.assertIsInstance(service.getServiceNamed("web"), ListeningService)
         self.assertNotIn("workers", [child.name for child in service])
 
     def test_workers_need_redis(self):
