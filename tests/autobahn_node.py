@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import tempfile
 import unittest
 from pathlib import Path
 
+from tests.npm import NpmFailed, npm_install
 from tests.test_e2e_twistd import REPO
 
 #: autobahn-js's version: the one the example pages pin (autobahn 26.x needs Node >= 22; Debian has Node 20).
 VERSION = "22.11.1"
-CACHE = REPO / ".cache"
 SCRIPTS = REPO / "tests" / "node"
 INSTALL_HINT = "apt-get install -y npm (Debian's npm brings Node.js)"
 
@@ -34,36 +32,10 @@ def node_modules() -> Path:
     time; ``NodeMissing`` when node or npm is missing or npm fails."""
     if shutil.which("node") is None:
         raise NodeMissing(f"node is missing (autobahn-js runs in Node for these tests): {INSTALL_HINT}")
-    target = CACHE / f"autobahn-node-{VERSION}"
-    modules = target / "node_modules"
-    if (modules / "autobahn" / "package.json").exists() and (modules / "ws" / "package.json").exists():
-        return modules
-    npm = shutil.which("npm")
-    if npm is None:
-        raise NodeMissing(f"npm is missing (it installs autobahn-js for these tests): {INSTALL_HINT}")
-    CACHE.mkdir(exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f"{target.name}.", dir=CACHE))
     try:
-        subprocess.run(
-            [npm, "install", "--prefix", str(staging), "--no-save", "--no-package-lock", "--no-audit"]
-            + ["--no-fund", f"autobahn@{VERSION}"],
-            check=True,
-            capture_output=True,
-            timeout=300,
-        )
-        try:
-            staging.rename(target)
-        except OSError:  # another worker installed it meanwhile
-            if not modules.exists():
-                raise
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as failed:
-        stderr = getattr(failed, "stderr", b"") or b""
-        raise NodeMissing(
-            f"npm install autobahn@{VERSION} failed: {stderr.decode('utf-8', 'replace')[-500:]!r}"
-        ) from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return modules
+        return npm_install(f"autobahn-node-{VERSION}", "autobahn", VERSION, "ws")
+    except NpmFailed as failed:
+        raise NodeMissing(f"{failed}: {INSTALL_HINT}") from None
 
 
 def script_command(script: str, *arguments: str) -> tuple[str, list[str], dict[str, str]]:

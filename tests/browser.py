@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -23,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tests.npm import NpmFailed, npm_install
 from tests.test_e2e_twistd import REPO, accepts, environment, free_port, twistd_command
 
 if TYPE_CHECKING:
@@ -38,7 +38,6 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 PAGES = REPO / "examples" / "static"
-CACHE = REPO / ".cache"
 INSTALL_HINT = (
     "apt-get install -y chromium npm && pip install -e '.[test]' --config-settings editable_mode=compat"
 )
@@ -84,35 +83,11 @@ def autobahn_js(script: AutobahnScript = BLOG_SCRIPT) -> Path:
     """The npm package's ``autobahn.min.js`` for the pages' pinned version, installed into ``.cache/``
     with npm the first time (into a staging directory, renamed when complete: concurrent test workers
     never read half a file)."""
-    target = CACHE / f"autobahn-browser-{script.version}"
-    path = target / "node_modules" / "autobahn-browser" / "autobahn.min.js"
-    if path.exists():
-        return path
-    npm = shutil.which("npm")
-    if npm is None:
-        raise BrowserMissing(f"npm is missing (it fetches autobahn-js for the pages): {INSTALL_HINT}")
-    CACHE.mkdir(exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f"{target.name}.", dir=CACHE))
     try:
-        subprocess.run(
-            [npm, "install", "--prefix", str(staging), "--no-save", "--no-package-lock", "--no-audit"]
-            + ["--no-fund", f"autobahn-browser@{script.version}"],
-            check=True,
-            capture_output=True,
-            timeout=300,
-        )
-        try:
-            staging.rename(target)
-        except OSError:  # another worker installed it meanwhile
-            if not path.exists():
-                raise
-    except subprocess.CalledProcessError as failed:
-        raise BrowserMissing(
-            f"npm install autobahn-browser@{script.version} failed: {failed.stderr!r}"
-        ) from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return path
+        modules = npm_install(f"autobahn-browser-{script.version}", "autobahn-browser", script.version)
+    except NpmFailed as failed:
+        raise BrowserMissing(f"{failed}: {INSTALL_HINT}") from None
+    return modules / "autobahn-browser" / "autobahn.min.js"
 
 
 def check_browser() -> None:
