@@ -131,5 +131,7 @@ class ConformanceTests(TwistdTestCase):
         """Why the echo app exists: the real WAMP endpoint turns kosoku's handshake down."""
         await self.start()
         process, outdir = await self.run_kosoku(self.ws_url, "-i", "1.1.1")
-        self.assertEqual(process.exit_code, 1, process.output[-4000:])
+        # kosoku exits 1 with a failed case; once in CI it died of a signal at its exit (no code) after
+        # writing the report: what matters is that it did not pass, and the report's verdict below
+        self.assertNotEqual(process.exit_code, 0, process.output[-4000:])
         self.assertEqual(self.read_index(process, outdir)["1.1.1"]["behavior"], "ERROR")
