@@ -11,10 +11,10 @@ from typing import Any
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.protocol import Protocol
 from twisted.trial.unittest import TestCase
 
 from tests.support import wait_until
+from tests.test_e2e_limits import RawPeer
 
 WELCOME, PREFIX, CALL, CALLRESULT, CALLERROR, SUBSCRIBE, UNSUBSCRIBE, PUBLISH, EVENT = range(9)
 
@@ -157,33 +157,13 @@ def upgrade_request(
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
-class RawHandshake(Protocol):
-    """Raw bytes over TCP, to read the HTTP status a handshake gets."""
-
-    def __init__(self) -> None:
-        self.data = b""
-        self.lost: defer.Deferred[None] = defer.Deferred()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.data += data
-
-    def connectionLost(self, reason: Any = None) -> None:
-        self.lost.callback(None)
-
-    @property
-    def status(self) -> int | None:
-        if b"\r\n" not in self.data:
-            return None
-        return int(self.data.split(b"\r\n", 1)[0].split()[1])
-
-
 async def handshake_status(test: TestCase, port: int, request: bytes) -> tuple[int, bytes]:
     """The HTTP status (and the whole answer) a raw handshake gets from 127.0.0.1:``port``."""
-    peer = RawHandshake()
+    peer = RawPeer()
     await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), peer)
-    test.addCleanup(lambda: peer.lost if peer.transport.loseConnection() is None else None)
+    test.addCleanup(lambda: peer.closed if peer.transport.loseConnection() is None else None)
     peer.transport.write(request)
-    await wait_until(lambda: peer.status is not None or peer.lost.called)
+    await wait_until(lambda: peer.status is not None or peer.closed.called)
     assert peer.status is not None, peer.data
     return peer.status, peer.data
 
