@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
-from klein import Klein
+from klein import Klein, KleinErrorHandler
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.web.resource import IResource
+from werkzeug.exceptions import HTTPException
 
 from . import _login
 from ._auth import Authenticator, CraUserLookup, Identity
@@ -16,6 +17,7 @@ from ._authorization import Authorizer, principal
 from ._dispatcher import DispatchResult, EventDispatcher, current_cause
 from ._envelope import EventCodec
 from ._errors import LOGGED_OUT, WampError
+from ._http_errors import is_websocket_upgrade, json_http_errors, upgrade_required
 from ._limits import Limits
 from ._pattern import Converter, TopicPattern
 from ._payload import require_carried
@@ -76,6 +78,9 @@ class Sandstone(Klein):
     browser origins (patterns) allowed to open the WebSocket besides the app's own; ``allowed_hosts`` the
     host names (patterns) the app answers to, REST and WebSocket alike (default: any, except that a server
     reached on a loopback address answers loopback names only).
+
+    A JSON client (``Accept: application/json``, or a JSON body) gets Klein's 404 and 405 (and, served by
+    ``site()``, 413 and 500) as ``{"error": ..., "status": ...}``; the app's ``handle_errors`` come first.
     """
 
     def __init__(
@@ -101,6 +106,9 @@ class Sandstone(Klein):
             allowed_origins,
             allowed_hosts,
         )
+        # Typed for one of Klein's two call shapes, it takes both: (request, failure) and, for an app bound to
+        # an instance, (instance, request, failure).
+        self.handle_errors(HTTPException)(cast(KleinErrorHandler, json_http_errors))
 
     def __get__(self, instance: Any, owner: object) -> Klein:
         bound = super().__get__(instance, owner)
@@ -425,16 +433,19 @@ class Sandstone(Klein):
         return websocket_resource(core.factory)
 
     def resource(self) -> KleinResource:
-        """The twisted.web resource serving the REST routes and, at ``ws_path``, the WAMP endpoint."""
+        """The twisted.web resource serving the REST routes and, at ``ws_path``, the WAMP endpoint (which
+        answers a plain HTTP GET, without ``Upgrade: websocket``, with 426 and a hint)."""
         core = self._core
         if core.mounted_at is None:
             ws = self.websocket_resource()
             core.mounted_at = core.ws_path
 
-            def websocket(request: Any) -> IResource:
+            def websocket(request: Any) -> IResource | bytes:
+                if not is_websocket_upgrade(request.getHeader(b"upgrade")):
+                    return upgrade_required(request)
                 return ws
 
-            self.route(core.ws_path, endpoint="sandstone_websocket")(websocket)
+            self.route(core.ws_path, endpoint="sandstone_websocket", methods=["GET"])(websocket)
         return super().resource()
 
     def site(self, site_class: type[SandstoneSite] = SandstoneSite, **kwargs: Any) -> SandstoneSite:

@@ -13,11 +13,13 @@ from twisted.internet.interfaces import IAddress, IDelayedCall, IProtocol, IProt
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
+from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 from zope.interface import implementer
 
 from ._admission import Admission, Refusal, Ticket
+from ._http_errors import error_body, is_websocket_upgrade, request_wants_json, upgrade_hint, wants_json
 from ._limits import Limits, host_allowed
 from ._twisted_internals import skip_form_parsing
 
@@ -26,14 +28,13 @@ if TYPE_CHECKING:
 
 log = Logger()
 
-_TOO_LARGE_BODY = b"request body too large\n"
-
 
 class LimitedRequest(Request):
     """A request whose body may not exceed its site's ``max_request_body`` bytes (0: no limit).
 
     A ``Content-Length`` over the limit is answered 413 before any of the body is read; a chunked
     body is counted as it arrives and answered 413 once it goes over. The connection is then closed.
+    A JSON client (see ``_http_errors``) gets that 413, and the 500 of an unhandled error, as JSON.
     """
 
     _body_refused = False
@@ -84,11 +85,33 @@ class LimitedRequest(Request):
         transport = self.channel.transport
         if transport is None:
             return
-        transport.write(
-            b"HTTP/1.1 413 Content Too Large\r\nContent-Type: text/plain\r\nConnection: close\r\n"
-            b"Content-Length: %d\r\n\r\n%s" % (len(_TOO_LARGE_BODY), _TOO_LARGE_BODY)
-        )
+        message = f"request body too large: the limit is {limit} bytes"
+        if request_wants_json(self):
+            response = _raw_response(b"413 Content Too Large", b"application/json", error_body(413, message))
+        else:
+            response = _response("413 Content Too Large", message + "\n")
+        transport.write(response)
         self.channel.loseConnection()
+
+    def processingFailed(self, reason: Failure) -> Failure:
+        """Answer an unhandled error with 500, logging its traceback once; a JSON client gets a JSON body
+        (without the traceback, whatever the site's ``displayTracebacks``)."""
+        if not request_wants_json(self):
+            failed: Failure = super().processingFailed(reason)
+            return failed
+        log.failure(
+            "500 for {method} {path}: unhandled error",
+            failure=reason,
+            method=self.method.decode("latin-1"),
+            path=self.path.decode("latin-1"),
+        )
+        body = error_body(500, "internal server error")
+        self.setResponseCode(500)
+        self.setHeader(b"content-type", b"application/json")
+        self.setHeader(b"content-length", b"%d" % len(body))
+        self.write(body)
+        self.finish()
+        return reason
 
     def process(self) -> None:
         # Site.buildProtocol sets channel.site (twisted.web's own Request.process reads it too), but
@@ -216,9 +239,10 @@ class SandstoneSite(Site):
     head is then read whole, within ``max_header_bytes``, ``max_header_count`` (431 beyond) and
     ``header_timeout`` (408), before anything parses it. Given ``websocket=(path, factory)``, a head
     whose request line is ``GET path`` goes straight to ``factory``'s WebSocket protocol: no twisted.web
-    request, resource lookup or transport takeover for it. Any other is served by the Site, whose HTTP
-    channel bounds each later request on the connection the same way (plus ``request_timeout`` for the
-    body) and closes a keep-alive connection idle for ``idle_timeout``.
+    request, resource lookup or transport takeover for it; one without ``Upgrade: websocket`` (a browser,
+    curl) is answered 426 with a hint and closed, logged at debug level. Any other is served by the Site,
+    whose HTTP channel bounds each later request on the connection the same way (plus ``request_timeout``
+    for the body) and closes a keep-alive connection idle for ``idle_timeout``.
     """
 
     requestFactory = LimitedRequest
@@ -267,7 +291,7 @@ class SandstoneSite(Site):
             self._refusals.log(
                 "refused a connection from {peer} with 503: {reason}", peer=ip, reason=refusal.reason
             )
-            return _Refused()
+            return _Answer(_SERVICE_UNAVAILABLE)
         return _Head(self, addr, ticket)
 
     def observe_requests(self, observer: Callable[[LimitedRequest], None]) -> None:
@@ -279,24 +303,58 @@ class SandstoneSite(Site):
         """May a request carrying this ``Host`` header, received on ``local``, be served?"""
         return host_allowed(host, self.allowed_hosts, str(getattr(local, "host", "") or ""))
 
-    def _protocol_for(self, request_line: bytes, addr: IAddress) -> IProtocol | None:
-        """The WebSocket protocol for ``GET <ws_path>[?query] HTTP/...``, else the Site's HTTP channel."""
+    def _protocol_for(self, head: bytes, addr: IAddress) -> IProtocol | None:
+        """For a complete request head: the WebSocket protocol for ``GET <ws_path>[?query] HTTP/...`` with
+        ``Upgrade: websocket``, a 426 for one without, else the Site's HTTP channel."""
         if self.websocket is not None:
+            request_line = head.partition(b"\n")[0].rstrip(b"\r")
             target, _, _ = request_line.partition(b" HTTP/")
             path = target.partition(b"?")[0]
             if path == self._upgrade_line:
-                return self.websocket[1].buildProtocol(addr)
+                lowered = head.lower()
+                if is_websocket_upgrade(_raw_header(lowered, b"upgrade")):
+                    return self.websocket[1].buildProtocol(addr)
+                return self._upgrade_required(lowered, addr)
         channel: IProtocol | None = super().buildProtocol(addr)
         return channel
+
+    def _upgrade_required(self, lowered_head: bytes, addr: IAddress) -> IProtocol:
+        log.debug(
+            "426 for a plain HTTP GET on the WebSocket path from {peer}", peer=getattr(addr, "host", "")
+        )
+        accept = _raw_header(lowered_head, b"accept")
+        content_type = _raw_header(lowered_head, b"content-type")
+        json_client = wants_json(
+            None if accept is None else (accept,), None if content_type is None else (content_type,)
+        )
+        body_type, body = upgrade_hint(json_client)
+        return _Answer(_raw_response(b"426 Upgrade Required", body_type, body, b"Upgrade: websocket\r\n"))
 
 
 def _response(status: str, text: str) -> bytes:
     """A complete plain-text HTTP response that closes the connection."""
-    body = text.encode("utf-8")
-    return (
-        b"HTTP/1.1 %s\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\n"
-        b"Content-Length: %d\r\n\r\n%s" % (status.encode("ascii"), len(body), body)
+    return _raw_response(status.encode("ascii"), b"text/plain; charset=utf-8", text.encode("utf-8"))
+
+
+def _raw_response(status: bytes, content_type: bytes, body: bytes, headers: bytes = b"") -> bytes:
+    """A complete HTTP response that closes the connection; ``headers``: more lines, each ending in CRLF."""
+    return b"HTTP/1.1 %s\r\nConnection: close\r\n%sContent-Type: %s\r\nContent-Length: %d\r\n\r\n%s" % (
+        status,
+        headers,
+        content_type,
+        len(body),
+        body,
     )
+
+
+def _raw_header(lowered_head: bytes, name: bytes) -> bytes | None:
+    """The value of the first header ``name`` (lowercase) in a lowercased request head, if it has one."""
+    start = lowered_head.find(b"\n" + name + b":")
+    if start < 0:
+        return None
+    start += len(name) + 2
+    end = lowered_head.find(b"\n", start)
+    return lowered_head[start : end if end >= 0 else len(lowered_head)].strip()
 
 
 _SERVICE_UNAVAILABLE = _response("503 Service Unavailable", "too many connections; retry later\n")
@@ -327,13 +385,16 @@ class _Throttled:
 
 
 @implementer(IProtocol)
-class _Refused(Protocol):
-    """A connection over the limits: answered 503 and closed at once."""
+class _Answer(Protocol):
+    """A connection answered at once with a canned ``response`` (503 over the limits, 426...) and closed."""
+
+    def __init__(self, response: bytes) -> None:
+        self.response = response
 
     def connectionMade(self) -> None:
         transport = self.transport
         assert transport is not None  # set by makeConnection
-        transport.write(_SERVICE_UNAVAILABLE)
+        transport.write(self.response)
         transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
@@ -379,8 +440,7 @@ class _Head(Protocol):
         self.buffer = b""
         self.done = self.handed_over = True
         self._cancel_timer()
-        line_end = buffer.find(b"\n")
-        protocol = self.site._protocol_for(buffer[:line_end].rstrip(b"\r"), self.addr)
+        protocol = self.site._protocol_for(buffer[:end], self.addr)
         transport = self.transport
         assert transport is not None  # data arrives only on a connected transport
         if protocol is None:
