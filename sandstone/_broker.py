@@ -96,7 +96,7 @@ class Broker:
                     continue
                 if event is None:
                     event = _event(subscription, publication)
-                session.send_message(event)
+                session.send_event(event)
                 delivered += 1
         return delivered
 
@@ -130,7 +130,7 @@ class Broker:
                     sent[session] = count + 1
                 if event is None:
                     event = _event(subscription, publication)
-                session.send_message(event)
+                session.send_event(event)
                 delivered += 1
         for session, count in sent.items():
             if count > max_events:

@@ -247,7 +247,12 @@ class WampServerProtocol(WebSocketServerProtocol):
         try:
             v1 = self._v1
             if v1 is None:
-                payload, frame = framed(msg, self._serializer, factory.sent_messages)
+                # framed(), with its cache hit inline: every subscriber of a broadcast after the first
+                data = router_data_if_any(msg)
+                cached = data.get(self._serializer) if data is not None else None
+                if cached is None:
+                    cached = framed(msg, self._serializer, factory.sent_messages)
+                payload, frame = cached
             else:
                 v1_framed = v1.framed(msg, factory.sent_messages)
                 if v1_framed is None:

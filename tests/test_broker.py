@@ -567,6 +567,8 @@ class FakeSession:
     def send_message(self, msg: message.Message) -> None:
         self.transport.send_message(msg)
 
+    send_event = send_message  # the broker's delivery loop sends EVENTs through it
+
 
 class SerializeOnceTests(SynchronousTestCase):
     """A broadcast EVENT is serialized once per serializer, whatever the number of subscribers."""
