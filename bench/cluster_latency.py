@@ -2,7 +2,7 @@
 
 Run by hand from anywhere (it is not part of the test suite)::
 
-    /work/venv/bin/python bench/cluster_latency.py [--rate 50] [--duration 20] [--subscribers 10]
+    python bench/cluster_latency.py [--rate 50] [--duration 20] [--subscribers 10]
 
 Scenarios: "one node" (node A alone, no Redis; subscribers and POSTs on A) and "two nodes" (A and B sharing a
 throwaway redis-server; subscribers on B, POSTs on A, so every event crosses the bus). Each scenario runs two

@@ -1,7 +1,7 @@
 """What the server spends on one WAMP connection's setup (handshake, HELLO -> WELCOME, close), and on one
 received frame, in memory.
 
-    /work/venv/bin/python bench/connect_cost.py [--connections 5000] [--frames 20000] [--runs 7]
+    python bench/connect_cost.py [--connections 5000] [--frames 20000] [--runs 7]
 
 Each connection goes through the app's Site as a TCP connection does (``app.site()``, the open router of
 ``twistd sandstone``), on a ``StringTransport``: the WebSocket opening handshake (wamp.2.json), a HELLO

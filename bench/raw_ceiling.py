@@ -1,6 +1,6 @@
 """Raw ceiling for bench/runner.py: Autobahn/Twisted WebSocket fan-out of one pre-serialized frame, no router.
 
-    /work/venv/bin/python bench/raw_ceiling.py PORT
+    python bench/raw_ceiling.py PORT
 
 It speaks just enough WAMP v2 JSON for the runner's Node load generator (bench/load/wamp.js): HELLO gets a
 WELCOME, SUBSCRIBE a SUBSCRIBED (every topic is the same single subscriber list), and a PUBLISH is turned

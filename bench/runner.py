@@ -1,6 +1,6 @@
 """Side-by-side benchmark: sandstone vs Crossbar.io vs a raw Autobahn fan-out ceiling, in one command.
 
-    /work/venv/bin/python bench/runner.py [--runs 5] [--quick] [--only sat,lat,rest,idle,cross,workers]
+    python bench/runner.py [--runs 5] [--quick] [--only sat,lat,rest,idle,cross,workers]
 
 It installs Crossbar into ``bench/.venv-crossbar`` (pip, Python 3.11; reused when present) and the Node load
 generator's ``ws`` package into ``bench/node_modules`` (npm), then, for each run, starts in turn sandstone
@@ -72,7 +72,8 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 RESULTS_DIR = BENCH / "results"
 CROSSBAR_VENV = BENCH / ".venv-crossbar"
-CROSSBAR_PYTHON = "/root/.pyenv/versions/3.11.7/bin/python"
+# Crossbar 26.x runs on Python 3.11: the first python3.11 on PATH, else the Python running the runner.
+CROSSBAR_PYTHON = shutil.which("python3.11") or sys.executable
 CROSSBAR_REQUIREMENT = "crossbar"
 GENERATOR = BENCH / "load" / "wamp.js"
 REALM = "realm1"
@@ -1133,7 +1134,7 @@ def plot(med: dict[str, dict[str, float | None]], args: argparse.Namespace, path
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        log("no plot: matplotlib is missing (install it with '/work/venv/bin/pip install matplotlib')")
+        log("no plot: matplotlib is missing (install it with 'pip install matplotlib')")
         return None
     fig, ax = plt.subplots(figsize=(8, 5))
     styles = {"p50": ":", "p90": "--", "p99": "-"}
@@ -1346,7 +1347,7 @@ def main(argv: list[str]) -> int:
     results: dict[str, Any] = {
         "benchmark": "runner",
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": " ".join(["/work/venv/bin/python", "bench/runner.py", *argv]),
+        "command": " ".join(["python", "bench/runner.py", *argv]),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "machine": machine_info(),
         "latency_pinning": dict(PIN_PLAN),

@@ -1,6 +1,6 @@
 """What one small send() to a loopback TCP socket costs on this machine, with and without a reader to wake.
 
-    /work/venv/bin/python bench/send_cost.py [--sockets 100] [--rounds 200] [--gap 0.01] [--threads 1]
+    python bench/send_cost.py [--sockets 100] [--rounds 200] [--gap 0.01] [--threads 1]
 
 A fan-out to S subscribers ends in S send() calls, one per connection, whatever the server: this is the floor
 under the fan-out latency figures of bench/runner.py. Each round sends one 120-byte message to every socket

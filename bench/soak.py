@@ -2,7 +2,7 @@
 
 Run by hand from anywhere (it is not part of the test suite)::
 
-    /work/venv/bin/python bench/soak.py [--connections 2000] [--rate 200] [--minutes 5] [--topics 100]
+    python bench/soak.py [--connections 2000] [--rate 200] [--minutes 5] [--topics 100]
 
 It starts ``twistd -n sandstone`` (no ``--app``: the open router) on a free 127.0.0.1 port, then a load
 process (this file, run with ``--_load``: one Twisted reactor with autobahn-python WAMP sessions over

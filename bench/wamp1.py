@@ -1,7 +1,7 @@
 """WAMP v1 next to v2: fan-out to v1 subscribers (subprotocol ``wamp``, AutobahnJS 0.8's) against fan-out to
 v2 subscribers (``wamp.2.json``) on the same server, in one command:
 
-    /work/venv/bin/python bench/wamp1.py [--runs 5] [--subscribers 100] [--duration 5] [--warmup 2]
+    python bench/wamp1.py [--runs 5] [--subscribers 100] [--duration 5] [--warmup 2]
 
 One ``twistd -n sandstone`` (the open router, no rate limits, as bench/runner.py starts it) on a free
 127.0.0.1 port serves every run. Each run measures both protocols, alternating which goes first (v1 then v2,

@@ -2,7 +2,7 @@
 
 Run by hand from anywhere (it is not part of the test suite)::
 
-    /work/venv/bin/python bench/workers.py [--workers 1,2] [--subscribers 40] [--rate 50] [--duration 10]
+    python bench/workers.py [--workers 1,2] [--subscribers 40] [--rate 50] [--duration 10]
 
 For each worker count it starts a redis-server and ``twistd -n sandstone --app examples.blog:app --redis URL
 --workers N`` (N = 1 too, so that both runs pay for the bus), and runs the load generator of
