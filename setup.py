@@ -48,6 +48,16 @@ setup(
         "push": ["redis>=5,<9"],
         # The versions .ci/run checks with.
         "lint": ["ruff==0.17.6", "mypy==2.4.1", "mypy-zope==1.0.17"],
+        # The documentation site (mkdocs.yml, docs/): `mkdocs serve`, `mkdocs build --strict` (tox -e docs,
+        # .ci/run). Tested with these versions; a major release may change the config or the warnings.
+        "docs": [
+            "mkdocs>=1.6.1,<2",
+            "mkdocs-material>=9.8.2,<10",
+            "mkdocstrings[python]>=1.0.8,<2",
+            "mkdocstrings-python>=2.0.11,<3",
+            # formats the API reference's signatures (the lint extra pins the version .ci/run checks with)
+            "ruff>=0.17.6,<1",
+        ],
     },
     classifiers=[
         "Framework :: Twisted",

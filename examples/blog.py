@@ -1,8 +1,8 @@
 """The seed scenario: a blog whose REST API announces new articles to websocket subscribers, plus a chat.
 
-Run it from the repository root::
+Run it (from the repository root, or from anywhere after the README's ``editable_mode=compat`` install)::
 
-    twistd -n sandstone --app examples.blog:app --listen tcp:8080
+    sandstone run --app examples.blog:app --listen tcp:8080
 
 then open http://localhost:8080/ in a browser: the page (``examples/static/blog/``, plus what it shares with
 the sensors page in ``examples/static/common/``: plain HTML, CSS and JavaScript with autobahn-js) lists the

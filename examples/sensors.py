@@ -4,7 +4,7 @@ Rooms are numbered; ``sensors.{room}.temperature`` only matches numeric rooms, a
 ``self.args["room"]`` as an ``int``. Clients report readings by calling ``sensors.report``, read the
 average with ``sensors.average`` and each room's last readings with ``sensors.recent``::
 
-    twistd -n sandstone --app examples.sensors:app --listen tcp:8080
+    sandstone run --app examples.sensors:app --listen tcp:8080
 
 then open http://localhost:8080/: a live chart of every room's temperature (``examples/static/sensors/``
 plus ``examples/static/common/``, subscribed to ``sensors..temperature`` with a wildcard) and forms calling

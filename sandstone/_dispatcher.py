@@ -3,7 +3,7 @@ In-process event dispatcher.
 
 Listeners are registered per event name with a priority and are called one
 after another when an event is dispatched.  A listener may be synchronous or
-return a L{Deferred} or a coroutine; asynchronous listeners are awaited before
+return a ``Deferred`` or a coroutine; asynchronous listeners are awaited before
 the next one is called, so the call order is deterministic and a listener can
 stop the propagation of the event to the later ones.
 """
@@ -60,7 +60,9 @@ class ListenerError:
     """A listener failure recorded during a dispatch."""
 
     listener: str
+    """The listener's qualified name (``module.Class.method``), as the log says it."""
     failure: Failure
+    """What it raised."""
 
 
 @dataclass
@@ -68,10 +70,15 @@ class DispatchResult:
     """What happened during one dispatch; the value its Deferred fires with."""
 
     name: str
+    """The event name dispatched."""
     event: object
+    """The event itself."""
     called: int
+    """How many listeners were called."""
     stopped: bool
+    """Whether a listener raised ``StopPropagation``."""
     errors: list[ListenerError]
+    """The listeners that failed (logged; the others still ran)."""
 
     @property
     def ok(self) -> bool:
@@ -81,7 +88,7 @@ class DispatchResult:
 
 @dataclass(eq=False, slots=True)
 class _Entry:
-    """One registration; C{active} is cleared on removal so running dispatches skip it."""
+    """One registration; ``active`` is cleared on removal so running dispatches skip it."""
 
     listener: _Listener
     priority: int
@@ -95,7 +102,7 @@ def _call_order(entry: _Entry) -> tuple[int, int]:
 
 
 def _listener_name(listener: _Listener) -> str:
-    """Qualified name of a listener, for logs and L{ListenerError}."""
+    """Qualified name of a listener, for logs and ``ListenerError``."""
     qualname = getattr(listener, "__qualname__", None)
     if not isinstance(qualname, str):
         return repr(listener)
@@ -184,7 +191,7 @@ def _hashable(listener: _Listener) -> bool:
 
 
 def _find(entries: list[_Entry], listener: _Listener) -> _Entry | None:
-    """The entry whose listener equals C{listener}, if any."""
+    """The entry whose listener equals ``listener``, if any."""
     for entry in entries:
         if entry.listener == listener:
             return entry
@@ -213,7 +220,7 @@ class EventDispatcher:
             self._observers.remove(observer)
 
     def _lookup(self, name: str, entries: list[_Entry], listener: _Listener) -> _Entry | None:
-        """The registration of a listener equal to C{listener} under C{name}, if any."""
+        """The registration of a listener equal to ``listener`` under ``name``, if any."""
         hashed = self._hashed.get(name, {})
         if not _hashable(listener) or len(hashed) < len(entries):
             # unhashable listeners are only found by scanning (and could be equal to a hashable one)
@@ -221,7 +228,7 @@ class EventDispatcher:
         return hashed.get(listener)
 
     def add_listener(self, name: str, listener: _Listener, priority: int = 0) -> None:
-        """Register C{listener} for C{name}; registering an equal listener again is a no-op."""
+        """Register ``listener`` for ``name``; registering an equal listener again is a no-op."""
         entries = self._entries.setdefault(name, [])
         if self._lookup(name, entries, listener) is not None:
             return
@@ -231,7 +238,7 @@ class EventDispatcher:
             self._hashed.setdefault(name, {})[listener] = entry
 
     def remove_listener(self, name: str, listener: _Listener) -> bool:
-        """Unregister C{listener} from C{name}; return True if it was registered."""
+        """Unregister ``listener`` from ``name``; return True if it was registered."""
         entries = self._entries.get(name)
         if entries is None:
             return False
@@ -248,29 +255,29 @@ class EventDispatcher:
         return True
 
     def listeners(self, name: str) -> list[_Listener]:
-        """The listeners of C{name}, in call order."""
+        """The listeners of ``name``, in call order."""
         return [entry.listener for entry in self._entries.get(name, ())]
 
     def listener_count(self, name: str | None = None) -> int:
-        """Number of listeners of C{name}, or of all names when C{name} is None."""
+        """Number of listeners of ``name``, or of all names when ``name`` is None."""
         if name is None:
             return sum(len(entries) for entries in self._entries.values())
         return len(self._entries.get(name, ()))
 
     def has_listeners(self, name: str) -> bool:
-        """True when at least one listener is registered for C{name}."""
+        """True when at least one listener is registered for ``name``."""
         return name in self._entries
 
     def dispatch(
         self, name: str, event: object = None, *, cause: Cause | None = None
     ) -> Deferred[DispatchResult]:
         """
-        Call the listeners of C{name} with C{event}, one after another.
+        Call the listeners of ``name`` with ``event``, one after another.
 
-        The returned Deferred never fails; it fires with a L{DispatchResult},
-        already before returning when every listener is synchronous. C{cause}
+        The returned Deferred never fails; it fires with a ``DispatchResult``,
+        already before returning when every listener is synchronous. ``cause``
         is given for a forwarded event: what its listeners broadcast is keyed
-        by it (see C{_cluster.Cause}).
+        by it (see ``_cluster.Cause``).
         """
         running = _Dispatch(name, event, list(self._entries.get(name, ())), cause)
         if self._observers:

@@ -14,49 +14,82 @@ from urllib.parse import urlsplit
 class Limits:
     """Per-connection and per-session limits of an app's WAMP endpoint and REST side.
 
-    Every field can be set from the app (``Sandstone(limits=Limits(...))``) and from ``twistd sandstone``
-    options. ``0`` (or ``None`` where allowed) disables a limit.
+    Every field can be set from the app (``Sandstone(limits=Limits(...))``), and most from the command line
+    (``sandstone run --max-message-size ...``, the same for ``twistd sandstone``), whose options override the
+    app's values. ``0`` (or ``None`` where allowed) disables a limit.
     """
 
-    max_message_size: int = 1_048_576  # bytes of one incoming WebSocket message, after decompression
-    max_frame_size: int = 1_048_576  # bytes of one incoming WebSocket frame
-    max_outgoing_buffer: int = 4_194_304  # bytes queued for a client that does not read, before it is dropped
-    open_handshake_timeout: float = 10.0  # seconds for the WebSocket opening handshake
-    hello_timeout: float = 10.0  # seconds between the socket opening and HELLO
-    auto_ping_interval: float = 30.0  # seconds between pings to each client (0: no pings)
-    auto_ping_timeout: float = 10.0  # seconds a client has to answer a ping before it is dropped
-    max_connections: int = 10_000  # concurrent WebSocket connections; beyond it the handshake gets 503
-    publish_rate: float = 0.0  # PUBLISH messages per second per connection (sustained); 0: no cap
-    publish_burst: int = 200  # PUBLISH messages a connection may send at once, with publish_rate
-    call_rate: float = 0.0  # CALL messages per second per connection (sustained); 0: no cap
-    call_burst: int = 200  # CALL messages a connection may send at once, with call_rate
-    deflate_window_bits: int = 11  # permessage-deflate: at most 2**bits of window per connection (9..15)
-    deflate_memory_level: int = 4  # permessage-deflate: zlib memory level (1..9)
-    max_request_body: int = 1_048_576  # bytes of a REST request body; beyond it 413
+    max_message_size: int = 1_048_576
+    """Bytes of one WebSocket message: a bigger incoming one (counted after permessage-deflate
+    decompression) closes the connection with 1009; a bigger outgoing one is not sent to that client."""
+    max_frame_size: int = 1_048_576
+    """Bytes of one incoming WebSocket frame; beyond it the connection is closed with 1009."""
+    max_outgoing_buffer: int = 4_194_304
+    """Bytes queued for a client that does not read, before it is dropped (a slow consumer)."""
+    open_handshake_timeout: float = 10.0
+    """Seconds for the WebSocket opening handshake."""
+    hello_timeout: float = 10.0
+    """Seconds between the socket opening and the WAMP session being open; then
+    ``ABORT sandstone.error.hello_timeout``."""
+    auto_ping_interval: float = 30.0
+    """Seconds between pings to each client (0: no pings)."""
+    auto_ping_timeout: float = 10.0
+    """Seconds a client has to answer a ping before it is dropped."""
+    max_connections: int = 10_000
+    """Open connections, REST and WebSocket (WebSocket ones only when ``app.resource()`` is mounted in
+    another Site); beyond it 503. Never more than the file descriptor limit allows."""
+    publish_rate: float = 0.0
+    """PUBLISH messages per second per connection (sustained); 0: no cap."""
+    publish_burst: int = 200
+    """PUBLISH messages a connection may send at once, with ``publish_rate``."""
+    call_rate: float = 0.0
+    """CALL messages per second per connection (sustained); 0: no cap."""
+    call_burst: int = 200
+    """CALL messages a connection may send at once, with ``call_rate``."""
+    deflate_window_bits: int = 11
+    """Permessage-deflate: at most ``2**bits`` of window per connection (9..15)."""
+    deflate_memory_level: int = 4
+    """Permessage-deflate: zlib memory level (1..9)."""
+    max_request_body: int = 1_048_576
+    """Bytes of a REST request body; beyond it 413."""
     # request heads (REST requests and WebSocket handshakes alike)
-    max_header_bytes: int = 16_384  # bytes of a request head (request line and headers); beyond it 431
-    max_header_count: int = 100  # header lines in a request head; beyond it 431
-    header_timeout: float = 10.0  # seconds for a request head to arrive, from its first byte; then 408
-    request_timeout: float = 60.0  # seconds for a whole REST request (head and body) to arrive; then 408
-    idle_timeout: float = 60.0  # seconds a keep-alive REST connection may wait for its next request
+    max_header_bytes: int = 16_384
+    """Bytes of a request head (request line and headers, REST or WebSocket handshake); beyond it 431."""
+    max_header_count: int = 100
+    """Header lines in a request head; beyond it 431."""
+    header_timeout: float = 10.0
+    """Seconds for a request head to arrive, from its first byte; then 408."""
+    request_timeout: float = 60.0
+    """Seconds for a whole REST request (head and body) to arrive; then 408."""
+    idle_timeout: float = 60.0
+    """Seconds a keep-alive REST connection may wait for its next request."""
     # connections not serving yet: HTTP before its first request head is complete, WebSocket until its
     # WAMP session is open
-    max_pending_connections: int = 1_000  # server-wide; beyond it a new connection is refused (503)
-    max_pending_per_ip: int = 100  # from one client IP address; beyond it refused (503)
-    max_connections_per_ip: int = 0  # all connections (REST and WebSocket) from one client IP address
+    max_pending_connections: int = 1_000
+    """Connections not serving yet (an HTTP connection until its first request has been received, a
+    WebSocket until its WAMP session is open), server-wide; beyond it a new connection is refused (503)."""
+    max_pending_per_ip: int = 100
+    """Connections not serving yet from one client IP address; beyond it refused (503)."""
+    max_connections_per_ip: int = 0
+    """All connections (REST and WebSocket) from one client IP address; 0: no cap."""
     # per WAMP session
-    max_subscriptions_per_session: int = 1_000  # beyond it SUBSCRIBE gets sandstone.error.limit_exceeded
-    max_registrations_per_session: int = 1_000  # beyond it REGISTER gets sandstone.error.limit_exceeded
-    subscribe_rate: float = 100.0  # SUBSCRIBE messages per second per connection (sustained)
-    subscribe_burst: int = 1_000  # SUBSCRIBE messages a connection may send at once
-    max_events_per_publication: int = 32  # EVENTs one publication may produce for one session
-    # fairness: while several connections send messages, seconds of one read's messages a connection gets
-    # handled at once; the rest wait for the next reactor turns (between the other connections' reads) and
-    # reading from it pauses meanwhile
+    max_subscriptions_per_session: int = 1_000
+    """Subscriptions of one session; beyond it SUBSCRIBE gets ``sandstone.error.limit_exceeded``."""
+    max_registrations_per_session: int = 1_000
+    """Registrations of one session; beyond it REGISTER gets ``sandstone.error.limit_exceeded``."""
+    subscribe_rate: float = 100.0
+    """SUBSCRIBE messages per second per connection (sustained)."""
+    subscribe_burst: int = 1_000
+    """SUBSCRIBE messages a connection may send at once."""
+    max_events_per_publication: int = 32
+    """EVENTs one publication may produce for one session (one per matching subscription)."""
     message_time_slice: float = 0.002
-    # per authrole: the PUBLISH, CALL and SUBSCRIBE rates (and bursts) of that role's sessions, e.g.
-    # {"anonymous": Limits(publish_rate=10)}; the other fields of these Limits are not used
+    """Fairness, while several connections send messages: seconds of one read's messages a connection gets
+    handled at once; the rest wait for the next reactor turns (between the other connections' reads), and
+    reading from it pauses meanwhile. 0: off."""
     role_limits: Mapping[str, Limits] | None = None
+    """Per authrole, the PUBLISH, CALL and SUBSCRIBE rates (and bursts) of that role's sessions, e.g.
+    ``{"anonymous": Limits(publish_rate=10)}``; the other fields of these ``Limits`` are not used."""
 
 
 _DEFAULT_PORTS = {"http": "80", "https": "443", "ws": "80", "wss": "443"}

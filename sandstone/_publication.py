@@ -22,20 +22,35 @@ class Publication:
     """
 
     topic: str
+    """The concrete topic URI."""
     args: list[Any] | None = None
+    """The positional arguments of the EVENTs (a topic's ``payload`` is the first)."""
     kwargs: dict[str, Any] | None = None
+    """The keyword arguments of the EVENTs."""
     id: int = 0
+    """The publication id subscribers see (a random one when 0 is given)."""
     publisher: int | None = None
+    """The publishing session's id; ``None`` for a broadcast made by the app."""
     publisher_authid: str | None = None
+    """The publisher's authid."""
     publisher_authrole: str | None = None
+    """The publisher's authrole."""
     exclude_me: bool = True
+    """Leave the publisher out of the receivers."""
     disclose_me: bool = False
+    """Tell the receivers who published (``details.publisher``...)."""
     exclude: frozenset[int] | None = None
+    """Session ids that must not receive it."""
     exclude_authid: frozenset[str] | None = None
+    """Authids that must not receive it."""
     exclude_authrole: frozenset[str] | None = None
+    """Authroles that must not receive it."""
     eligible: frozenset[int] | None = None
+    """Only these session ids may receive it (``None``: everyone)."""
     eligible_authid: frozenset[str] | None = None
+    """Only these authids may receive it."""
     eligible_authrole: frozenset[str] | None = None
+    """Only these authroles may receive it."""
     key: str | None = None  # cluster-wide identity of a broadcast made while handling a forwarded event
     source: str = "client"  # who broadcasts: "client", "topic" or "app" (part of the cluster-wide key)
 

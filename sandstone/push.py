@@ -1,12 +1,14 @@
 """Push events and broadcasts to a running sandstone cluster from code outside Twisted.
 
-Django or Flask views, Celery tasks, cron jobs::
+Django or Flask views, Celery tasks, cron jobs (with ``examples.blog`` as the cluster's app):
 
-    from sandstone.push import Pusher
+```python
+from sandstone.push import Pusher
 
-    with Pusher("redis://127.0.0.1:6379/0") as pusher:
-        pusher.dispatch("article.created", {"title": "Unicorns spotted in Alaska"})
-        pusher.broadcast("chat/general", {"text": "maintenance at noon"})
+with Pusher("redis://127.0.0.1:6379/0") as pusher:
+    pusher.dispatch("article.created", {"article": {"id": 7, "title": "Unicorns spotted in Alaska"}})
+    pusher.broadcast("chat/general", {"text": "maintenance at noon"})
+```
 
 Needs the ``redis`` package (``pip install 'sandstone[push]'``). The messages follow the bus envelope,
 version 1 (``docs/bus.md``).

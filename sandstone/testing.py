@@ -1,15 +1,19 @@
 """Test an app's topics, procedures and REST routes in memory, with no sockets (for ``twisted.trial``).
 
-::
+```python
+from twisted.trial.unittest import SynchronousTestCase
 
-    from sandstone.testing import TestClient
+from examples.blog import app
+from sandstone.testing import TestClient
 
-    class ChatTests(SynchronousTestCase):
-        def test_welcome(self):
-            client = TestClient(app)
-            alice = client.connect()
-            general = alice.subscribe("chat/general")
-            self.assertEqual(general.payloads, ["Welcome on general"])
+class ChatTests(SynchronousTestCase):
+    def test_welcome(self):
+        client = TestClient(app)
+        self.addCleanup(client.close)
+        alice = client.connect()
+        general = alice.subscribe("chat/general")
+        self.assertEqual(general.payloads, ["Welcome on general"])
+```
 
 Messages cross a real WAMP serializer (JSON by default) in both directions, so what a test sees
 is what a client on the wire would see.
@@ -80,10 +84,15 @@ class Event:
     """One EVENT a test session received."""
 
     args: list[Any]
+    """Its positional arguments."""
     kwargs: dict[str, Any]
+    """Its keyword arguments."""
     publication: int
+    """The publication id."""
     topic: str | None
+    """The concrete topic URI (``details.topic``), for prefix and wildcard subscriptions; else ``None``."""
     publisher: int | None
+    """The publisher's session id when it was disclosed (``disclose_me``), else ``None``."""
 
     @property
     def payload(self) -> Any:
@@ -96,9 +105,13 @@ class TestSubscription:
     """A subscription of a test session, with every event received on it so far."""
 
     id: int
+    """The subscription id the router gave."""
     topic: str
+    """The URI or pattern subscribed to."""
     match: str
+    """The match policy: ``exact``, ``prefix`` or ``wildcard``."""
     events: list[Event] = field(default_factory=list)
+    """Every EVENT received on it, in order."""
 
     @property
     def payloads(self) -> list[Any]:
@@ -111,8 +124,11 @@ class TestResponse:
     """A REST response: status code, headers and body."""
 
     code: int
+    """The HTTP status code."""
     headers: dict[str, list[str]]
+    """The response headers: name → values."""
     body: bytes
+    """The body, whole."""
 
     def json(self) -> Any:
         """The body decoded as JSON."""
@@ -170,12 +186,19 @@ class TestSession:
         self._subscribing: dict[int, tuple[str, str]] = {}
         self._registrations: dict[int, Callable[..., Any]] = {}
         self.messages: list[message.Message] = []
+        """Every message the router sent this session (autobahn message objects), for protocol tests."""
         self.closed: SessionClosed | None = None
+        """How the router ended the session (ABORT or GOODBYE), if it did."""
         self.id = 0
+        """The session id of WELCOME."""
         self.authid: str | None = None
+        """The authid of WELCOME."""
         self.authrole: str | None = None
+        """The authrole of WELCOME."""
         self.authmethod: str | None = None
+        """The authmethod of WELCOME."""
         self.transport_closed = False
+        """Whether the connection is closed (by the router, or by ``disconnect``)."""
         self._ticket: str | None = None
         self._secret: str | bytes | None = None
         self._delivering = 0  # > 0 while the router handles a frame from this client
@@ -477,7 +500,9 @@ class Wamp1Subscription:
     """A v1 session's subscription to ``topic`` (the full URI), with the event of every EVENT so far."""
 
     topic: str
+    """The full URI subscribed to."""
     events: list[Any] = field(default_factory=list)
+    """The event of every EVENT received, in order."""
 
     @property
     def payloads(self) -> list[Any]:

@@ -436,7 +436,9 @@ class ReadmeTests(SynchronousTestCase):
         app = make_app()
         app.use_redis("redis://127.0.0.1:1")  # the bus's metrics too (never started)
         metrics = Metrics(app, app.site())
-        readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+        readme = (Path(__file__).resolve().parent.parent / "docs" / "guides" / "production.md").read_text(
+            encoding="utf-8"
+        )
         suffixes = {"counter": "_total", "info": "_info"}
         for family in metrics.registry.collect():
             if family.name.startswith("sandstone_"):
