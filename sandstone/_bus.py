@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
@@ -88,6 +88,8 @@ log = Logger()
 _MESSAGE_HEAD = '{"v":1,"type":"'
 
 CLUSTER_UNAVAILABLE = "sandstone.error.cluster_unavailable"
+#: Seconds after starting without a Redis connection (nor an attempt that failed yet) before saying so.
+SLOW_START_WARNING = 2.0
 #: The environment variable a node reads its cluster secret from when none is given in code.
 CLUSTER_SECRET_ENV = "SANDSTONE_CLUSTER_SECRET"
 
@@ -334,6 +336,8 @@ class RedisBus(Service):
         self._commands_up = False
         self._subscribed = False
         self._outage_logged = False
+        self._was_connected = False  # ever, since started: "cannot reach" Redis before, "lost" it after
+        self._slow_start: IDelayedCall | None = None  # the warning due if connecting takes too long
         self._beat_failing = False
         self._purge_failing = False
         self._ready_waiters: list[Deferred[None]] = []
@@ -396,6 +400,7 @@ class RedisBus(Service):
             )
             self._sentinel_watch.start()
         self._heartbeat.start(self.heartbeat_interval, now=False)
+        self._slow_start = self._reactor.callLater(SLOW_START_WARNING, self._not_connected_yet)
         log.info(
             "cluster bus node {node} connecting to {url} (realm {realm}, channels {base}:*)",
             node=self.node_id,
@@ -467,6 +472,7 @@ class RedisBus(Service):
     def stopService(self) -> Deferred[None]:
         """Leave the cluster: drop the heartbeat and this node's registrations, then disconnect."""
         super().stopService()
+        self._cancel_slow_start()
         if self._heartbeat.running:
             self._heartbeat.stop()
         self._fail_remote_calls("this node is shutting down")
@@ -500,10 +506,17 @@ class RedisBus(Service):
     def _maybe_ready(self) -> None:
         if not self.connected:
             return
+        self._cancel_slow_start()
         if self._outage_logged:
             self.stats["reconnects"] += 1
-            log.info("cluster bus node {node} reconnected to {url}", node=self.node_id, url=str(self.address))
             self._outage_logged = False
+            if self._was_connected:
+                log.info(
+                    "cluster bus node {node} reconnected to Redis at {url}", node=self.node_id, url=self._url
+                )
+        if not self._was_connected:
+            self._was_connected = True
+            log.info("cluster bus node {node} connected to Redis at {url}", node=self.node_id, url=self._url)
         waiters, self._ready_waiters = self._ready_waiters, []
         for d in waiters:
             d.callback(None)
@@ -535,16 +548,30 @@ class RedisBus(Service):
         self._outage(f"command connection lost ({reason})")
         self._fail_remote_calls("the cluster bus lost its Redis connection")
 
+    @property
+    def _url(self) -> str:
+        return str(self.address)  # without its password
+
     def _outage(self, what: str) -> None:
-        if not self.running:
+        """Say once per outage (not once per attempt: those are debug lines) that Redis is out of reach."""
+        if not self.running or self._outage_logged:
             return
-        if not self._outage_logged:
-            log.warn(
-                "cluster bus node {node}: {what}; serving local clients only, reconnecting",
-                node=self.node_id,
-                what=what,
-            )
-            self._outage_logged = True
+        self._outage_logged = True
+        if self._was_connected:
+            message = "{what}; serving local clients only until Redis at {url} is back"
+        else:
+            message = "cannot reach Redis at {url}: {what}; serving local clients only, retrying"
+        log.warn("cluster bus node {node}: " + message, node=self.node_id, what=what, url=self._url)
+
+    def _not_connected_yet(self) -> None:
+        self._slow_start = None
+        if not self.connected:
+            self._outage(f"not connected within {SLOW_START_WARNING:g} s")
+
+    def _cancel_slow_start(self) -> None:
+        call, self._slow_start = self._slow_start, None
+        if call is not None and call.active():
+            call.cancel()
 
     # commands
 

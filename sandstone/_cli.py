@@ -10,6 +10,7 @@ service tree, signals and logging are exactly those of ``twistd -n --pidfile= sa
 from __future__ import annotations
 
 import errno
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -37,11 +38,17 @@ class RunOptions(Options):
 
     optFlags = [
         *Options.optFlags,
-        ["debug", None, "On an error, print its traceback, not only its one-line reason."],
+        ["debug", None, "On an error, print its traceback, not only its one-line reason; implies --verbose."],
     ]
+    _exits_on_usage_error = False  # run() writes the one line
 
     def getSynopsis(self) -> str:
         return f"Usage: sandstone run {self.synopsis}"
+
+    def postOptions(self) -> None:
+        if self["debug"]:
+            self["verbose"] = True  # before the workers' arguments are made of the options
+        super().postOptions()
 
 
 class _TwistdOptions(ServerOptions):
@@ -112,6 +119,14 @@ def run(arguments: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``sandstone`` console script; returns the exit status."""
     arguments = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _command(arguments)
+    except BrokenPipeError:  # `sandstone run --help | head`: the reader is gone, which is no error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python flushes stdout at exit
+        return 0
+
+
+def _command(arguments: list[str]) -> int:
     if arguments[:1] == ["run"]:
         return run(arguments[1:])
     command = _CommandOptions()

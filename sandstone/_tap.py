@@ -13,21 +13,25 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from twisted.application.service import IService, MultiService, Service
+from twisted.application.app import ServerOptions
+from twisted.application.service import IService, IServiceCollection, MultiService, Service
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.interfaces import IAddress, IListeningPort
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
+from twisted.python.components import Componentized
 
 from sandstone._app import Sandstone
+from sandstone._limits import Limits
+from sandstone._logging import daemon_notice, level_filter, twistd_log_observer, use_log_observer
 
 __all__ = ["AppLoadError", "Options", "SandstoneService", "load_app", "makeService"]
 
 _log = Logger()
 
 #: What the startup log line says for the app when ``--app`` was not given.
-DEFAULT_APP_LABEL = "the default app"
+DEFAULT_APP_LABEL = "the default app (an empty open router)"
 
 
 class AppLoadError(Exception):
@@ -135,14 +139,22 @@ def _default_app() -> Sandstone:
 
 #: ``twistd sandstone`` options setting a field of the app's ``Limits``: option -> (field, type, help).
 _LIMIT_OPTIONS: dict[str, tuple[str, type, str]] = {
-    "max-message-size": ("max_message_size", int, "Bytes of a WebSocket message, in (inflated) or out."),
+    "max-message-size": (
+        "max_message_size",
+        int,
+        "Bytes of a WebSocket message, incoming (once inflated) or outgoing (a larger one is not sent).",
+    ),
     "max-frame-size": ("max_frame_size", int, "Bytes of one incoming WebSocket frame."),
     "max-connections": ("max_connections", int, "Concurrent WebSocket connections; beyond it 503."),
     "publish-rate": ("publish_rate", float, "PUBLISH messages per second per connection (0: no limit)."),
     "publish-burst": ("publish_burst", int, "PUBLISH messages a connection may send at once."),
     "call-rate": ("call_rate", float, "CALL messages per second per connection (0: no limit)."),
     "call-burst": ("call_burst", int, "CALL messages a connection may send at once."),
-    "max-outgoing-buffer": ("max_outgoing_buffer", int, "Bytes queued for a client that does not read."),
+    "max-outgoing-buffer": (
+        "max_outgoing_buffer",
+        int,
+        "Bytes queued for a client that does not read; beyond it the client is dropped.",
+    ),
     "max-request-body": ("max_request_body", int, "Bytes of a REST request body; beyond it 413."),
     "hello-timeout": ("hello_timeout", float, "Seconds a new WebSocket has to open its WAMP session."),
     "open-handshake-timeout": ("open_handshake_timeout", float, "Seconds for the WebSocket handshake."),
@@ -159,10 +171,26 @@ _LIMIT_OPTIONS: dict[str, tuple[str, type, str]] = {
         "Connections not serving yet (no request head, no WAMP session), server-wide; then 503.",
     ),
     "max-pending-per-ip": ("max_pending_per_ip", int, "Such connections from one client IP; then 503."),
-    "max-connections-per-ip": ("max_connections_per_ip", int, "All connections from one client IP."),
-    "max-subscriptions-per-session": ("max_subscriptions_per_session", int, "Subscriptions of a session."),
-    "max-registrations-per-session": ("max_registrations_per_session", int, "Registrations of a session."),
-    "subscribe-rate": ("subscribe_rate", float, "SUBSCRIBE messages per second per connection."),
+    "max-connections-per-ip": (
+        "max_connections_per_ip",
+        int,
+        "Connections (REST and WebSocket) open from one client IP; beyond it 503 (0: no limit).",
+    ),
+    "max-subscriptions-per-session": (
+        "max_subscriptions_per_session",
+        int,
+        "Subscriptions of a session; beyond it SUBSCRIBE gets sandstone.error.limit_exceeded.",
+    ),
+    "max-registrations-per-session": (
+        "max_registrations_per_session",
+        int,
+        "Registrations of a session; beyond it REGISTER gets sandstone.error.limit_exceeded.",
+    ),
+    "subscribe-rate": (
+        "subscribe_rate",
+        float,
+        "SUBSCRIBE messages per second per connection (0: no limit).",
+    ),
     "subscribe-burst": ("subscribe_burst", int, "SUBSCRIBE messages a connection may send at once."),
     "max-events-per-publication": (
         "max_events_per_publication",
@@ -182,11 +210,51 @@ def _configured_app(spec: str | None, options: Any) -> Sandstone:
     ``options`` applied: what ``Options.postOptions`` and ``makeService`` (given a plain mapping) both do."""
     app = load_app(spec) if spec is not None else _default_app()
     if options.get("realm") is not None:
-        app.realm = options["realm"]
+        app.realm = _checked_realm(options["realm"])
     if options.get("ws-path") is not None:
-        app.ws_path = options["ws-path"]
+        try:
+            app.ws_path = _checked_ws_path(options["ws-path"])
+        except RuntimeError as err:  # the app's resource() was made already
+            raise usage.UsageError(f"--ws-path {options['ws-path']}: {err}") from None
     _apply_limits(app, options)
+    if options.get("cryptosign-principals") is not None:
+        _use_cryptosign_principals(app, options["cryptosign-principals"], open_router=spec is None)
     return app
+
+
+def _use_cryptosign_principals(app: Sandstone, path: str, open_router: bool) -> None:
+    """Let the holders of the keys in ``path`` in with WAMP-Cryptosign; the open router then lets no one in
+    anonymously (anyone could, or else, and the keys would mean nothing)."""
+    from sandstone._cryptosign import CryptosignPrincipals, CryptosignPrincipalsError
+
+    try:
+        principals = CryptosignPrincipals.from_file(path)
+    except CryptosignPrincipalsError as err:
+        raise usage.UsageError(f"--cryptosign-principals: {err}") from None
+    app.cryptosign_user(principals)
+    if open_router:
+        app.router.anonymous = False
+    _log.info("cryptosign: {count} public keys from {path}", count=len(principals), path=path)
+
+
+def _checked_realm(realm: str) -> str:
+    from autobahn.wamp.exception import InvalidUriError
+    from autobahn.wamp.message import check_or_raise_uri
+
+    try:
+        check_or_raise_uri(realm, "realm")  # as a client's HELLO is checked: no session could join another
+    except InvalidUriError:
+        raise usage.UsageError(
+            f"--realm {realm!r} is not a realm a client can join: dot-separated words without whitespace "
+            "or '#', e.g. realm1 or com.example.app"
+        ) from None
+    return realm
+
+
+def _checked_ws_path(path: str) -> str:
+    if not path.startswith("/") or any(c.isspace() or c in "?#" for c in path):
+        raise usage.UsageError(f"--ws-path expects a URL path such as /ws, got {path!r}")
+    return path
 
 
 def _apply_limits(app: Sandstone, options: Any) -> None:
@@ -211,14 +279,28 @@ def _apply_limits(app: Sandstone, options: Any) -> None:
     hosts = options.get("allowed-hosts")
     if hosts is not None:
         app.allowed_hosts = [host.strip() for host in hosts.split(",") if host.strip()]
+        if not app.allowed_hosts:  # every request would get 400
+            raise usage.UsageError(
+                "--allowed-hosts names no host: give patterns like example.com, or * for any"
+            )
+
+
+def _number(value: float) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 class Options(usage.Options):
     """Command-line options of ``twistd sandstone``."""
 
-    synopsis = "[--app MODULE:ATTRIBUTE] [--listen ENDPOINT] [--realm REALM] [--ws-path PATH]"
+    synopsis = (
+        "[--app MODULE:ATTRIBUTE] [--listen ENDPOINT] [--redis URL [--workers N]] [--realm REALM] "
+        "[--ws-path PATH] [--verbose] [option...]"
+    )
     longdesc = (
-        "Serve a sandstone app: its Klein REST routes and its WAMP router, both on one listening endpoint."
+        "Serve a sandstone app: its Klein REST routes and its WAMP router, both on one listening endpoint. "
+        "The limit options (sizes, rates, timeouts) replace the app's own Limits; the defaults shown are "
+        "sandstone's, which apply unless the app sets others. 0 disables a limit. "
+        "The log shows info and above; --verbose adds debug messages."
     )
 
     optParameters = [
@@ -227,15 +309,24 @@ class Options(usage.Options):
             "a",
             None,
             "The app to serve, as MODULE:ATTRIBUTE naming a sandstone.Sandstone instance "
-            "(e.g. examples.blog:app). Default: sandstone's built-in demo app.",
+            "(e.g. examples.blog:app; MODULE may be in the working directory). Default: an empty open "
+            "router: no REST routes and no topics, and anonymous clients may publish, subscribe, register "
+            "and call any URI (for trying WAMP clients).",
         ],
         [
             "listen",
             "l",
             "tcp:8080",
-            "Twisted server endpoint string to listen on (e.g. tcp:8080:interface=127.0.0.1).",
+            "Twisted server endpoint to listen on: tcp:PORT listens on all interfaces, "
+            "tcp:PORT:interface=127.0.0.1 on this machine only; also tcp6:, unix:PATH and "
+            "ssl:PORT:privateKey=KEY.pem:certKey=CERT.pem.",
         ],
-        ["realm", None, None, "WAMP realm. Default: the app's own (realm1 unless the app sets another)."],
+        [
+            "realm",
+            None,
+            None,
+            "WAMP realm clients join. Default: the app's own (realm1 unless the app sets another).",
+        ],
         ["ws-path", None, None, "URL path of the WAMP WebSocket. Default: the app's own (/ws unless set)."],
         [
             "redis",
@@ -244,7 +335,8 @@ class Options(usage.Options):
             "Join a cluster through the Redis at this URL (redis://[[USER]:PASSWORD@]HOST[:PORT][/DB], "
             "rediss://... for TLS with ?ssl_ca_certs=FILE&ssl_certfile=FILE&ssl_keyfile=FILE, or "
             "redis+sentinel://HOST[:PORT],HOST[:PORT]/MASTER[/DB]): every node started with the same Redis "
-            "and app behaves as one server. Default: no Redis, one process.",
+            "and app behaves as one server. Default: none (unless the app calls app.use_redis): this "
+            "process serves its own clients only.",
         ],
         [
             "cluster-name",
@@ -266,18 +358,32 @@ class Options(usage.Options):
             "allowed-origins",
             None,
             None,
-            "Comma-separated browser origins (patterns like https://*.example.com, http://localhost:*) "
-            "allowed to open the WebSocket besides the app's own. Default: the app's own list.",
+            "Comma-separated browser origins (patterns like https://*.example.com, http://localhost:*, "
+            "or *) whose pages may open the WebSocket, besides the pages this server serves itself. "
+            "Replaces the app's allowed_origins. Default: the app's allowed_origins.",
         ],
         [
             "allowed-hosts",
             None,
             None,
             "Comma-separated host names (patterns like example.com, *.example.com, example.com:8443, or *) "
-            "the app answers to, REST and WebSocket; others get 400. Default: the app's own list, or any "
-            "host except that on a loopback address only loopback names (localhost, 127.0.0.1) are served.",
+            "the app answers to, REST and WebSocket; others get 400. Replaces the app's allowed_hosts. "
+            "Default: the app's allowed_hosts; without any, every host, except that a server reached on a "
+            "loopback address answers loopback names only (localhost, 127.0.0.1, [::1]).",
         ],
-        *[[name, None, None, help] for name, (_field, _kind, help) in _LIMIT_OPTIONS.items()],
+        [
+            "cryptosign-principals",
+            None,
+            None,
+            "JSON file of the Ed25519 public keys allowed in with WAMP-Cryptosign: "
+            '{"<pubkey hex>": {"authid": "...", "authrole": "..."}}, or a Crossbar cryptosign block '
+            '{"type": "static", "principals": {...}}. Replaces the app\'s cryptosign lookup; the open '
+            "router (no --app) then refuses anonymous clients. Default: none.",
+        ],
+        *[
+            [name, None, None, f"{help} Default: {_number(getattr(Limits(), field))}."]
+            for name, (field, _kind, help) in _LIMIT_OPTIONS.items()
+        ],
         [
             "shutdown-timeout",
             None,
@@ -288,8 +394,9 @@ class Options(usage.Options):
             "workers",
             None,
             "1",
-            "Reactor processes accepting on the --listen socket (tcp: endpoints), each a node of the "
-            "cluster: needs --redis. This process is worker 1 and restarts the others if they die.",
+            "Processes serving the --listen socket (a tcp: or tcp6: endpoint), each a node of the "
+            "cluster, so it needs --redis (or an app that calls app.use_redis). This process is worker 1 "
+            "and restarts the others if they die.",
         ],
         [
             "metrics",
@@ -303,6 +410,11 @@ class Options(usage.Options):
 
     optFlags = [
         [
+            "verbose",
+            "v",
+            "Log debug messages too (each Redis connection attempt, ...). Default: info and above.",
+        ],
+        [
             "shutdown-goodbye",
             None,
             "On shutdown, say GOODBYE wamp.close.system_shutdown to every session before closing its "
@@ -313,22 +425,32 @@ class Options(usage.Options):
 
     #: The loaded app, set by L{postOptions}.
     app: Sandstone | None = None
-    #: Set when parsing failed: twistd then prints L{getUsage} before the reason.
-    _failed = False
+    #: Whether a usage error under twistd is one line on stderr and exit status 1, instead of twistd's usage
+    #: and reason on stdout (``sandstone run`` reports its errors itself).
+    _exits_on_usage_error = True
 
     def parseOptions(self, options: Sequence[str] | None = None) -> None:
         try:
             super().parseOptions(options)
-        except usage.UsageError:
-            self._failed = True
-            raise
+        except usage.UsageError as err:
+            if not (self._exits_on_usage_error and isinstance(self.parent, ServerOptions)):
+                raise
+            sys.stderr.write(f"twistd sandstone: {_one_line(str(err))}\n")
+            raise SystemExit(1) from None
 
-    def getUsage(self, width: int | None = None) -> str:
-        """The options' help; nothing once parsing failed, so that twistd prints the one-line reason of a
-        usage error without ~50 lines of options before it (``--help`` still lists them)."""
-        if self._failed:
-            return ""
-        return super().getUsage(width)
+    def parseArgs(self, *arguments: str) -> None:
+        if arguments:
+            raise usage.UsageError(
+                f"unexpected argument {arguments[0]!r} (options are written --name VALUE or --name=VALUE)"
+            )
+
+    def opt_version(self) -> None:
+        """Display sandstone's and Twisted's versions and exit."""
+        from sandstone import __version__
+        from twisted import copyright
+
+        print(f"sandstone {__version__} (Twisted {copyright.version})")
+        sys.exit(0)
 
     def postOptions(self) -> None:
         try:
@@ -338,11 +460,16 @@ class Options(usage.Options):
         try:
             self["shutdown-timeout"] = float(self["shutdown-timeout"])
         except ValueError:
-            raise usage.UsageError("--shutdown-timeout expects a number of seconds") from None
+            raise usage.UsageError(
+                f"--shutdown-timeout expects a number of seconds, got {self['shutdown-timeout']!r}"
+            ) from None
+        if self["shutdown-timeout"] < 0:
+            raise usage.UsageError("--shutdown-timeout may not be negative")
         self._check_listen()
         self._check_redis()
         self._check_workers(app)
         self._check_metrics()
+        self._check_rawsocket()
         self.app = app
 
     def _check_workers(self, app: Sandstone) -> None:
@@ -423,6 +550,25 @@ class Options(usage.Options):
                 f"{type(err).__name__}: {_one_line(str(err))}"
             ) from None
 
+    def opt_rawsocket(self, endpoint: str) -> None:
+        """Also serve WAMP over RawSocket (JSON, MessagePack, CBOR) on this Twisted server endpoint, e.g.
+        tcp:8081:interface=127.0.0.1 or unix:/run/sandstone.sock; repeat for several. Its sessions are peers
+        of the WebSocket ones. With --workers, the first process serves it. Default: none."""
+        self.setdefault("rawsocket", []).append(endpoint)
+
+    def _check_rawsocket(self) -> None:
+        from twisted.internet import reactor
+        from twisted.internet.endpoints import serverFromString
+
+        for description in self.get("rawsocket") or ():
+            try:
+                serverFromString(reactor, description)
+            except Exception as err:
+                raise usage.UsageError(
+                    f"--rawsocket {description!r} is not a valid server endpoint: "
+                    f"{type(err).__name__}: {_one_line(str(err))}"
+                ) from None
+
 
 def _is_tcp(listen: str) -> bool:
     from twisted.internet import reactor
@@ -439,15 +585,36 @@ class SandstoneService(MultiService):
     """
     The root service of ``twistd sandstone``, named "sandstone".
 
+    ``workers`` is how many processes share the listening socket (``--workers``); ``shared`` is true in
+    workers 2..N, which accept on the socket of worker 1. Under twistd, ``log_observer`` is what the
+    application logs to (``_logging``); it is given to the application this service joins.
+
     @ivar app: the L{Sandstone} app being served.
     """
 
-    def __init__(self, app: Sandstone, app_label: str, listen: str) -> None:
+    def __init__(
+        self,
+        app: Sandstone,
+        app_label: str,
+        listen: str,
+        *,
+        workers: int = 1,
+        shared: bool = False,
+        log_observer: ILogObserver | None = None,
+    ) -> None:
         super().__init__()
         self.setName("sandstone")
         self.app = app
         self.app_label = app_label
         self.listen = listen
+        self.workers = workers
+        self.shared = shared
+        self._log_observer = log_observer
+
+    def setServiceParent(self, parent: IServiceCollection) -> None:
+        super().setServiceParent(parent)
+        if self._log_observer is not None and isinstance(parent, Componentized):  # twistd's application
+            use_log_observer(parent, self._log_observer)
 
     def startService(self) -> None:
         super().startService()
@@ -458,22 +625,33 @@ class SandstoneService(MultiService):
         """Say where to point a browser and a WAMP client, once listening: the one line to read at startup."""
         web = self.namedServices.get("web")
         port: IListeningPort | None = getattr(web, "port", None)
-        base = _base_url(port.getHost(), self.listen) if port is not None else self.listen
-        extras = [f"realm {self.app.realm}"]
-        if self.app.bus is not None:
-            extras.append(f"Redis {self.app.bus.address}")
-        supervisor = self.namedServices.get("workers")
-        if supervisor is not None:
-            extras.append(f"{getattr(supervisor, 'count', '?')} workers")
+        address = port.getHost() if port is not None else None
+        if self.shared:
+            _log.info(
+                "sandstone serving {app} on the shared port{port}",
+                app=self.app_label,
+                port=f" {address.port}" if isinstance(address, IPv4Address | IPv6Address) else "",
+            )
+            return
+        base = _base_url(address, self.listen) if address is not None else self.listen
+        details = f"WebSocket {_ws_url(base)}{self.app.ws_path}, realm {self.app.realm}"
+        redis = str(self.app.bus.address) if self.app.bus is not None else None
+        if redis is not None:
+            details += f", Redis {redis}"
+        rawsocket: Any = self.namedServices.get("rawsocket")  # a RawSocketService (--rawsocket)
+        if rawsocket is not None:
+            details += "".join(f", RawSocket {address}" for address in rawsocket.addresses())
+        where = _where(address, self.workers)
         _log.info(
-            "sandstone serving {app} at {url} (WebSocket {ws_url}, {extras})",
+            "sandstone serving {app} at {url} ({details})",
             app=self.app_label,
             url=f"{base}/",
-            ws_url=_ws_url(base) + self.app.ws_path,
-            extras=", ".join(extras),
+            details=f"{details}; {where}" if where else details,
             listen=self.listen,
             realm=self.app.realm,
             ws_path=self.app.ws_path,
+            redis=redis,
+            workers=self.workers,
         )
 
     def stopService(self) -> Deferred[Any]:
@@ -499,6 +677,20 @@ def _base_url(address: IAddress, listen: str) -> str:
         host = f"[{host.split('%')[0]}]"
     scheme = "https" if listen.split(":", 1)[0].lower() in ("ssl", "tls") else "http"
     return f"{scheme}://{host}:{address.port}"
+
+
+def _where(address: IAddress | None, workers: int) -> str:
+    """What the startup line says of the listening socket: shared by workers, on every interface."""
+    everywhere = isinstance(address, IPv4Address | IPv6Address) and address.host in ("0.0.0.0", "", "::")
+    parts = []
+    if workers > 1:
+        others = "the other" if workers == 2 else f"the {workers - 1} others"
+        parts.append(
+            f"{workers} workers share the port: this process (pid {os.getpid()}) and {others} it runs"
+        )
+    if everywhere:
+        parts.append("listening on all interfaces")
+    return ", ".join(parts)
 
 
 def _ws_url(base: str) -> str:
@@ -573,11 +765,17 @@ def makeService(options: Options, *, inherited_fd: int | None = None, worker: in
         app = _configured_app(options.get("app") or None, options)
 
     listen = options.get("listen") or "tcp:8080"
-    root = SandstoneService(app, options.get("app") or DEFAULT_APP_LABEL, listen)
-
     workers = 1 if inherited_fd is not None else int(options.get("workers") or 1)
     if workers > 1 and not _is_tcp(listen):
         raise usage.UsageError(f"--workers {workers} needs a tcp: or tcp6: --listen endpoint, got {listen!r}")
+    root = SandstoneService(
+        app,
+        options.get("app") or DEFAULT_APP_LABEL,
+        listen,
+        workers=workers,
+        shared=inherited_fd is not None,
+        log_observer=_twistd_log(options),
+    )
     _fit_fd_limit(app)
     site = app.site()
     if inherited_fd is not None:
@@ -595,6 +793,14 @@ def makeService(options: Options, *, inherited_fd: int | None = None, worker: in
     shutdown = app.shutdown_service(site, shutdown_timeout, goodbye=goodbye)
     shutdown.setName("shutdown")
     shutdown.setServiceParent(root)
+    if options.get("rawsocket") and inherited_fd is None:  # workers 2..N: no RawSocket
+        from sandstone._rawsocket import RawSocketService
+
+        endpoints = [(e, serverFromString(reactor, e)) for e in options["rawsocket"]]
+        factory = app.rawsocket_factory(site.admission)
+        rawsocket = RawSocketService(factory, endpoints, timeout=shutdown_timeout, goodbye=goodbye)
+        rawsocket.setName("rawsocket")
+        rawsocket.setServiceParent(root)
     if workers > 1:
         supervisor = WorkerSupervisor(
             workers,
@@ -629,4 +835,29 @@ def makeService(options: Options, *, inherited_fd: int | None = None, worker: in
         from sandstone._metrics import metrics_service
 
         metrics_service(app, site, root, web, options["metrics"], worker).setServiceParent(root)
+    _say_where_a_daemon_logs(options)
     return root
+
+
+def _twistd_config(options: Any) -> ServerOptions | None:
+    """The options of the twistd command line ``options`` were parsed under, if any (``usage.Options``
+    gives a subcommand's options their ``parent``)."""
+    parent = getattr(options, "parent", None)
+    return parent if isinstance(parent, ServerOptions) else None
+
+
+def _twistd_log(options: Any) -> ILogObserver | None:
+    """Under twistd, the observer to log to: twistd's own, showing debug messages only with --verbose."""
+    config = _twistd_config(options)
+    observer = twistd_log_observer(config) if config is not None else None
+    return level_filter(observer, bool(options.get("verbose"))) if observer is not None else None
+
+
+def _say_where_a_daemon_logs(options: Any) -> None:
+    """``twistd sandstone`` without ``-n`` goes to the background without a word on the terminal: say
+    where its log and pid file are (on stderr, which is still the terminal: logging has not begun)."""
+    config = _twistd_config(options)
+    notice = daemon_notice(config) if config is not None else None
+    if notice is not None:
+        sys.stderr.write(notice + "\n")
+        sys.stderr.flush()

@@ -8,6 +8,10 @@
   sets, read by ``requestReceived``. The HTTP channel constructs a request before its headers arrive, so a
   request that turns out not to carry a form sets it afterwards (``skip_form_parsing``).
 
+- ``twisted.scripts.twistd._SomeApplicationRunner.loggerFactory(config)._getLogObserver()``: the observer
+  twistd logs to for its options (stdout, log file, syslog), made without starting it, so that sandstone can
+  filter it by level (``twistd_observer``; tested in tests/test_startup_logs.py's ``TwistdObserverTests``).
+
 tests/test_twisted_internals.py fails if a Twisted release changes these; setup.py bounds Twisted to the
 releases tested.
 """
@@ -56,3 +60,11 @@ def skip_form_parsing(request: Request) -> None:
     """Have ``request`` leave a POST body unparsed (no form fields in ``request.args``), as if it had been
     constructed with ``parsePOSTFormSubmission=False``; called before its ``requestReceived``."""
     request._parsePOSTFormSubmission = False
+
+
+def twistd_observer(config: Any) -> Any:
+    """The log observer twistd's application runner would make for its parsed options ``config`` (a
+    ``twisted.logger`` observer, or a legacy ``twisted.python.log`` one for syslog), not started."""
+    from twisted.scripts.twistd import _SomeApplicationRunner  # type: ignore[attr-defined]
+
+    return _SomeApplicationRunner.loggerFactory(config)._getLogObserver()

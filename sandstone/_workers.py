@@ -349,7 +349,7 @@ class WorkerSupervisor(Service):
 
     def startService(self) -> None:
         super().startService()
-        log.info(
+        log.debug(  # the startup line says it too ("sandstone serving ...")
             "sandstone runs {count} workers: this process (pid {pid}) is worker 1 and supervises the others",
             count=self.count,
             pid=os.getpid(),

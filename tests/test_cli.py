@@ -34,6 +34,13 @@ def run(*argv: str, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess
     )
 
 
+def twistd(*argv: str) -> subprocess.CompletedProcess[str]:
+    """``twistd ARGV`` to its end, from the repository root (whose twisted/plugins holds sandstone's)."""
+    return subprocess.run(
+        [sys.executable, "-c", TWISTD, *argv], cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT
+    )
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -131,19 +138,70 @@ class OneLineErrorTests(TestCase):
             )
         )
 
-    def test_twistd_prints_the_reason_without_the_option_help(self) -> None:
-        result = subprocess.run(
-            [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "sandstone", "--app", "no_such_module:app"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT,
-        )
-        self.assertEqual(result.returncode, 1)
-        self.assertNotIn("--max-message-size", result.stdout)
+    def test_twistd_prints_the_reason_in_one_line(self) -> None:
+        result = twistd("-n", "--pidfile=", "sandstone", "--app", "no_such_module:app")
         self.assertEqual(
-            result.stdout.strip().splitlines()[-1],
-            "twistd -n: no module named 'no_such_module' (from --app 'no_such_module:app')",
+            (result.returncode, result.stdout, result.stderr),
+            (1, "", "twistd sandstone: no module named 'no_such_module' (from --app 'no_such_module:app')\n"),
+        )
+
+
+class BadOptionValueTests(TestCase):
+    """A bad option value: one line on stderr, exit status 1, for ``sandstone run`` and ``twistd -n``."""
+
+    def assert_one_line(self, arguments: tuple[str, ...], reason: str) -> None:
+        for result, line in (
+            (run("run", *arguments), f"sandstone: {reason}\n"),
+            (twistd("-n", "--pidfile=", "sandstone", *arguments), f"twistd sandstone: {reason}\n"),
+        ):
+            self.assertEqual((result.returncode, result.stdout, result.stderr), (1, "", line))
+
+    def test_workers_not_a_number(self) -> None:
+        self.assert_one_line(
+            ("--workers", "abc"), "--workers expects a number of processes (1 or more), got 'abc'"
+        )
+
+    def test_listen_not_an_endpoint(self) -> None:
+        self.assert_one_line(
+            ("--listen", "nonsense"),
+            "--listen 'nonsense' is not a valid server endpoint: ValueError: Unknown endpoint type: "
+            "'nonsense'",
+        )
+
+    def test_negative_limit(self) -> None:
+        self.assert_one_line(
+            ("--max-request-body", "-1"), "--max-request-body may not be negative (0 disables the limit)"
+        )
+
+    def test_malformed_redis_url(self) -> None:
+        self.assert_one_line(
+            ("--redis", "redis://127.0.0.1:99999/"),
+            "--redis: invalid port in Redis URL 'redis://127.0.0.1:99999/': '99999'",
+        )
+
+    def test_realm_no_client_can_join(self) -> None:
+        self.assert_one_line(
+            ("--realm", "my realm"),
+            "--realm 'my realm' is not a realm a client can join: dot-separated words without whitespace or "
+            "'#', e.g. realm1 or com.example.app",
+        )
+
+    def test_ws_path_not_a_path(self) -> None:
+        self.assert_one_line(("--ws-path", "ws"), "--ws-path expects a URL path such as /ws, got 'ws'")
+
+    def test_no_allowed_host(self) -> None:
+        self.assert_one_line(
+            ("--allowed-hosts", ","),
+            "--allowed-hosts names no host: give patterns like example.com, or * for any",
+        )
+
+    def test_negative_shutdown_timeout(self) -> None:
+        self.assert_one_line(("--shutdown-timeout", "-1"), "--shutdown-timeout may not be negative")
+
+    def test_unexpected_argument(self) -> None:
+        self.assert_one_line(
+            ("examples.blog:app",),
+            "unexpected argument 'examples.blog:app' (options are written --name VALUE or --name=VALUE)",
         )
 
 
@@ -160,9 +218,52 @@ class InformationTests(TestCase):
     def test_run_help_lists_the_options(self) -> None:
         result = run("run", "--help")
         self.assertEqual(result.returncode, 0)
-        self.assertTrue(result.stdout.startswith("Usage: sandstone run [--app MODULE:ATTRIBUTE]"))
+        self.assertEqual(
+            result.stdout.splitlines()[0],
+            "Usage: sandstone run [--app MODULE:ATTRIBUTE] [--listen ENDPOINT] [--redis URL [--workers N]] "
+            "[--realm REALM] [--ws-path PATH] [--verbose] [option...]",
+        )
         self.assertIn("--max-message-size", result.stdout)
         self.assertIn("--debug", result.stdout)
+
+    def test_twistd_help_has_the_synopsis_and_says_what_the_default_app_is(self) -> None:
+        result = twistd("sandstone", "--help")
+        self.assertEqual(result.returncode, 0)
+        text = " ".join(result.stdout.split())
+        self.assertIn(
+            "Usage: twistd [options] sandstone [--app MODULE:ATTRIBUTE] [--listen ENDPOINT] [--redis URL "
+            "[--workers N]]",
+            text,
+        )
+        self.assertIn("Default: an empty open router: no REST routes and no topics", text)
+        self.assertIn("-v, --verbose Log debug messages too", text)
+        self.assertIn(
+            "--max-request-body= Bytes of a REST request body; beyond it 413. Default: 1048576.", text
+        )
+
+    def test_run_version_names_sandstone(self) -> None:
+        result = run("run", "--version")
+        self.assertEqual(result.returncode, 0)
+        self.assertTrue(
+            result.stdout.startswith(f"sandstone {sandstone.__version__} (Twisted "), result.stdout
+        )
+
+    def test_help_into_a_closed_pipe(self) -> None:
+        """``sandstone run --help | head -1``: the rest of the help is not wanted, which is no error."""
+        reader, writer = os.pipe()
+        os.close(reader)
+        try:
+            result = subprocess.run(
+                [sys.executable, "-m", "sandstone", "run", "--help"],
+                cwd=REPO,
+                stdout=writer,
+                stderr=subprocess.PIPE,
+                text=True,
+                timeout=TIMEOUT,
+            )
+        finally:
+            os.close(writer)
+        self.assertEqual((result.returncode, result.stderr), (0, ""))
 
 
 class ServingTests(TestCase):
@@ -197,6 +298,7 @@ class ServingTests(TestCase):
             out,
         )
         self.assertEqual(err, "")
+        self.assertNotIn("#debug]", out)  # info and above only
         self.assertFalse((REPO / "twistd.pid").exists())
 
     def stop(self, process: subprocess.Popen[str]) -> tuple[str, str]:
