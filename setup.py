@@ -40,11 +40,25 @@ setup(
         "hiredis>=2,<4",
         # --metrics: the Prometheus exposition, the process collector.
         "prometheus_client>=0.20,<1",
+        # WAMP-Cryptosign: Ed25519 signature checks, public API only (autobahn requires it too).
+        "cryptography>=42,<51",
     ],
     extras_require={
         # playwright: the browser tests (tests/test_browser.py), with Debian's chromium
         # cryptography: the throwaway CAs of the TLS tests (twisted[tls] brings it too)
-        "test": ["cryptography", "hypothesis", "kosoku", "playwright>=1.40", "redis>=5", "twisted[tls]"],
+        # pynacl, base58, ecdsa: autobahn's WAMP-Cryptosign client (autobahn.wamp.cryptosign imports them), the
+        # client of the cryptosign tests; autobahn's "encryption" extra would add qrcode and pytrie too.
+        "test": [
+            "base58>=2.1",
+            "cryptography",
+            "ecdsa>=0.19",
+            "hypothesis",
+            "kosoku",
+            "playwright>=1.40",
+            "pynacl>=1.4",
+            "redis>=5",
+            "twisted[tls]",
+        ],
         "push": ["redis>=5,<9"],
         # The versions .ci/run checks with.
         "lint": ["ruff==0.17.6", "mypy==2.4.1", "mypy-zope==1.0.17"],

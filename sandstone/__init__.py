@@ -6,6 +6,12 @@ txaio.use_twisted()  # before any autobahn import binds txaio's helpers to "no f
 
 from ._app import Sandstone  # noqa: E402
 from ._auth import CraDecoy, CraUser, Credentials, Identity  # noqa: E402
+from ._cryptosign import (  # noqa: E402
+    CryptosignDetails,
+    CryptosignPrincipals,
+    CryptosignPrincipalsError,
+    CryptosignUser,
+)
 from ._dispatcher import DispatchResult, EventDispatcher, ListenerError, StopPropagation  # noqa: E402
 from ._errors import WampError  # noqa: E402
 from ._limits import Limits  # noqa: E402
@@ -19,6 +25,10 @@ __all__ = [
     "CraDecoy",
     "CraUser",
     "Credentials",
+    "CryptosignDetails",
+    "CryptosignPrincipals",
+    "CryptosignPrincipalsError",
+    "CryptosignUser",
     "DispatchResult",
     "EventDispatcher",
     "Identity",

@@ -14,6 +14,7 @@ from werkzeug.exceptions import HTTPException
 from . import _login
 from ._auth import Authenticator, CraUserLookup, Identity
 from ._authorization import Authorizer, principal
+from ._cryptosign import CryptosignLookup, CryptosignPrincipals, PrincipalTable
 from ._dispatcher import DispatchResult, EventDispatcher, current_cause
 from ._envelope import EventCodec
 from ._errors import LOGGED_OUT, WampError
@@ -30,7 +31,9 @@ from ._web import GracefulShutdown, LimitedRequest, SandstoneSite
 if TYPE_CHECKING:
     from klein.resource import KleinResource
 
+    from ._admission import Admission
     from ._bus import RedisBus
+    from ._rawsocket import RawSocketFactory
     from ._session import Session
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -77,7 +80,9 @@ class Sandstone(Klein):
     ``limits`` bounds sizes, rates, timeouts and buffers (see ``Limits``); ``allowed_origins`` lists the
     browser origins (patterns) allowed to open the WebSocket besides the app's own; ``allowed_hosts`` the
     host names (patterns) the app answers to, REST and WebSocket alike (default: any, except that a server
-    reached on a loopback address answers loopback names only).
+    reached on a loopback address answers loopback names only). ``cryptosign_principals`` lets the holders of
+    these Ed25519 keys in with WAMP-Cryptosign: ``{pubkey_hex: ("authid", "authrole")}`` or a
+    ``CryptosignPrincipals`` (``CryptosignPrincipals.from_file(path)``); see ``cryptosign_user`` for a lookup.
 
     A JSON client (``Accept: application/json``, or a JSON body) gets Klein's 404 and 405 (and, served by
     ``site()``, 413 and 500) as ``{"error": ..., "status": ...}``; the app's ``handle_errors`` come first.
@@ -94,6 +99,7 @@ class Sandstone(Klein):
         limits: Limits | None = None,
         allowed_origins: Sequence[str] | None = None,
         allowed_hosts: Sequence[str] | None = None,
+        cryptosign_principals: CryptosignPrincipals | PrincipalTable | None = None,
     ) -> None:
         super().__init__()
         self._core = _Core(
@@ -106,6 +112,10 @@ class Sandstone(Klein):
             allowed_origins,
             allowed_hosts,
         )
+        if isinstance(cryptosign_principals, CryptosignPrincipals):
+            self.cryptosign_user(cryptosign_principals)
+        elif cryptosign_principals is not None:
+            self.cryptosign_user(CryptosignPrincipals(cryptosign_principals))
         # Typed for one of Klein's two call shapes, it takes both: (request, failure) and, for an app bound to
         # an instance, (instance, request, failure).
         self.handle_errors(HTTPException)(cast(KleinErrorHandler, json_http_errors))
@@ -376,6 +386,19 @@ class Sandstone(Klein):
         self._core.router.auth.wampcra_user = hook
         return hook
 
+    def cryptosign_user(self, hook: CryptosignLookup) -> CryptosignLookup:
+        """Decorate the app's WAMP-Cryptosign lookup: ``f(pubkey_hex, realm, details) -> CryptosignUser |
+        None``.
+
+        ``pubkey_hex`` is the Ed25519 public key the client announced (64 lower-case hex digits); ``details``
+        a ``CryptosignDetails`` (the ``authid`` the client asked for or ``None``, its ``authextra``, the
+        ``channel_binding`` in use). Return who holds the key (``CryptosignUser(authid, authrole, extra)``),
+        or ``None`` to refuse; plain, ``async def`` or Deferred-returning. The router then checks the client's
+        signature of a fresh challenge; an unknown key is refused only after that same check.
+        """
+        self._core.router.auth.cryptosign_user = hook
+        return hook
+
     @property
     def session_store(self) -> _login.SessionStore:
         """Where REST sessions live: ``MemorySessionStore`` by default (at most 100,000 sessions of 24 h,
@@ -431,6 +454,17 @@ class Sandstone(Klein):
                 allowed_hosts=core.allowed_hosts,
             )
         return websocket_resource(core.factory)
+
+    def rawsocket_factory(self, admission: Admission | None = None) -> RawSocketFactory:
+        """A Twisted protocol factory serving WAMP over RawSocket (JSON, MessagePack, CBOR) into this app's
+        router: listen with it on any stream endpoint (``tcp:8081``, ``unix:/run/app.sock``), or several. Its
+        sessions are peers of the WebSocket ones (same limits, authentication, authorization). ``admission``:
+        the connection counts to share, e.g. the app's Site's (``site.admission``)."""
+        from ._rawsocket import RawSocketFactory
+
+        self.websocket_resource()  # the WebSocket factory, whose serializers, writer and fairness it shares
+        assert self._core.factory is not None
+        return RawSocketFactory(self._core.factory, admission)
 
     def resource(self) -> KleinResource:
         """The twisted.web resource serving the REST routes and, at ``ws_path``, the WAMP endpoint (which

@@ -7,12 +7,16 @@ Methods, in the order the client lists them in HELLO (the first one the app supp
 - ``ticket``: CHALLENGE, then the client's ticket goes to the app's ``@app.authenticator`` hook.
 - ``wampcra``: the app's ``@app.wampcra_user`` hook gives the user's secret (optionally salted), the router
   sends a fresh signed-challenge string and checks the client's HMAC-SHA256 signature.
+- ``cryptosign``: the client announces an Ed25519 public key; the app's ``@app.cryptosign_user`` hook (or
+  a ``CryptosignPrincipals`` table) says who holds it, and the router checks the client's signature of a
+  fresh random challenge, bound to the TLS connection when the client asks (see ``_cryptosign.py``).
 - ``cookie``: no CHALLENGE; the WebSocket handshake carried a REST session (cookie or bearer token) started
   by ``app.login`` (see ``_login.py``).
 
 Every refusal of credentials is the same ABORT (``wamp.error.authentication_denied`` with ``DENIED_TEXT``),
 whether the user exists or not, the secret is wrong, or a hook failed. A WAMP-CRA challenge tells nothing
-either: it names no role, and an unknown authid gets one shaped by ``Authentication.wampcra_decoy``.
+either: it names no role, and an unknown authid gets one shaped by ``Authentication.wampcra_decoy``. An
+unknown public key gets a cryptosign challenge like a known one, and its signature is checked the same way.
 """
 
 from __future__ import annotations
@@ -33,6 +37,19 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ._calling import invoke
+from ._cryptosign import (
+    CRYPTOSIGN,
+    TLS_UNIQUE,
+    CryptosignDetails,
+    CryptosignLookup,
+    CryptosignPrincipals,
+    CryptosignUnavailable,
+    CryptosignUser,
+    SignedChallenge,
+    parse_public_key,
+    session_channel,
+    shown,
+)
 from ._errors import AUTHENTICATION_DENIED, NO_AUTH_METHOD
 from ._login import SessionStore, login_from_headers, token_digest
 
@@ -172,6 +189,7 @@ class Accepted:
     method: str
     provider: str
     login: str | None = None
+    authextra: Mapping[str, Any] | None = None  # WELCOME's authextra, if the method gives one
 
 
 @dataclass(frozen=True)
@@ -195,6 +213,8 @@ class Hello:
     authextra: Mapping[str, Any]
     headers: Mapping[str, str] | None
     session_id: int
+    realm: str = ""
+    connection: object = None  # the Twisted transport under the WAMP one: TLS or not, for channel binding
 
 
 class Authentication:
@@ -211,6 +231,7 @@ class Authentication:
         self.authenticator: Authenticator | None = None
         self.wampcra_user: CraUserLookup | None = None
         self.wampcra_decoy = wampcra_decoy if wampcra_decoy is not None else CraDecoy()
+        self.cryptosign_user: CryptosignLookup | None = None
 
     def methods(self) -> list[str]:
         """The auth methods this app supports now."""
@@ -219,6 +240,8 @@ class Authentication:
             supported.append(TICKET)
         if self.wampcra_user is not None:
             supported.append(WAMPCRA)
+        if self.cryptosign_user is not None:
+            supported.append(CRYPTOSIGN)
         return [*supported, COOKIE]
 
     def start(self, hello: Hello) -> Deferred[Accepted | Challenge]:
@@ -227,6 +250,7 @@ class Authentication:
         Fires with ``Accepted`` (WELCOME at once) or a ``Challenge``; fails with ``AuthFailure``.
         """
         offered = hello.authmethods or [ANONYMOUS]
+        unavailable: str | None = None  # why cryptosign could not be done on this connection
         for method in offered:
             if method == ANONYMOUS and self.anonymous:
                 authid = f"anonymous-{secrets.token_hex(8)}"
@@ -235,6 +259,13 @@ class Authentication:
                 return succeed(Challenge(TICKET, {}, self._ticket_verifier(hello)))
             if method == WAMPCRA and self.wampcra_user is not None:
                 return self._wampcra_challenge(self.wampcra_user, hello)
+            if method == CRYPTOSIGN and self.cryptosign_user is not None:
+                try:  # what the router cannot give makes the method unavailable: try the next one
+                    channel = session_channel(hello.authextra, hello.connection)
+                except CryptosignUnavailable as exc:
+                    unavailable = unavailable or str(exc)
+                    continue
+                return self._cryptosign_challenge(self.cryptosign_user, hello, channel)
             if method == COOKIE:
                 found = login_from_headers(self.sessions, hello.headers)
                 if found is not None:
@@ -242,6 +273,8 @@ class Authentication:
                     return succeed(Accepted(identity, COOKIE, COOKIE_PROVIDER, token_digest(token)))
         if COOKIE in offered:
             return fail(denied())  # the method is supported; the handshake carried no valid session
+        if unavailable is not None:
+            return fail(AuthFailure(NO_AUTH_METHOD, unavailable))
         return fail(AuthFailure(NO_AUTH_METHOD, f"none of the auth methods {offered} is offered here"))
 
     # ticket
@@ -317,6 +350,63 @@ class Authentication:
             return succeed(Accepted(Identity(authid, user.authrole), WAMPCRA, PROVIDER))
 
         return Challenge(WAMPCRA, extra, verify)
+
+    # WAMP-Cryptosign
+
+    def _cryptosign_challenge(
+        self, lookup: CryptosignLookup, hello: Hello, channel: bytes | None
+    ) -> Deferred[Accepted | Challenge]:
+        """Look the public key up, then challenge: a known key and an unknown one get the same CHALLENGE and
+        the same signature check; only then is the unknown one refused."""
+        key = parse_public_key(hello.authextra.get("pubkey"))
+        if key is None:
+            log.info(
+                "cryptosign HELLO of session {session_id} refused: authextra.pubkey {pubkey} is not an "
+                "Ed25519 public key (64 hex digits)",
+                session_id=hello.session_id,
+                pubkey=shown(hello.authextra.get("pubkey")),
+            )
+            return fail(denied())
+        pubkey, public_key = key
+        binding = None if channel is None else TLS_UNIQUE
+        details = CryptosignDetails(hello.authid, dict(hello.authextra), binding)
+        provider = "static" if isinstance(lookup, CryptosignPrincipals) else PROVIDER
+
+        def found(user: object) -> Challenge:
+            if user is not None and not isinstance(user, CryptosignUser):
+                log.error(
+                    "the cryptosign_user hook {hook!r} returned {value!r}, not a CryptosignUser or None",
+                    hook=lookup,
+                    value=user,
+                )
+                raise denied()
+            challenge = SignedChallenge(channel, binding)
+
+            def verify(signature: str, _extra: Mapping[str, Any]) -> Deferred[Accepted]:
+                problem = challenge.problem(public_key, signature)
+                if problem is None and user is None:
+                    problem = "no user holds this public key"
+                if problem is not None:
+                    log.info(
+                        "cryptosign AUTHENTICATE of session {session_id} with public key {pubkey} refused: "
+                        "{problem}",
+                        session_id=hello.session_id,
+                        pubkey=pubkey,
+                        problem=problem,
+                    )
+                    return fail(denied())
+                assert user is not None
+                identity = Identity(user.authid, user.authrole)
+                return succeed(Accepted(identity, CRYPTOSIGN, provider, authextra=user.extra))
+
+            return Challenge(CRYPTOSIGN, challenge.extra, verify)
+
+        d = (
+            call_hook(lookup, pubkey, hello.realm, details)
+            .addCallback(found)
+            .addErrback(_hook_failed, lookup)
+        )
+        return d  # type: ignore[return-value]
 
 
 def call_hook(hook: Callable[..., Any] | None, *args: Any) -> Deferred[Any]:

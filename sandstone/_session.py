@@ -73,9 +73,16 @@ class _Welcome(message.Welcome):
     ROLES = message.Welcome(1, ROUTER_ROLES).marshal()[2]["roles"]
 
     def __init__(
-        self, session: int, realm: str, authid: str, authrole: str, authmethod: str, authprovider: str
+        self,
+        session: int,
+        realm: str,
+        authid: str,
+        authrole: str,
+        authmethod: str,
+        authprovider: str,
+        authextra: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(session, ROUTER_ROLES, realm, authid, authrole, authmethod, authprovider)
+        super().__init__(session, ROUTER_ROLES, realm, authid, authrole, authmethod, authprovider, authextra)
 
     def marshal(self) -> list[Any]:
         details = {
@@ -86,6 +93,8 @@ class _Welcome(message.Welcome):
             "authprovider": self.authprovider,
             "roles": self.ROLES,
         }
+        if self.authextra is not None:
+            details["authextra"] = self.authextra
         return [self.MESSAGE_TYPE, self.session, details]
 
 
@@ -139,7 +148,8 @@ class Session:
         self.authrole: str | None = None
         """The client's role (``anonymous`` for anonymous sessions), for authorizers and ``role_limits``."""
         self.authmethod: str | None = None
-        """How the client authenticated: ``anonymous``, ``ticket``, ``wampcra`` or ``cookie``."""
+        """How the client authenticated: ``anonymous``, ``ticket``, ``wampcra``, ``cryptosign`` or
+        ``cookie``."""
         self._interruptible = False  # the client's callee role announced call canceling
 
     def __repr__(self) -> str:
@@ -290,7 +300,17 @@ class Session:
         self._interruptible = bool(getattr(hello.roles.get("callee"), "call_canceling", False))
         self.id = rid()  # announced in a WAMP-CRA challenge; the router keeps it on join if still free
         headers = getattr(self._transport, "handshake_headers", None)
-        auth = Hello(list(hello.authmethods or []), hello.authid, hello.authextra or {}, headers, self.id)
+        # The Twisted transport under the WAMP one: a cryptosign signature may be bound to its TLS channel.
+        connection = getattr(self._transport, "transport", None)
+        auth = Hello(
+            list(hello.authmethods or []),
+            hello.authid,
+            hello.authextra or {},
+            headers,
+            self.id,
+            hello.realm,
+            connection,
+        )
         self._authenticate(self._router.auth.start(auth), self._authentication_step)
 
     def _authenticate(self, step: Deferred[Any], then: Callable[[Any], None]) -> None:
@@ -349,8 +369,9 @@ class Session:
         self._router.join(self)
         realm = self.realm
         assert realm is not None  # set from HELLO
+        extra = None if accepted.authextra is None else dict(accepted.authextra)
         self.send_message(
-            _Welcome(self.id, realm, self.authid, self.authrole, self.authmethod, accepted.provider)
+            _Welcome(self.id, realm, self.authid, self.authrole, self.authmethod, accepted.provider, extra)
         )
 
     def _on_abort(self, abort: message.Abort) -> None:
