@@ -105,20 +105,230 @@ def _frame_header(length: int, binary: bool) -> bytes:
     return bytes((first, 127)) + length.to_bytes(8, "big")
 
 
-class WampServerProtocol(WebSocketServerProtocol):
-    """One WebSocket connection carrying one WAMP session at a time."""
+class WampConnection:
+    """What a connection carrying WAMP sessions does whatever its framing (WebSocket, RawSocket): its
+    session and HELLO timeout, its admission ticket, its share of the reactor, its slow-consumer check and the
+    messages it cannot send. A transport class derives from it (first) and provides ``_handle``,
+    ``send_message``, ``close_transport`` and ``_drop``.
+
+    ``factory`` is the app's ``WampServerFactory`` (router, limits, stats, the per-turn writer, fairness),
+    shared by the connections of every transport.
+    """
 
     factory: WampServerFactory
-    transport: ITransport  # connected before any of this class's methods runs
+    transport: ITransport | None = None
+    peer: str | None = None  # who is connected, for the logs
     _serializer: ISerializer
     _wamp: Session | None = None
-    _compressed = False  # permessage-deflate is in use (known once open)
-    _v1: Wamp1Adapter | None = None  # translates WAMP v1 (subprotocol "wamp") to the session's v2 messages
 
     # Fairness (see ``WampServerFactory.backlogged``): the messages of one read are handled at once until
     # its time slice ends; the rest wait in the inbox, in order, and reading pauses until they are handled.
     _slice_end = _NO_SLICE  # monotonic time: handle the messages arriving before it at once
     _inbox: deque[tuple[bytes, bool]] | None = None
+
+    _hello_timer: IDelayedCall | None = None
+    _backlog: _Backlog | None = None
+    _ticket: Ticket | None = None
+    _pending = False  # admitted (see ``admitted``), and no WAMP session open yet
+    _rates: SessionRates | None = None  # the connection's rate buckets, made with its first session
+
+    def _handle(self, payload: bytes, isBinary: bool) -> None:
+        """Handle one message received (the transport's own)."""
+        raise NotImplementedError
+
+    def send_message(self, msg: message.Message) -> None:
+        """Send one WAMP message (the transport's own)."""
+        raise NotImplementedError
+
+    def close_transport(self, reason: str) -> None:
+        """Close the connection after an ABORT or GOODBYE (the transport's own)."""
+        raise NotImplementedError
+
+    def _drop(self, reason: str) -> None:
+        """Close the connection at once, without a closing handshake (the transport's own)."""
+        raise NotImplementedError
+
+    def _read(self, frames: Callable[[bytes], None], data: bytes) -> None:
+        """Hand one read's bytes to ``frames``, the transport's parser, which calls ``onMessage`` for each
+        message: the read's messages are handled within one time slice, the rest wait in the inbox."""
+        self._slice_end = self.factory.slice_end()
+        try:
+            frames(data)
+        finally:
+            self._slice_end = _NO_SLICE
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        factory = self.factory
+        if factory.last_sender is not self:
+            factory.sender_changed(self)
+        inbox = self._inbox
+        if inbox is not None:
+            inbox.append((payload, isBinary))
+        elif self._slice_end <= factory.monotonic():
+            # This connection had its share of the turn: the rest of what it sent waits for the next turns,
+            # and TCP tells it to slow down meanwhile.
+            self._inbox = deque(((payload, isBinary),))
+            cast(IPushProducer, self.transport).pauseProducing()
+            factory.backlogged(self)
+        else:
+            self._handle(payload, isBinary)
+
+    def serve_backlog(self) -> bool:
+        """Handle the messages waiting in the inbox for one time slice; True when some are left. Reading
+        resumes once the inbox is empty."""
+        inbox = self._inbox
+        if inbox is None:
+            return False
+        self._slice_end = self.factory.slice_end()
+        try:
+            while inbox:
+                payload, is_binary = inbox.popleft()
+                self._handle(payload, is_binary)
+                if self._inbox is not inbox:
+                    return False  # the connection is gone
+                if inbox and self._slice_end <= self.factory.monotonic():
+                    return True
+        finally:
+            self._slice_end = _NO_SLICE
+        self._inbox = None
+        cast(IPushProducer, self.transport).resumeProducing()
+        return False
+
+    def admitted(self, ticket: Ticket) -> None:
+        """Take over the connection's admission ticket (from the Site, or the RawSocket factory): the
+        connection counts as pending (see ``_admission.py``) until its first WAMP session is open."""
+        self._ticket = ticket
+        self._pending = True
+
+    def _serving(self) -> None:
+        if self._pending:
+            self._pending = False
+            assert self._ticket is not None
+            self._ticket.ready()
+
+    def _attach(self) -> None:
+        """A fresh session waiting for HELLO, which must be welcomed within ``hello_timeout``.
+
+        Every session on this connection shares its rate buckets: GOODBYE then HELLO does not refill them.
+        """
+        router = self.factory.router
+        rates = self._rates
+        if rates is None:
+            rates = self._rates = router.rates()
+        self._wamp = router.attach(self, rates)
+        self._cancel_hello_timer()
+        timeout = self.factory.limits.hello_timeout
+        if timeout > 0:
+            self._hello_timer = self.factory.clock.callLater(timeout, self._hello_timed_out)
+
+    def _cancel_hello_timer(self) -> None:
+        timer, self._hello_timer = self._hello_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _hello_timed_out(self) -> None:
+        self._hello_timer = None
+        session = self._wamp
+        if session is None or session.is_open or session.has_left:
+            return
+        self.factory.stats["hello_timeouts"] += 1
+        timeout = self.factory.limits.hello_timeout
+        session.abort(HELLO_TIMEOUT, f"no session opened within {timeout:g} s of connecting")
+
+    def _watch_backlog(self) -> None:
+        """Register as the transport's streaming producer, to learn when its send buffer is full.
+
+        Under ``WebSocketResource`` the transport was taken over from twisted.web's HTTP channel,
+        which is still registered as its producer: it is replaced.
+        """
+        # Stream transports are consumers too; one that is not fails below and keeps no check.
+        transport = cast(IConsumer, self.transport)
+        try:
+            transport.unregisterProducer()
+        except RuntimeError:  # none was registered (twisted.internet.testing's transports say so)
+            pass
+        try:
+            backlog = _Backlog()
+            transport.registerProducer(backlog, True)
+        except Exception as exc:  # a transport without producer support: no slow-consumer check
+            log.debug("no slow-consumer check on {transport}: {error}", transport=transport, error=exc)
+            return
+        self._backlog = backlog
+
+    def _check_backlog(self, backlog: _Backlog, size: int) -> None:
+        backlog.written += size
+        buffered = buffered_bytes(self.transport)
+        if buffered is None:
+            buffered = backlog.written
+        limit = self.factory.limits.max_outgoing_buffer
+        if buffered <= limit:
+            return
+        self.factory.stats["slow_consumers_dropped"] += 1
+        log.warn(
+            "dropping slow consumer {peer}: {buffered} bytes not sent yet, over max_outgoing_buffer {limit}",
+            peer=self.peer,
+            buffered=buffered,
+            limit=limit,
+        )
+        self._drop("slow consumer: outgoing buffer over its limit")
+
+    def _skip_oversize(
+        self, msg: message.Message, size: int, limit: int, name: str = "max_message_size"
+    ) -> None:
+        """Not sending a message of ``size`` bytes, over ``limit`` (``name``: which limit, for the log); a
+        RESULT becomes an ERROR for the call."""
+        self.factory.stats["oversize_skipped"] += 1
+        log.warn(
+            "not sending a {kind} of {size} bytes to {peer}: over {name} {limit}",
+            kind=type(msg).__name__.upper(),
+            size=size,
+            peer=self.peer,
+            name=name,
+            limit=limit,
+        )
+        if isinstance(msg, message.Result):
+            text = f"the result ({size} bytes) is larger than the client accepts ({limit} bytes)"
+            error = message.Error(message.Call.MESSAGE_TYPE, msg.request, PAYLOAD_TOO_LARGE, [text])
+            self.send_message(error)
+
+    def _skip_unserializable(self, msg: message.Message, error: Exception) -> None:
+        """Not sending a message this connection's serializer cannot carry (what the router's edge checks
+        could not refuse: an app's value, one from another node). Logged once per message, however many
+        subscribers it was for; a RESULT, or the ERROR of a call, becomes an ERROR for that caller."""
+        self.factory.stats["unserializable_skipped"] += 1
+        serializer = self._serializer.SERIALIZER_ID
+        internal = router_data(msg)
+        if "unserializable" not in internal:  # the first session it fails for
+            problem = payload_problem(getattr(msg, "args", None), getattr(msg, "kwargs", None))
+            internal["unserializable"] = problem
+            log.warn(
+                "a {kind} cannot be serialized for {serializer} and is not sent to the sessions it fails "
+                "for: {problem}",
+                kind=type(msg).__name__.upper(),
+                serializer=serializer,
+                problem=problem or f"{type(error).__name__}: {error}",
+            )
+        problem = internal["unserializable"]
+        is_call_error = isinstance(msg, message.Error) and msg.request_type == message.Call.MESSAGE_TYPE
+        if (isinstance(msg, message.Result) or is_call_error) and not internal.get("replacement"):
+            uri = msg.error if is_call_error else INVALID_ARGUMENT  # type: ignore[attr-defined]
+            reason = problem or f"its payload cannot be serialized as {serializer}"
+            text = f"the {'error' if is_call_error else 'result'} could not be delivered: {reason}"
+            request = msg.request  # type: ignore[attr-defined]
+            replacement = message.Error(message.Call.MESSAGE_TYPE, request, uri, [text])
+            router_data(replacement)["replacement"] = True  # never replaced in turn
+            self.send_message(replacement)
+
+
+# ignore: mypy checks every pair of bases of a class with several, and autobahn's own disagree (on
+# _transport_details and peer).
+class WampServerProtocol(WampConnection, WebSocketServerProtocol):  # type: ignore[misc]
+    """One WebSocket connection carrying one WAMP session at a time."""
+
+    transport: ITransport  # connected before any of this class's methods runs
+
+    _compressed = False  # permessage-deflate is in use (known once open)
+    _v1: Wamp1Adapter | None = None  # translates WAMP v1 (subprotocol "wamp") to the session's v2 messages
 
     def dataReceived(self, data: bytes) -> None:
         self._slice_end = self.factory.slice_end()
@@ -162,43 +372,6 @@ class WampServerProtocol(WebSocketServerProtocol):
         self._attach()
         if self._v1 is not None:
             self._open_wamp1(self._v1)
-
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        factory = self.factory
-        if factory.last_sender is not self:
-            factory.sender_changed(self)
-        inbox = self._inbox
-        if inbox is not None:
-            inbox.append((payload, isBinary))
-        elif self._slice_end <= factory.monotonic():
-            # This connection had its share of the turn: the rest of what it sent waits for the next turns,
-            # and TCP tells it to slow down meanwhile.
-            self._inbox = deque(((payload, isBinary),))
-            cast(IPushProducer, self.transport).pauseProducing()
-            factory.backlogged(self)
-        else:
-            self._handle(payload, isBinary)
-
-    def serve_backlog(self) -> bool:
-        """Handle the messages waiting in the inbox for one time slice; True when some are left. Reading
-        resumes once the inbox is empty."""
-        inbox = self._inbox
-        if inbox is None:
-            return False
-        self._slice_end = self.factory.slice_end()
-        try:
-            while inbox:
-                payload, is_binary = inbox.popleft()
-                self._handle(payload, is_binary)
-                if self._inbox is not inbox:
-                    return False  # the connection is gone
-                if inbox and self._slice_end <= self.factory.monotonic():
-                    return True
-        finally:
-            self._slice_end = _NO_SLICE
-        self._inbox = None
-        cast(IPushProducer, self.transport).resumeProducing()
-        return False
 
     def _handle(self, payload: bytes, isBinary: bool) -> None:
         session = self._wamp
@@ -263,7 +436,7 @@ class WampServerProtocol(WebSocketServerProtocol):
             return
         limit = factory.limits.max_message_size
         if 0 < limit < len(payload):
-            self._skip_oversize(msg, len(payload))
+            self._skip_oversize(msg, len(payload), limit)
             return
         if not self._compressed and not self.send_queue:
             # The hot path of a broadcast: the frame was built once for every subscriber on this serializer.
@@ -289,6 +462,11 @@ class WampServerProtocol(WebSocketServerProtocol):
         self.factory.writer.flush_one(self)
         super().dropConnection(abort)
 
+    def _drop(self, reason: str) -> None:
+        self.wasClean = False
+        self.wasNotCleanReason = reason
+        self.dropConnection(abort=True)
+
     @property
     def subprotocol(self) -> str:
         """The WebSocket subprotocol chosen in the handshake (``wamp.2.json``...), ``""`` before."""
@@ -304,24 +482,8 @@ class WampServerProtocol(WebSocketServerProtocol):
 
     # limits and lifecycle
 
-    _hello_timer: IDelayedCall | None = None
     _close_timer: IDelayedCall | None = None  # closes the WebSocket a while after a shutdown's GOODBYE
-    _backlog: _Backlog | None = None
     _shutting_down = False
-    _ticket: Ticket | None = None
-    _pending = False  # admitted by a SandstoneSite, and no WAMP session open yet
-
-    def admitted(self, ticket: Ticket) -> None:
-        """Take over the connection's admission ticket from the Site: the connection counts as pending
-        (see ``_admission.py``) until its first WAMP session is open."""
-        self._ticket = ticket
-        self._pending = True
-
-    def _serving(self) -> None:
-        if self._pending:
-            self._pending = False
-            assert self._ticket is not None
-            self._ticket.ready()
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -346,23 +508,6 @@ class WampServerProtocol(WebSocketServerProtocol):
             self._ticket.release()
         super().connectionLost(reason)
 
-    _rates: SessionRates | None = None  # the connection's rate buckets, made with its first session
-
-    def _attach(self) -> None:
-        """A fresh session waiting for HELLO, which must be welcomed within ``hello_timeout``.
-
-        Every session on this connection shares its rate buckets: GOODBYE then HELLO does not refill them.
-        """
-        router = self.factory.router
-        rates = self._rates
-        if rates is None:
-            rates = self._rates = router.rates()
-        self._wamp = router.attach(self, rates)
-        self._cancel_hello_timer()
-        timeout = self.factory.limits.hello_timeout
-        if timeout > 0:
-            self._hello_timer = self.factory.clock.callLater(timeout, self._hello_timed_out)
-
     def _open_wamp1(self, v1: Wamp1Adapter) -> None:
         """WAMP v1 has no HELLO: the session opens with the WebSocket (WELCOME at once), with the handshake's
         REST login or anonymously (see ``_wamp1.accept``)."""
@@ -372,102 +517,6 @@ class WampServerProtocol(WebSocketServerProtocol):
         if session.is_open:
             self._cancel_hello_timer()
             self._serving()
-
-    def _cancel_hello_timer(self) -> None:
-        timer, self._hello_timer = self._hello_timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
-
-    def _hello_timed_out(self) -> None:
-        self._hello_timer = None
-        session = self._wamp
-        if session is None or session.is_open or session.has_left:
-            return
-        self.factory.stats["hello_timeouts"] += 1
-        timeout = self.factory.limits.hello_timeout
-        session.abort(HELLO_TIMEOUT, f"no session opened within {timeout:g} s of connecting")
-
-    def _watch_backlog(self) -> None:
-        """Register as the transport's streaming producer, to learn when its send buffer is full.
-
-        Under ``WebSocketResource`` the transport was taken over from twisted.web's HTTP channel,
-        which is still registered as its producer: it is replaced.
-        """
-        # Stream transports are consumers too; one that is not fails below and keeps no check.
-        transport = cast(IConsumer, self.transport)
-        try:
-            transport.unregisterProducer()
-        except RuntimeError:  # none was registered (twisted.internet.testing's transports say so)
-            pass
-        try:
-            backlog = _Backlog()
-            transport.registerProducer(backlog, True)
-        except Exception as exc:  # a transport without producer support: no slow-consumer check
-            log.debug("no slow-consumer check on {transport}: {error}", transport=transport, error=exc)
-            return
-        self._backlog = backlog
-
-    def _check_backlog(self, backlog: _Backlog, size: int) -> None:
-        backlog.written += size
-        buffered = buffered_bytes(self.transport)
-        if buffered is None:
-            buffered = backlog.written
-        limit = self.factory.limits.max_outgoing_buffer
-        if buffered <= limit:
-            return
-        self.factory.stats["slow_consumers_dropped"] += 1
-        log.warn(
-            "dropping slow consumer {peer}: {buffered} bytes not sent yet, over max_outgoing_buffer {limit}",
-            peer=self.peer,
-            buffered=buffered,
-            limit=limit,
-        )
-        self.wasClean = False
-        self.wasNotCleanReason = "slow consumer: outgoing buffer over its limit"
-        self.dropConnection(abort=True)
-
-    def _skip_oversize(self, msg: message.Message, size: int) -> None:
-        self.factory.stats["oversize_skipped"] += 1
-        limit = self.factory.limits.max_message_size
-        log.warn(
-            "not sending a {kind} of {size} bytes to {peer}: over max_message_size {limit}",
-            kind=type(msg).__name__.upper(),
-            size=size,
-            peer=self.peer,
-            limit=limit,
-        )
-        if isinstance(msg, message.Result):
-            text = f"the result ({size} bytes) is larger than the client accepts ({limit} bytes)"
-            error = message.Error(message.Call.MESSAGE_TYPE, msg.request, PAYLOAD_TOO_LARGE, [text])
-            self.send_message(error)
-
-    def _skip_unserializable(self, msg: message.Message, error: Exception) -> None:
-        """Not sending a message this connection's serializer cannot carry (what the router's edge checks
-        could not refuse: an app's value, one from another node). Logged once per message, however many
-        subscribers it was for; a RESULT, or the ERROR of a call, becomes an ERROR for that caller."""
-        self.factory.stats["unserializable_skipped"] += 1
-        serializer = self._serializer.SERIALIZER_ID
-        internal = router_data(msg)
-        if "unserializable" not in internal:  # the first session it fails for
-            problem = payload_problem(getattr(msg, "args", None), getattr(msg, "kwargs", None))
-            internal["unserializable"] = problem
-            log.warn(
-                "a {kind} cannot be serialized for {serializer} and is not sent to the sessions it fails "
-                "for: {problem}",
-                kind=type(msg).__name__.upper(),
-                serializer=serializer,
-                problem=problem or f"{type(error).__name__}: {error}",
-            )
-        problem = internal["unserializable"]
-        is_call_error = isinstance(msg, message.Error) and msg.request_type == message.Call.MESSAGE_TYPE
-        if (isinstance(msg, message.Result) or is_call_error) and not internal.get("replacement"):
-            uri = msg.error if is_call_error else INVALID_ARGUMENT  # type: ignore[attr-defined]
-            reason = problem or f"its payload cannot be serialized as {serializer}"
-            text = f"the {'error' if is_call_error else 'result'} could not be delivered: {reason}"
-            request = msg.request  # type: ignore[attr-defined]
-            replacement = message.Error(message.Call.MESSAGE_TYPE, request, uri, [text])
-            router_data(replacement)["replacement"] = True  # never replaced in turn
-            self.send_message(replacement)
 
     def shut_down(self, grace: float = 1.0, goodbye: bool = False) -> None:
         """Server shutdown: close the WebSocket with 1001 "going away" and no WAMP GOODBYE, so that clients
@@ -525,7 +574,7 @@ class _TurnWriter:
     ) -> None:
         """``call_later(0, f)`` runs ``f`` at the end of the reactor turn (``IReactorTime.callLater``);
         ``clock`` is a monotonic time source in seconds, to tell an idle spell."""
-        self.queued: dict[WampServerProtocol, list[bytes]] = {}
+        self.queued: dict[WampConnection, list[bytes]] = {}
         self.scheduled = False
         self.sent_bytes = 0  # handed to the kernel or the transports, for the metrics
         self.call_later = call_later
@@ -533,9 +582,9 @@ class _TurnWriter:
         self.last_flush = float("-inf")  # when frames were last sent
         # While a broadcast after an idle spell is written straight away: the connections written to (a
         # second frame for one of them waits for the end of the turn, behind the first).
-        self.direct: set[WampServerProtocol] | None = None
+        self.direct: set[WampConnection] | None = None
 
-    def write(self, protocol: WampServerProtocol, data: bytes) -> None:
+    def write(self, protocol: WampConnection, data: bytes) -> None:
         chunks = self.queued.get(protocol)
         if chunks is not None:
             chunks.append(data)
@@ -577,7 +626,7 @@ class _TurnWriter:
             self.sent_bytes += sent
             self.last_flush = self.clock()
 
-    def flush_one(self, protocol: WampServerProtocol) -> None:
+    def flush_one(self, protocol: WampConnection) -> None:
         """Send what waits for ``protocol`` now, if anything (before autobahn writes to it itself)."""
         chunks = self.queued.pop(protocol, None)
         if chunks:
@@ -585,12 +634,12 @@ class _TurnWriter:
             self.sent_bytes += len(data)
             send_now(protocol.transport, data)
 
-    def forget(self, protocol: WampServerProtocol) -> None:
+    def forget(self, protocol: WampConnection) -> None:
         """Drop what waits for ``protocol`` (its connection is lost)."""
         self.queued.pop(protocol, None)
 
 
-def _send_logged(protocol: WampServerProtocol, data: bytes) -> None:
+def _send_logged(protocol: WampConnection, data: bytes) -> None:
     try:
         send_now(protocol.transport, data)
     except Exception:  # one broken connection must not keep the others' frames
@@ -646,9 +695,9 @@ class WampServerFactory(WebSocketServerFactory):
         # The frames written to this factory's connections during one turn of its reactor, sent at its end.
         self.writer = _TurnWriter(self.clock.callLater, monotonic)
         self.monotonic = monotonic
-        self._backlogged: deque[WampServerProtocol] = deque()  # connections with messages waiting
+        self._backlogged: deque[WampConnection] = deque()  # connections with messages waiting
         self._serving_backlogs = False
-        self.last_sender: WampServerProtocol | None = None  # the connection whose message came last
+        self.last_sender: WampConnection | None = None  # the connection whose message came last
         self._contended_until = float("-inf")  # several connections sent messages until then (monotonic)
         self.serializers = serializers if serializers is not None else default_serializers()
         self._protocol_base: type[WampServerProtocol] = self.protocol
@@ -683,7 +732,7 @@ class WampServerFactory(WebSocketServerFactory):
         now = self.monotonic()
         return now + time_slice if now < self._contended_until else _NO_SLICE
 
-    def sender_changed(self, protocol: WampServerProtocol) -> None:
+    def sender_changed(self, protocol: WampConnection) -> None:
         """``protocol`` sends a message after another connection did: for the next ``CONTENTION`` seconds,
         connections share the reactor in time slices. A connection sending alone (subscribers only read) is
         not sliced: slices would cost it a flush of every subscriber's socket per slice, and gain nobody."""
@@ -691,7 +740,7 @@ class WampServerFactory(WebSocketServerFactory):
             self._contended_until = self.monotonic() + self.CONTENTION
         self.last_sender = protocol
 
-    def backlogged(self, protocol: WampServerProtocol) -> None:
+    def backlogged(self, protocol: WampConnection) -> None:
         """``protocol`` has messages waiting: from the next reactor turn on, each turn handles one time slice
         of every backlogged connection's messages, in turn, between the reads of the other connections, so
         that a connection sending as fast as it can does not hold the others up."""
