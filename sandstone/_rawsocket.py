@@ -338,17 +338,10 @@ class RawSocketProtocol(WampConnection, Protocol):
         except DecodeError as exc:
             session.protocol_violation(str(exc))
             return
-        for msg in messages:
-            session.on_message(msg)
-            if session.has_left:
-                if self._open:
-                    self._attach()
-                else:
-                    self._wamp = None
-                break
-        if (self._hello_timer is not None or self._pending) and session.is_open:
-            self._cancel_hello_timer()
-            self._serving()
+        self._on_messages(session, messages)
+
+    def _is_open(self) -> bool:
+        return self._open
 
     def _pong(self, payload: bytes) -> None:
         if len(payload) > self._max_send:

@@ -247,7 +247,7 @@ class SandstoneSite(Site):
 
     requestFactory = LimitedRequest
     protocol = _Channel  # type: ignore[assignment]
-    noisy = False  # no "Starting factory <...SandstoneSite object at 0x...>" at startup (the port says it listens)
+    noisy = False  # no "Starting factory <...SandstoneSite object at 0x...>" line (the port says it listens)
 
     def __init__(
         self,

@@ -1271,16 +1271,9 @@ class PageRun:
         await self._stop_process(server.process)
 
     async def _stop_process(self, process: Any) -> None:
-        from tests.support import wait_until
+        from tests.support import stop_process
 
-        if process.running:
-            process.transport.signalProcess("TERM")
-            try:
-                await wait_until(lambda: not process.running, timeout=10.0)
-            except AssertionError:
-                if process.running:
-                    process.transport.signalProcess("KILL")
-        await process.ended
+        await stop_process(process)
 
     # effects
 

@@ -252,6 +252,19 @@ def wait_until(predicate: Any, timeout: float = 5.0, interval: float = 0.01) -> 
     return d
 
 
+async def stop_process(process: Any) -> None:
+    """Stop a child process started with ``reactor.spawnProcess`` (its protocol has ``running`` and an
+    ``ended`` Deferred): SIGTERM, then SIGKILL if it has not ended within 10 s; wait for its end."""
+    if process.running:
+        process.transport.signalProcess("TERM")
+        try:
+            await wait_until(lambda: not process.running, timeout=10.0)
+        except AssertionError:
+            if process.running:
+                process.transport.signalProcess("KILL")
+    await process.ended
+
+
 def sleep(seconds: float) -> defer.Deferred[None]:
     """A Deferred that fires after ``seconds`` on the reactor (to let stray messages arrive)."""
     d: defer.Deferred[None] = defer.Deferred()

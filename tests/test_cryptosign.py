@@ -12,15 +12,10 @@ from typing import Any
 
 from autobahn.wamp import message, types
 from autobahn.wamp.cryptosign import CryptosignKey
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import ISystemHandle
-from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
@@ -36,6 +31,8 @@ from sandstone import (
 from sandstone._auth import Hello
 from sandstone._cryptosign import CryptosignUnavailable, SignedChallenge, channel_id, parse_public_key
 from sandstone.testing import TestSession
+from tests.test_auth import LogCapture
+from tests.tls_certs import self_signed
 
 HELLO = message.Hello.MESSAGE_TYPE
 AUTHENTICATE = message.Authenticate.MESSAGE_TYPE
@@ -91,18 +88,6 @@ def abort_of(session: TestSession) -> tuple[str, str | None]:
     assert isinstance(abort, message.Abort), abort
     assert session.transport_closed
     return abort.reason, abort.message
-
-
-class Logged:
-    """The log lines emitted while a test runs."""
-
-    def __init__(self, case: SynchronousTestCase) -> None:
-        self.events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(self.events.append)
-        case.addCleanup(globalLogPublisher.removeObserver, self.events.append)
-
-    def texts(self, fragment: str) -> list[str]:
-        return [t for t in map(formatEvent, self.events) if fragment in t]
 
 
 class CryptosignTestCase(SynchronousTestCase):
@@ -242,7 +227,7 @@ class MalformedInputTests(CryptosignTestCase):
 
     def setUp(self) -> None:
         super().setUp()
-        self.logged = Logged(self)
+        self.logged = LogCapture(self)
 
     def refused_hello(self, authextra: dict[str, Any]) -> tuple[str, str | None]:
         session = TestSession(self.app)
@@ -330,7 +315,7 @@ class LookupTests(CryptosignTestCase):
         self.assertEqual(self.authenticate(session, ALICE.sign(challenge)).authrole, "async")
 
     def test_hook_returning_something_else_is_denied_and_logged(self) -> None:
-        logged = Logged(self)
+        logged = LogCapture(self)
         self.record(("alice", "user"))
         session = TestSession(self.app)
         hello(session, {"pubkey": ALICE.pubkey})
@@ -338,7 +323,7 @@ class LookupTests(CryptosignTestCase):
         self.assertTrue(logged.texts("not a CryptosignUser or None"))
 
     def test_hook_raising_is_denied_and_logged(self) -> None:
-        logged = Logged(self)
+        logged = LogCapture(self)
 
         @self.app.cryptosign_user
         def lookup(pubkey: str, realm: str, details: CryptosignDetails) -> CryptosignUser | None:
@@ -568,19 +553,7 @@ class Handle:
 
 def tls_pair(max_version: int | None) -> tuple[SSL.Connection, SSL.Connection]:
     """A client and a server pyOpenSSL connection past their handshake, in memory."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
+    key, certificate = self_signed()
     server_context = SSL.Context(SSL.TLS_METHOD)
     server_context.use_certificate(certificate)
     server_context.use_privatekey(key)

@@ -12,9 +12,10 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 
-from sandstone import Limits, Sandstone
+from sandstone import Sandstone
 from tests.support import ServerTestCase, wait_until
 from tests.test_e2e_limits import RawPeer
+from tests.test_http_errors import make_app as make_unit_app
 
 JSON = {"Accept": ["application/json"]}
 BROWSER = {"Accept": ["text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"]}
@@ -27,20 +28,8 @@ HINT = (
 
 
 def make_app() -> Sandstone:
-    app = Sandstone(anonymous=True, open_uris=True, limits=Limits(max_request_body=1024))
-
-    @app.route("/things", methods=["POST"])
-    def make_thing(request: IRequest) -> bytes:
-        return b"made"
-
-    @app.route("/boom")
-    def boom(request: IRequest) -> bytes:
-        raise ValueError("secret detail of a failure")
-
-    @app.route("/echo", methods=["POST"])
-    def echo(request: Any) -> bytes:
-        body: bytes = request.content.read()
-        return body
+    """test_http_errors' app (its routes, a 1 KiB body limit), and a route whose error the app handles."""
+    app = make_unit_app(max_request_body=1024)
 
     @app.route("/articles/<int:number>")
     def article(request: IRequest, number: int) -> bytes:

@@ -16,7 +16,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.utils import getProcessOutputAndValue
 
-from tests.support import ServerTestCase, pending_websocket_timers, wait_until
+from tests.support import ServerTestCase, pending_websocket_timers, stop_process, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -114,14 +114,7 @@ class TwistdTestCase(ServerTestCase):
 
     async def stop(self, process: Twistd) -> None:
         """SIGTERM, wait; SIGKILL if it does not end."""
-        if process.running:
-            process.transport.signalProcess("TERM")
-            try:
-                await wait_until(lambda: not process.running, timeout=10.0)
-            except AssertionError:
-                if process.running:
-                    process.transport.signalProcess("KILL")
-        await process.ended
+        await stop_process(process)
 
     async def terminate(self, process: Twistd) -> None:
         """Stop twistd with SIGTERM and check it shut down cleanly."""

@@ -91,6 +91,13 @@ def make_pki(
     )
 
 
+def self_signed(name: str = "localhost") -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A key and a self-signed certificate for ``name``, valid for a day (in memory)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    return key, _builder(subject, subject, key).sign(key, hashes.SHA256())
+
+
 def _san(name: str) -> x509.GeneralName:
     try:
         return x509.IPAddress(ipaddress.ip_address(name))
