@@ -41,11 +41,14 @@ class _AtLeast:
 
     def __init__(self, level: LogLevel) -> None:
         self.level = level
+        # The levels dropped, as a set: comparing LogLevel constants is a Python call each, for every event
+        # (the access log writes one per REST request).
+        self.below = frozenset(other for other in LogLevel.iterconstants() if other < level)
 
     def __call__(self, event: LogEvent) -> PredicateResult:
-        level = event.get("log_level")
-        below = level is not None and level < self.level
-        result: PredicateResult = PredicateResult.no if below else PredicateResult.maybe
+        result: PredicateResult = (
+            PredicateResult.no if event.get("log_level") in self.below else PredicateResult.maybe
+        )
         return result
 
 

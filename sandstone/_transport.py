@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
 
 from autobahn.twisted.resource import WebSocketResource
@@ -22,6 +22,7 @@ from zope.interface import implementer
 from ._admission import Ticket
 from ._autobahn_internals import (
     PROTOCOL_OPTIONS,
+    object_serializer,
     options_class,
     router_data,
     router_data_if_any,
@@ -85,8 +86,11 @@ def framed(
         cached: tuple[bytes, bytes] | None = data.get(serializer)
         if cached is not None:  # every subscriber of a broadcast after the first on this serializer
             return cached
-    payload, binary = serializer.serialize(msg)
-    cached = router_data(msg)[serializer] = (payload, _frame_header(len(payload), binary) + payload)
+    # The object serializer itself: autobahn's serialize() also keeps statistics nobody reads, which costs a
+    # broadcast about 1 us per serializer (bench/runner.py sat S=1 and S=10, issue 11).
+    objects = object_serializer(serializer)
+    payload = msg.serialize(objects)
+    cached = router_data(msg)[serializer] = (payload, _frame_header(len(payload), objects.BINARY) + payload)
     kind = type(msg)
     if sent is not None and kind is not message.Event:
         sent[kind] += 1
@@ -148,6 +152,26 @@ class WampConnection:
         """Close the connection at once, without a closing handshake (the transport's own)."""
         raise NotImplementedError
 
+    def _is_open(self) -> bool:
+        """Whether the connection is open and not closing, so that a new session may follow one that left
+        (the transport's own)."""
+        raise NotImplementedError
+
+    def _on_messages(self, session: Session, messages: Iterable[message.Message]) -> None:
+        """Hand one frame's messages to ``session``, in order. A session that leaves (GOODBYE, ABORT) ends
+        the frame: the connection gets a fresh session waiting for HELLO while it stays open."""
+        for msg in messages:
+            session.on_message(msg)
+            if session.has_left:
+                if self._is_open():
+                    self._attach()
+                else:
+                    self._wamp = None
+                break
+        if (self._hello_timer is not None or self._pending) and session.is_open:
+            self._cancel_hello_timer()
+            self._serving()
+
     def _read(self, frames: Callable[[bytes], None], data: bytes) -> None:
         """Hand one read's bytes to ``frames``, the transport's parser, which calls ``onMessage`` for each
         message: the read's messages are handled within one time slice, the rest wait in the inbox."""
@@ -164,7 +188,7 @@ class WampConnection:
         inbox = self._inbox
         if inbox is not None:
             inbox.append((payload, isBinary))
-        elif self._slice_end <= factory.monotonic():
+        elif self._slice_end != _NO_SLICE and self._slice_end <= factory.monotonic():
             # This connection had its share of the turn: the rest of what it sent waits for the next turns,
             # and TCP tells it to slow down meanwhile.
             self._inbox = deque(((payload, isBinary),))
@@ -373,6 +397,9 @@ class WampServerProtocol(WampConnection, WebSocketServerProtocol):  # type: igno
         if self._v1 is not None:
             self._open_wamp1(self._v1)
 
+    def _is_open(self) -> bool:
+        return bool(self.state == self.STATE_OPEN)
+
     def _handle(self, payload: bytes, isBinary: bool) -> None:
         session = self._wamp
         if session is None:
@@ -385,17 +412,7 @@ class WampServerProtocol(WampConnection, WebSocketServerProtocol):  # type: igno
         except DecodeError as exc:
             session.protocol_violation(str(exc))
             return
-        for msg in messages:
-            session.on_message(msg)
-            if session.has_left:
-                if self.state == self.STATE_OPEN:
-                    self._attach()
-                else:
-                    self._wamp = None
-                break
-        if (self._hello_timer is not None or self._pending) and session.is_open:
-            self._cancel_hello_timer()
-            self._serving()
+        self._on_messages(session, messages)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self._cancel_hello_timer()
@@ -698,7 +715,8 @@ class WampServerFactory(WebSocketServerFactory):
         self._backlogged: deque[WampConnection] = deque()  # connections with messages waiting
         self._serving_backlogs = False
         self.last_sender: WampConnection | None = None  # the connection whose message came last
-        self._contended_until = float("-inf")  # several connections sent messages until then (monotonic)
+        # several connections sent messages until then (monotonic); 0.0: not since the last slice_end after it
+        self._contended_until = 0.0
         self.serializers = serializers if serializers is not None else default_serializers()
         self._protocol_base: type[WampServerProtocol] = self.protocol
         super().__init__(protocols=list(self.serializers), **kwargs)
@@ -729,8 +747,13 @@ class WampServerFactory(WebSocketServerFactory):
         time_slice = self.limits.message_time_slice
         if time_slice <= 0:
             return _NO_SLICE
+        if not self._contended_until:  # one connection sends alone: no clock read
+            return _NO_SLICE
         now = self.monotonic()
-        return now + time_slice if now < self._contended_until else _NO_SLICE
+        if now < self._contended_until:
+            return now + time_slice
+        self._contended_until = 0.0  # the contention is over
+        return _NO_SLICE
 
     def sender_changed(self, protocol: WampConnection) -> None:
         """``protocol`` sends a message after another connection did: for the next ``CONTENTION`` seconds,

@@ -35,6 +35,7 @@ from sandstone._rawsocket import (
 from sandstone._tap import Options, makeService
 from sandstone._transport import WampServerFactory
 from tests.support import open_websocket, websocket_payloads
+from tests.test_broker import CountingSerializer
 from tests.test_fairness import Reactor, Ticking
 
 ROLES = {"subscriber": {}, "publisher": {}, "caller": {}, "callee": {}}
@@ -393,16 +394,8 @@ class OutgoingTests(RawSocketTestCase):
 
     def test_a_broadcast_is_serialized_once_for_websocket_and_rawsocket_subscribers(self) -> None:
         self.make(Limits(open_handshake_timeout=0))  # no autobahn timers on the global reactor
-        # every JSON serializer's serializations (the WebSocket and RawSocket connections must share one)
-        json_class = type(self.wamp.serializers["wamp.2.json"])
-        calls: list[Any] = []
-        serialize = json_class.serialize
-
-        def counting(serializer: Any, msg: Any) -> Any:
-            calls.append(type(msg))
-            return serialize(serializer, msg)
-
-        self.patch(json_class, "serialize", counting)
+        # EVENTs serialized by the shared JSON serializer (WebSocket and RawSocket connections must share it)
+        counter = CountingSerializer(self, self.wamp.serializers["wamp.2.json"])
         raw = [self.joined(), self.joined(), self.joined(CBOR)]
         for connection in raw:
             connection.send([32, 1, {}, "x.y"])
@@ -412,9 +405,9 @@ class OutgoingTests(RawSocketTestCase):
         ws.onMessage(json.dumps([32, 1, {}, "x.y"]).encode(), False)
         self.clock.advance(0)
         ws_transport.clear()
-        del calls[:]
+        counter.events = 0
         self.app.broadcast("x.y", {"n": 1})
-        self.assertEqual(calls, [message.Event])
+        self.assertEqual(counter.events, 1)
         received = [c.messages() for c in raw]
         self.assertEqual([m[0][4] for m in received], [[{"n": 1}]] * 3)
         self.assertEqual(raw[0].transport.value(), raw[1].transport.value())
