@@ -9,7 +9,6 @@ service tree, signals and logging are exactly those of ``twistd -n --pidfile= sa
 
 from __future__ import annotations
 
-import errno
 import os
 import sys
 import traceback
@@ -24,6 +23,7 @@ from twisted.python import usage
 from twisted.scripts.twistd import ServerOptions, runApp  # type: ignore[attr-defined]
 
 from sandstone import __version__
+from sandstone._listening import listen_error
 from sandstone._tap import Options
 
 __all__ = ["main"]
@@ -72,21 +72,6 @@ class _CommandOptions(usage.Options):
         """Print sandstone's version and exit."""
         print(f"sandstone {__version__}")
         sys.exit(0)
-
-
-def listen_error(err: CannotListenError) -> str:
-    """The one-line reason a listening endpoint could not be bound."""
-    where = f"{err.interface}:{err.port}" if err.interface else f"port {err.port}"
-    code = getattr(err.socketError, "errno", None)
-    if code == errno.EADDRINUSE:
-        return f"cannot listen on {where}: the address is already in use (another server runs there?)"
-    if code == errno.EACCES:
-        return (
-            f"cannot listen on {where}: permission denied (ports below 1024 need root or "
-            "CAP_NET_BIND_SERVICE; try a port above 1023)"
-        )
-    reason = getattr(err.socketError, "strerror", None) or str(err.socketError)
-    return f"cannot listen on {where}: {reason}"
 
 
 def _fail(reason: str, debug: bool, stderr: TextIO) -> int:

@@ -783,8 +783,12 @@ def makeService(options: Options, *, inherited_fd: int | None = None, worker: in
     elif workers > 1:
         web = listener = SharedListener(listen, workers, site)
     else:
-        # If listening fails (port in use...), startService fails instead of serving nothing.
-        web = ListeningService(serverFromString(reactor, listen), site)
+        # If listening fails (port in use...), startService fails instead of serving nothing: under twistd
+        # with one line and exit status 1 (``sandstone run`` reports it itself).
+        one_line = options._exits_on_usage_error and isinstance(options.parent, ServerOptions)
+        web = ListeningService(
+            serverFromString(reactor, listen), site, exit_prefix="twistd sandstone" if one_line else None
+        )
     web.setName("web")
     web.setServiceParent(root)
     # Stopped alongside "web" (which stops listening): WebSockets closed, REST requests may finish.

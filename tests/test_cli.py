@@ -105,6 +105,22 @@ class OneLineErrorTests(TestCase):
             "(another server runs there?)",
         )
 
+    def test_port_in_use_under_twistd(self) -> None:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen(1)
+            port = taken.getsockname()[1]
+            result = twistd("-n", "--pidfile=", "sandstone", "--listen", f"tcp:{port}:interface=127.0.0.1")
+        self.assertEqual(
+            (result.returncode, result.stderr),
+            (
+                1,
+                f"twistd sandstone: cannot listen on 127.0.0.1:{port}: the address is already in use "
+                "(another server runs there?)\n",
+            ),
+        )
+        self.assertNotIn("Traceback", result.stdout)  # twistd's own startup lines may precede it there
+
     def test_privileged_port(self) -> None:
         prefix: tuple[str, ...] = ()
         if os.geteuid() == 0:  # root binds any port: run without the capability that allows it
