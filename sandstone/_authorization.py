@@ -312,26 +312,29 @@ class Authorization:
 
     # delivery
 
-    def allows_delivery(self, session: Session, uri: str) -> bool:
-        """Whether a pattern subscriber may receive an event of ``uri`` (as if it subscribed to it exactly).
+    def allows_delivery(self, session: Session, uri: str, match: str = EXACT) -> bool:
+        """Whether a pattern subscriber may receive an event of ``uri`` (as if it subscribed to it exactly);
+        with another ``match`` policy, whether the session may subscribe to that pattern (a subscription
+        meta event about it is then its business).
 
         Decisions are cached per session (at most ``DELIVERY_CACHE_SIZE`` URIs, oldest dropped first).
         """
+        key = uri if match == EXACT else f"{match} {uri}"  # a URI has no space
         decisions = self._decisions.get(session)
         if decisions is None:
             decisions = self._decisions[session] = {}
         else:
-            cached = decisions.get(uri)
+            cached = decisions.get(key)
             if cached is not None:
                 return cached
-        allowed = self._allowed_now(session, uri)
+        allowed = self._allowed_now(session, uri, match)
         if len(decisions) >= DELIVERY_CACHE_SIZE:
             del decisions[next(iter(decisions))]
-        decisions[uri] = allowed
+        decisions[key] = allowed
         return allowed
 
-    def _allowed_now(self, session: Session, uri: str) -> bool:
-        checks, cleanup = self.checks(session, "subscribe", uri, EXACT)
+    def _allowed_now(self, session: Session, uri: str, match: str) -> bool:
+        checks, cleanup = self.checks(session, "subscribe", uri, match)
         try:
             for check in checks:
                 try:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from autobahn.wamp import message
 from twisted.logger import Logger
 
+from ._authorization import is_reserved
 from ._errors import NO_SUCH_SUBSCRIPTION, WampError
 from ._publication import Publication
 from ._subscriptions import EXACT, Subscription, SubscriptionTable
@@ -30,6 +31,9 @@ class Broker:
 
     def __init__(self, stats: Counter[str] | None = None) -> None:
         self.subscriptions = SubscriptionTable()
+        # Subscriptions to the router's meta topics (``wamp.`` URIs and patterns), kept apart: meta events
+        # reach only them (not an app's ``..`` wildcard), and publications never look at them.
+        self.meta = SubscriptionTable()
         self._by_session: dict[Session, dict[int, Subscription]] = {}  # each session's, by id
         # What the limits refused (``events_capped``): the router's counters when it gives them.
         self.stats: Counter[str] = stats if stats is not None else Counter()
@@ -42,12 +46,16 @@ class Broker:
         again for one it holds is always fine (it gets the same subscription id)."""
         if limit <= 0 or len(self._by_session.get(session, ())) < limit:
             return True
-        subscription = self.subscriptions.find(uri, match)
+        subscription = self.table(uri).find(uri, match)
         return subscription is not None and session in subscription.sessions
+
+    def table(self, uri: str) -> SubscriptionTable:
+        """The table holding the subscriptions to ``uri``: ``meta`` for the ``wamp.`` namespace."""
+        return self.meta if is_reserved(uri) else self.subscriptions
 
     def subscribe(self, session: Session, uri: str, match: str) -> tuple[Subscription, bool]:
         """Add a session to the (uri, match) subscription; True when it was not subscribed yet."""
-        subscription, added = self.subscriptions.add(session, uri, match)
+        subscription, added = self.table(uri).add(session, uri, match)
         if added:
             self._by_session.setdefault(session, {})[subscription.id] = subscription
         return subscription, added
@@ -60,15 +68,41 @@ class Broker:
             raise WampError(NO_SUCH_SUBSCRIPTION, f"session has no subscription {subscription_id}")
         if not held:
             del self._by_session[session]
-        self.subscriptions.remove(session, subscription)
+        self.table(subscription.uri).remove(session, subscription)
         return subscription
 
     def unsubscribe_all(self, session: Session) -> list[Subscription]:
         """Remove every subscription of a leaving session; returns them, in subscription order."""
         subscriptions = list(self._by_session.pop(session, {}).values())
         for subscription in subscriptions:
-            self.subscriptions.remove(session, subscription)
+            self.table(subscription.uri).remove(session, subscription)
         return subscriptions
+
+    def subscriptions_of(self, session: Session) -> list[Subscription]:
+        """The subscriptions a session holds, in the order it made them."""
+        return list(self._by_session.get(session, {}).values())
+
+    def deliver_meta(self, publication: Publication, may_see: Callable[[Session], bool] | None = None) -> int:
+        """Send a meta event to the subscribers of meta topics it matches (and ``may_see`` admits: what a
+        session may learn of); returns the count. Pattern subscribers are checked as for any event."""
+        delivered = 0
+        gate = self.gate
+        topic = publication.topic
+        for subscription in self.meta.match(topic):
+            event = None
+            check = None if subscription.match == EXACT else gate
+            for session in subscription.sessions:
+                if not publication.admits(session):
+                    continue
+                if check is not None and not check(session, topic):
+                    continue
+                if may_see is not None and not may_see(session):
+                    continue
+                if event is None:
+                    event = _event(subscription, publication)
+                session.send_event(event)
+                delivered += 1
+        return delivered
 
     def deliver(self, publication: Publication, max_events: int = 0) -> int:
         """Send a publication to every admitted session of every matching subscription; returns the count.

@@ -16,6 +16,11 @@ Delivery rule (every subscriber in the cluster gets each broadcast exactly once)
   next beat claims them again.
 - An event dispatched while handling a forwarded event gets an id derived from that event's, and nodes run the
   listeners of an event id once, however many nodes sent it.
+- Presence (the meta API's sessions and subscriptions, ``Topic.presence``): each node keeps its own sessions,
+  subscriptions and subscribers in hashes of its own, listed in the ``state`` hash; answers read the live
+  nodes' hashes. The node that purges a dead one (the first whose purge sees its heartbeat gone: the script
+  is atomic) gets what it held and runs the ``on_leave`` hooks and meta events for its members, once. Meta
+  events travel on ``peers`` only while some node has subscribers of meta topics (``interest``).
 
 What outside producers may send and what nodes say to each other are kept apart: producers publish events
 and deliveries on the public channels (``events``, ``deliveries``), which accept nothing else; nodes send
@@ -42,7 +47,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from ._call import Call, Caller
-from ._cluster import Cause
+from ._cluster import Cause, LostSubscription, Member, SessionInfo, SubscriptionInfo
 from ._envelope import (
     NODE,
     PEERS,
@@ -76,11 +81,14 @@ from ._redis_connect import (
     redis_endpoint,
 )
 from ._redis_url import RedisAddress
+from ._subscriptions import iso_8601
 
 if TYPE_CHECKING:
     from ._dealer import Registration
     from ._dispatcher import EventDispatcher
     from ._router import Router
+    from ._session import Session
+    from ._subscriptions import Subscription
 
 log = Logger()
 
@@ -158,6 +166,141 @@ return {dead, bad}
 """
 )
 
+
+# Presence state: ``B:state`` lists the nodes keeping state (node id: "1" when it has subscribers of meta
+# topics, else "0"); each node has ``B:sessions:<node>``, ``B:subscriptions:<node>`` and
+# ``B:subscribers:<node>:<subscription id>`` (see ``Channels``). A node is alive while its heartbeat key is.
+_LIVE_OTHERS = """
+local function live_others(state, me, beats)
+  local nodes = {}
+  for _, node in ipairs(redis.call('HKEYS', state)) do
+    if node ~= me and redis.call('EXISTS', beats .. node) == 1 then table.insert(nodes, node) end
+  end
+  return nodes
+end
+"""
+
+# KEYS[1] state; ARGV: this node, heartbeat prefix, key prefix, key suffix, HGETALL or HLEN. For each other
+# live node: its id, then the command's answer for its key (prefix .. node .. suffix).
+_GATHER = (
+    _LIVE_OTHERS
+    + """
+local out = {}
+for _, node in ipairs(live_others(KEYS[1], ARGV[1], ARGV[2])) do
+  table.insert(out, node)
+  table.insert(out, redis.call(ARGV[5], ARGV[3] .. node .. ARGV[4]))
+end
+return out
+"""
+)
+
+# Whether another live node holds the subscription ARGV[4] (ARGV[3]: the subscriptions hashes' prefix).
+_HELD_ELSEWHERE = """
+local function held_elsewhere()
+  for _, node in ipairs(live_others(KEYS[1], ARGV[1], ARGV[2])) do
+    if redis.call('HEXISTS', ARGV[3] .. node, ARGV[4]) == 1 then return true end
+  end
+  return false
+end
+"""
+
+# KEYS: state, this node's subscriptions, its subscribers of the subscription; ARGV: node, heartbeat prefix,
+# subscriptions prefix, subscription id, its details, session id, its identity, "1" if first here. Returns 1
+# when no other live node holds the subscription (it was created in the cluster).
+_SUBSCRIBED = (
+    _LIVE_OTHERS
+    + _HELD_ELSEWHERE
+    + """
+redis.call('HSET', KEYS[3], ARGV[6], ARGV[7])
+if ARGV[8] ~= '1' then return 0 end
+redis.call('HSET', KEYS[2], ARGV[4], ARGV[5])
+if held_elsewhere() then return 0 end
+return 1
+"""
+)
+
+# Like _SUBSCRIBED; ARGV[5] session id, ARGV[6] "1" if it was the last here. Returns 1 when no live node holds
+# the subscription any more (it was deleted in the cluster).
+_UNSUBSCRIBED = (
+    _LIVE_OTHERS
+    + _HELD_ELSEWHERE
+    + """
+redis.call('HDEL', KEYS[3], ARGV[5])
+if ARGV[6] ~= '1' then return 0 end
+redis.call('HDEL', KEYS[2], ARGV[4])
+if held_elsewhere() then return 0 end
+return 1
+"""
+)
+
+# Delete one node's state (ARGV[1]: the node, ARGV[2]: the base with its colon).
+_DROP_NODE = """
+local function drop_node(node, base)
+  local subscriptions = base .. 'subscriptions:' .. node
+  for _, id in ipairs(redis.call('HKEYS', subscriptions)) do
+    redis.call('DEL', base .. 'subscribers:' .. node .. ':' .. id)
+  end
+  redis.call('DEL', subscriptions, base .. 'sessions:' .. node)
+end
+"""
+
+# KEYS[1] state; ARGV: this node, base, "1" if it has subscribers of meta topics. Start afresh: the node
+# writes its sessions and subscriptions again next.
+_RESET_NODE = (
+    _DROP_NODE
+    + """
+drop_node(ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1
+"""
+)
+
+# KEYS[1] state; ARGV: this node, heartbeat prefix, base. A node leaving the cluster (its heartbeat deleted)
+# leaves its state to the live nodes, whose purge tells its members' leaving; with none left, it drops it.
+_LEAVE_STATE = (
+    _LIVE_OTHERS
+    + _DROP_NODE
+    + """
+if #live_others(KEYS[1], ARGV[1], ARGV[2]) > 0 then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+drop_node(ARGV[1], ARGV[3])
+return 1
+"""
+)
+
+# KEYS[1] state; ARGV: heartbeat prefix, base. Removes the state of the nodes whose heartbeat is gone and
+# returns it, to this node only (the script is atomic): {{node, sessions, {{subscription id, details,
+# subscribers, 1 if no live node holds it}, ...}}, ...}, then the live nodes' flags (HGETALL of the state).
+_PURGE_STATE = """
+local dead = {}
+for _, node in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if redis.call('EXISTS', ARGV[1] .. node) == 0 then table.insert(dead, node) end
+end
+for _, node in ipairs(dead) do redis.call('HDEL', KEYS[1], node) end
+local live = redis.call('HKEYS', KEYS[1])
+local lost = {}
+for _, node in ipairs(dead) do
+  local sessions_key = ARGV[2] .. 'sessions:' .. node
+  local subscriptions_key = ARGV[2] .. 'subscriptions:' .. node
+  local sessions = redis.call('HGETALL', sessions_key)
+  local subscriptions = redis.call('HGETALL', subscriptions_key)
+  local held = {}
+  for i = 1, #subscriptions, 2 do
+    local id = subscriptions[i]
+    local key = ARGV[2] .. 'subscribers:' .. node .. ':' .. id
+    local members = redis.call('HGETALL', key)
+    redis.call('DEL', key)
+    local deleted = 1
+    for _, other in ipairs(live) do
+      if redis.call('HEXISTS', ARGV[2] .. 'subscriptions:' .. other, id) == 1 then deleted = 0 break end
+    end
+    table.insert(held, {id, subscriptions[i + 1], members, deleted})
+  end
+  redis.call('DEL', sessions_key, subscriptions_key)
+  table.insert(lost, {node, sessions, held})
+end
+return {lost, redis.call('HGETALL', KEYS[1])}
+"""
 
 _NOT_JSON_ERROR = "wamp.error.invalid_argument"
 _NOT_JSON_ARGS = ["arguments that JSON cannot carry (e.g. binary) cannot cross nodes"]
@@ -318,6 +461,7 @@ class RedisBus(Service):
                 "send_failures",
                 "announced_elsewhere",
                 "reconnects",
+                "nodes_purged",
             ),
             0,
         )
@@ -343,6 +487,8 @@ class RedisBus(Service):
         self._ready_waiters: list[Deferred[None]] = []
         self._heartbeat = LoopingCall(self._beat)
         self._heartbeat.clock = reactor
+        self._meta_nodes: set[str] = set()  # the other nodes with subscribers of meta topics
+        self.wants_meta = False  # whether there are any (the ``Cluster`` attribute)
 
     # lifecycle
 
@@ -480,6 +626,14 @@ class RedisBus(Service):
             self.router.use_cluster(None)
         leaving = self._command("delete", self.channels.heartbeat(self.node_id))
         leaving.addCallback(lambda _: self._command("eval", _PURGE_DEAD, *self._purge_arguments()))
+        leaving.addCallback(
+            lambda _: self._command(
+                "eval",
+                _LEAVE_STATE,
+                [self.channels.state],
+                [self.node_id, self._heartbeat_prefix, self._base],
+            )
+        )
         leaving.addErrback(lambda _: None)  # then the TTL does it
         return leaving.addCallback(lambda _: self._disconnect())
 
@@ -541,6 +695,7 @@ class RedisBus(Service):
         self._commands_up = True
         self._beat()
         self._reclaim()
+        self._restore_state()
         self._maybe_ready()
 
     def _commands_lost(self, reason: str) -> None:
@@ -647,10 +802,12 @@ class RedisBus(Service):
             log.info("cluster bus node {node}: heartbeats work again", node=self.node_id)
         if not existed:
             # expired (this node was paused longer than the TTL, or Redis lost it): the other nodes purged
-            # our registrations, claim them again
+            # our registrations and presence state, claim and write them again
             self._reclaim()
+            self._restore_state()
         d = self._purge()
         d.addCallback(lambda _: self._check_remote_nodes())
+        d.addCallback(lambda _: self._purge_state())
         return d
 
     def _beat_failed(self, failure: Failure) -> None:
@@ -1029,6 +1186,257 @@ class RedisBus(Service):
         self._publish_internal(self.channels.node(node), payload)
         return True
 
+    # presence: this node's sessions and subscriptions in Redis, the other nodes' ones from there
+
+    @property
+    def _base(self) -> str:
+        return self.channels.base + ":"
+
+    def _restore_state(self) -> None:
+        """Write this node's sessions and subscriptions afresh (after a reconnect, or when the other nodes
+        took it for dead): what was written while Redis was out of reach is lost."""
+        router = self.router
+        flag = "1" if router.meta_listening else "0"
+        self._state_command("eval", _RESET_NODE, [self.channels.state], [self.node_id, self._base, flag])
+        for session in list(router.sessions.values()):
+            self.joined(session)
+        for subscription in router.broker.subscriptions:
+            self._state_command(
+                "hset",
+                self.channels.subscriptions(self.node_id),
+                subscription.id,
+                _subscription_entry(subscription),
+            )
+            key = self.channels.subscribers(self.node_id, subscription.id)
+            for session in list(subscription.sessions):
+                self._state_command("hset", key, session.id, _member_entry(session))
+
+    def _state_command(self, name: str, *args: Any) -> Deferred[Any]:
+        """A command writing this node's state; when Redis cannot take it, the next reconnect rewrites all."""
+        d = self._command(name, *args)
+        d.addErrback(
+            lambda f: log.debug("cluster bus: presence state not written: {error}", error=f.getErrorMessage())
+        )
+        return d
+
+    def joined(self, session: Session) -> None:
+        """A session joined this node: add it to this node's sessions hash."""
+        entry = json.dumps([session.authid, session.authrole, session.authmethod, session.authprovider])
+        self._state_command("hset", self.channels.sessions(self.node_id), session.id, entry)
+
+    def left(self, session: Session) -> None:
+        """A session left this node: remove it from this node's sessions hash."""
+        self._state_command("hdel", self.channels.sessions(self.node_id), [session.id])
+
+    def subscribed(self, subscription: Subscription, session: Session, first: bool) -> Deferred[bool]:
+        """Add a subscriber to this node's state; fires with whether no other live node held the
+        subscription (when Redis cannot answer: whether it is the first here)."""
+        d = self._command(
+            "eval",
+            _SUBSCRIBED,
+            [
+                self.channels.state,
+                self.channels.subscriptions(self.node_id),
+                self.channels.subscribers(self.node_id, subscription.id),
+            ],
+            [
+                self.node_id,
+                self._heartbeat_prefix,
+                self._base + "subscriptions:",
+                subscription.id,
+                _subscription_entry(subscription),
+                session.id,
+                _member_entry(session),
+                "1" if first else "0",
+            ],
+        )
+        return d.addCallbacks(lambda created: created == 1, lambda _: first)
+
+    def unsubscribed(self, subscription: Subscription, session: Session, last: bool) -> Deferred[bool]:
+        """Remove a subscriber from this node's state; fires with whether no live node holds the
+        subscription any more (when Redis cannot answer: whether it was the last here)."""
+        d = self._command(
+            "eval",
+            _UNSUBSCRIBED,
+            [
+                self.channels.state,
+                self.channels.subscriptions(self.node_id),
+                self.channels.subscribers(self.node_id, subscription.id),
+            ],
+            [
+                self.node_id,
+                self._heartbeat_prefix,
+                self._base + "subscriptions:",
+                subscription.id,
+                session.id,
+                "1" if last else "0",
+            ],
+        )
+        return d.addCallbacks(lambda deleted: deleted == 1, lambda _: last)
+
+    def _gather(self, prefix: str, suffix: str, command: str) -> Deferred[list[tuple[str, Any]]]:
+        """(node, answer) for each other live node: ``command`` (HGETALL or HLEN) on its key. Without Redis,
+        no other node is known: the answers are this node's own."""
+        d = self._command(
+            "eval",
+            _GATHER,
+            [self.channels.state],
+            [self.node_id, self._heartbeat_prefix, self._base + prefix, suffix, command],
+        )
+
+        def pairs(flat: Any) -> list[tuple[str, Any]]:
+            if not isinstance(flat, list):
+                return []
+            return [(_text(flat[i]), flat[i + 1]) for i in range(0, len(flat) - 1, 2)]
+
+        def unavailable(failure: Failure) -> list[tuple[str, Any]]:
+            log.warn(
+                "cluster bus: could not read the other nodes' presence from Redis ({error}); answering "
+                "for this node only",
+                error=failure.getErrorMessage(),
+            )
+            return []
+
+        return d.addCallbacks(pairs, unavailable)
+
+    def sessions(self) -> Deferred[list[SessionInfo]]:
+        """The other live nodes' sessions."""
+
+        def parse(answers: list[tuple[str, Any]]) -> list[SessionInfo]:
+            found = []
+            for _node, flat in answers:
+                for key, value in _hash_items(flat):
+                    info = _session_info(key, value)
+                    if info is None:
+                        self.stats["bad_entries"] += 1
+                    else:
+                        found.append(info)
+            return found
+
+        return self._gather("sessions:", "", "HGETALL").addCallback(parse)
+
+    def subscriptions(self) -> Deferred[list[SubscriptionInfo]]:
+        """The other live nodes' subscriptions (one per id, whichever node has it)."""
+
+        def parse(answers: list[tuple[str, Any]]) -> list[SubscriptionInfo]:
+            found: dict[int, SubscriptionInfo] = {}
+            for _node, flat in answers:
+                for key, value in _hash_items(flat):
+                    info = _subscription_info(key, value)
+                    if info is None:
+                        self.stats["bad_entries"] += 1
+                    elif info.id not in found or info.created < found[info.id].created:
+                        found[info.id] = info
+            return list(found.values())
+
+        return self._gather("subscriptions:", "", "HGETALL").addCallback(parse)
+
+    def subscribers(self, subscription_id: int) -> Deferred[list[Member]]:
+        """The other live nodes' subscribers of a subscription."""
+
+        def parse(answers: list[tuple[str, Any]]) -> list[Member]:
+            found = []
+            for _node, flat in answers:
+                for key, value in _hash_items(flat):
+                    member = _member(key, value)
+                    if member is None:
+                        self.stats["bad_entries"] += 1
+                    else:
+                        found.append(member)
+            return found
+
+        return self._gather("subscribers:", f":{subscription_id}", "HGETALL").addCallback(parse)
+
+    def subscriber_count(self, subscription_id: int) -> Deferred[int]:
+        """How many subscribers of a subscription the other live nodes have."""
+
+        def total(answers: list[tuple[str, Any]]) -> int:
+            return sum(count for _node, count in answers if isinstance(count, int))
+
+        return self._gather("subscribers:", f":{subscription_id}", "HLEN").addCallback(total)
+
+    def meta_interest(self, listening: bool) -> None:
+        """This node has subscribers of meta topics (or no more): say so in the state hash, for nodes that
+        start later, and on the peers channel, for the others now."""
+        self._state_command("hset", self.channels.state, self.node_id, "1" if listening else "0")
+        self._send_peer("interest", {"meta": listening})
+
+    def announce_meta(self, publication: Publication, about: tuple[str, str] | None) -> None:
+        """Send a meta event to the other nodes (for their subscribers of meta topics)."""
+        body = {
+            "topic": publication.topic,
+            "publication": publication.id,
+            "args": publication.args,
+            "about": None if about is None else list(about),
+        }
+        self._send_peer("meta", body)
+
+    def _send_peer(self, kind: str, body: dict[str, Any]) -> None:
+        try:
+            payload = encode_node(kind, self.node_id, body)
+        except (TypeError, ValueError) as exc:
+            log.warn("cluster bus: a {kind} message cannot travel as JSON: {reason}", kind=kind, reason=exc)
+            return
+        self._publish_internal(self.channels.peers, payload)
+
+    def _on_meta(self, origin: str, body: dict[str, Any]) -> None:
+        topic = body["topic"]
+        if not topic.startswith("wamp."):
+            raise EnvelopeError(f"meta message: topic {topic!r} is not a meta topic")
+        about = body.get("about")
+        publication = Publication(topic, body.get("args"), id=body["publication"], source="router")
+        self.router.deliver_meta(publication, None if about is None else (about[0], about[1]))
+
+    def _on_interest(self, origin: str, body: dict[str, Any]) -> None:
+        if body["meta"]:
+            self._meta_nodes.add(origin)
+        else:
+            self._meta_nodes.discard(origin)
+        self.wants_meta = bool(self._meta_nodes)
+
+    def _purge_state(self) -> Deferred[None]:
+        """Remove the dead nodes' presence state; for those this node removed, their members leave (hooks
+        and meta events run here). Also learns which live nodes listen to meta events."""
+        d = self._command("eval", _PURGE_STATE, [self.channels.state], [self._heartbeat_prefix, self._base])
+        d.addCallback(self._state_purged)
+        d.addErrback(
+            lambda f: log.debug("cluster bus: presence purge failed: {error}", error=f.getErrorMessage())
+        )
+        return d
+
+    def _state_purged(self, answer: Any) -> None:
+        if not isinstance(answer, list) or len(answer) != 2:
+            return
+        lost, flags = answer
+        self._meta_nodes = {node for node, flag in _hash_items(flags) if flag == "1" and node != self.node_id}
+        self.wants_meta = bool(self._meta_nodes)
+        for entry in lost if isinstance(lost, list) else ():
+            self._node_lost(entry)
+
+    def _node_lost(self, entry: Any) -> None:
+        if not isinstance(entry, list) or len(entry) != 3:
+            return
+        node, flat_sessions, held = entry
+        sessions = [
+            info for info in (_session_info(k, v) for k, v in _hash_items(flat_sessions)) if info is not None
+        ]
+        subscriptions = []
+        for item in held if isinstance(held, list) else ():
+            if not isinstance(item, list) or len(item) != 4:
+                continue
+            info = _subscription_info(item[0], item[1])
+            if info is None:
+                continue
+            members = [m for m in (_member(k, v) for k, v in _hash_items(item[2])) if m is not None]
+            subscriptions.append(LostSubscription(info, members, item[3] == 1))
+        self.stats["nodes_purged"] += 1
+        log.info(
+            "cluster bus: node {node} is gone; its {sessions} sessions left the cluster",
+            node=_text(node),
+            sessions=len(sessions),
+        )
+        self.router.node_lost(sessions, subscriptions)
+
     _HANDLERS: dict[type, Callable[[RedisBus, Any], None]] = {
         EventMessage: _on_event,
         DeliveryMessage: _on_delivery,
@@ -1039,7 +1447,68 @@ class RedisBus(Service):
         "result": _on_result,
         "error": _on_error,
         "cancel": _on_cancel,
+        "meta": _on_meta,
+        "interest": _on_interest,
     }
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _hash_items(flat: Any) -> list[tuple[str, str]]:
+    """The (field, value) pairs of an HGETALL answer."""
+    if not isinstance(flat, list):
+        return []
+    return [(_text(flat[i]), _text(flat[i + 1])) for i in range(0, len(flat) - 1, 2)]
+
+
+def _entry(raw: str, size: int) -> list[Any] | None:
+    """A presence entry: a JSON array of ``size`` strings (or nulls); ``None`` when it is not one."""
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(value, list) or len(value) != size:
+        return None
+    return value if all(v is None or isinstance(v, str) for v in value) else None
+
+
+def _id(raw: str) -> int | None:
+    try:
+        value = int(raw)
+    except ValueError:
+        return None
+    return value if 1 <= value <= 2**53 else None
+
+
+def _subscription_entry(subscription: Subscription) -> str:
+    return json.dumps([subscription.uri, subscription.match, iso_8601(subscription.created)])
+
+
+def _member_entry(session: Session) -> str:
+    return json.dumps([session.authid, session.authrole])
+
+
+def _session_info(key: str, value: str) -> SessionInfo | None:
+    session_id, entry = _id(key), _entry(value, 4)
+    if session_id is None or entry is None:
+        return None
+    return SessionInfo(session_id, *entry)
+
+
+def _subscription_info(key: Any, value: Any) -> SubscriptionInfo | None:
+    subscription_id, entry = _id(_text(key)), _entry(_text(value), 3)
+    if subscription_id is None or entry is None or None in entry:
+        return None
+    return SubscriptionInfo(subscription_id, entry[0], entry[1], entry[2])
+
+
+def _member(key: str, value: str) -> Member | None:
+    session_id, entry = _id(key), _entry(value, 2)
+    if session_id is None or entry is None:
+        return None
+    return Member(session_id, entry[0], entry[1], False)
 
 
 def _failed(exc: Exception) -> Deferred[Any]:

@@ -3,6 +3,11 @@
 A ``Router`` is given a ``Cluster`` (``LocalCluster`` unless a bus runs): it calls only these methods, and the
 cluster calls only the router's public methods. ``RedisBus`` (``_bus.py``) is the other implementation.
 
+The presence side (sessions and subscriptions, for the meta API and ``Topic.presence``): a router tells its
+cluster each change of its own sessions and subscriptions, and asks it about *the other nodes'* ones (a router
+knows its own): ``LocalCluster`` has none, ``RedisBus`` reads them from Redis. Subscriptions are named alike
+on every node (``_subscriptions.subscription_id_for``), so a subscription id means the same everywhere.
+
 A *cause* is the forwarded event whose listeners are running: every node runs them, so a broadcast they make
 is made on every node, and the cause gives it the same *key* (and publication id) everywhere, from which the
 nodes tell the copies apart.
@@ -12,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet.defer import Deferred, succeed
@@ -23,8 +29,74 @@ if TYPE_CHECKING:
     from ._call import Call, Caller
     from ._dealer import Registration
     from ._publication import Publication
+    from ._session import Session
+    from ._subscriptions import Subscription
 
-__all__ = ["Cause", "Cluster", "LocalCluster", "publication_id_for"]
+__all__ = [
+    "Cause",
+    "Cluster",
+    "LocalCluster",
+    "Member",
+    "SessionInfo",
+    "SubscriptionInfo",
+    "publication_id_for",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """A subscriber of a topic somewhere in the cluster (``Topic.presence``, ``on_join``, ``on_leave``):
+    its session id, authid and authrole, and whether its session is on this node."""
+
+    session: int
+    authid: str | None
+    authrole: str | None
+    local: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """A session somewhere in the cluster, as the session meta API describes it."""
+
+    session: int
+    authid: str | None
+    authrole: str | None
+    authmethod: str | None
+    authprovider: str | None
+
+    def details(self) -> dict[str, Any]:
+        """The spec's session details (``wamp.session.get``, ``wamp.session.on_join``)."""
+        return {
+            "session": self.session,
+            "authid": self.authid,
+            "authrole": self.authrole,
+            "authmethod": self.authmethod,
+            "authprovider": self.authprovider,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionInfo:
+    """A subscription somewhere in the cluster: its id (the same on every node), topic URI or pattern,
+    match policy and creation time (ISO 8601, UTC)."""
+
+    id: int
+    uri: str
+    match: str
+    created: str
+
+    def details(self) -> dict[str, Any]:
+        """The spec's ``SubscriptionDetails``."""
+        return {"id": self.id, "created": self.created, "uri": self.uri, "match": self.match}
+
+
+@dataclass(frozen=True, slots=True)
+class LostSubscription:
+    """What a dead node's subscription held: its members, and whether no live node holds it any more."""
+
+    subscription: SubscriptionInfo
+    members: list[Member]
+    deleted: bool
 
 
 def publication_id_for(key: str) -> int:
@@ -107,6 +179,54 @@ class Cluster(Protocol):
         """A caller left: its calls served on other nodes are interrupted and forgotten."""
         ...
 
+    # presence: this node's sessions and subscriptions, the other nodes' ones
+
+    #: Whether another node has subscribers of meta topics (then meta events made here go to it).
+    wants_meta: bool
+
+    def meta_interest(self, listening: bool) -> None:
+        """This node has subscribers of meta topics from now on (or no more)."""
+        ...
+
+    def announce_meta(self, publication: Publication, about: tuple[str, str] | None) -> None:
+        """A meta event was delivered here: let the other nodes deliver it to their meta subscribers.
+        ``about`` is the (URI, match policy) of the subscription a subscription meta event is about."""
+        ...
+
+    def joined(self, session: Session) -> None:
+        """A session joined this node."""
+        ...
+
+    def left(self, session: Session) -> None:
+        """A session left this node."""
+        ...
+
+    def subscribed(self, subscription: Subscription, session: Session, first: bool) -> Deferred[bool]:
+        """A session of this node was added to ``subscription`` (its ``first`` on this node); fires with
+        whether that created the subscription in the cluster (no other node held it)."""
+        ...
+
+    def unsubscribed(self, subscription: Subscription, session: Session, last: bool) -> Deferred[bool]:
+        """A session of this node was removed from ``subscription`` (its ``last`` one here); fires with
+        whether no node holds the subscription any more."""
+        ...
+
+    def sessions(self) -> Deferred[list[SessionInfo]]:
+        """The other nodes' sessions."""
+        ...
+
+    def subscriptions(self) -> Deferred[list[SubscriptionInfo]]:
+        """The other nodes' subscriptions (not those of meta topics)."""
+        ...
+
+    def subscribers(self, subscription_id: int) -> Deferred[list[Member]]:
+        """The other nodes' subscribers of a subscription."""
+        ...
+
+    def subscriber_count(self, subscription_id: int) -> Deferred[int]:
+        """How many subscribers the other nodes have of a subscription."""
+        ...
+
 
 class LocalCluster:
     """A node on its own: nothing to tell anyone, no callee anywhere else, no broadcast to tell apart."""
@@ -136,6 +256,38 @@ class LocalCluster:
 
     def caller_left(self, caller: Caller) -> None:
         pass
+
+    wants_meta = False
+
+    def meta_interest(self, listening: bool) -> None:
+        pass
+
+    def announce_meta(self, publication: Publication, about: tuple[str, str] | None) -> None:
+        pass
+
+    def joined(self, session: Session) -> None:
+        pass
+
+    def left(self, session: Session) -> None:
+        pass
+
+    def subscribed(self, subscription: Subscription, session: Session, first: bool) -> Deferred[bool]:
+        return succeed(first)
+
+    def unsubscribed(self, subscription: Subscription, session: Session, last: bool) -> Deferred[bool]:
+        return succeed(last)
+
+    def sessions(self) -> Deferred[list[SessionInfo]]:
+        return succeed([])
+
+    def subscriptions(self) -> Deferred[list[SubscriptionInfo]]:
+        return succeed([])
+
+    def subscribers(self, subscription_id: int) -> Deferred[list[Member]]:
+        return succeed([])
+
+    def subscriber_count(self, subscription_id: int) -> Deferred[int]:
+        return succeed(0)
 
 
 # What a node on its own handles a forwarded event under: nothing is keyed there, so one cause serves all.

@@ -28,6 +28,9 @@ MAX_BYTES = 1_048_576
 EVENT = "event"
 DELIVERY = "delivery"
 NODE_TYPES = frozenset({"call", "result", "error", "cancel"})
+#: What nodes tell every other node on the peers channel besides events and deliveries: meta events
+#: (``wamp.session.on_join``...), and whether a node has subscribers of meta topics.
+PEER_TYPES = frozenset({"meta", "interest"})
 PUBLIC_TYPES = frozenset({EVENT, DELIVERY})
 
 # characters that would make a channel name ambiguous or turn it into a Redis glob pattern
@@ -64,6 +67,7 @@ class Channels:
     deliveries: str = field(init=False)
     peers: str = field(init=False)
     procedures: str = field(init=False)
+    state: str = field(init=False)
 
     def __post_init__(self) -> None:
         _check_name_part("prefix", self.prefix, allow_colon=True)
@@ -82,6 +86,7 @@ class Channels:
         object.__setattr__(self, "deliveries", f"{base}:deliveries")
         object.__setattr__(self, "peers", f"{base}:peers")
         object.__setattr__(self, "procedures", f"{base}:procedures")
+        object.__setattr__(self, "state", f"{base}:state")
 
     def node(self, node_id: str) -> str:
         """The channel of one node (calls and results addressed to it)."""
@@ -96,6 +101,21 @@ class Channels:
     def announced(self, key: str) -> str:
         """The key naming the node that announces the keyed broadcast ``key`` (see ``RedisBus.announce``)."""
         return f"{self.base}:announced:{key}"
+
+    def sessions(self, node_id: str) -> str:
+        """The hash of one node's sessions (session id: its identity), for the session meta API."""
+        _check_name_part("node id", node_id, allow_colon=False)
+        return f"{self.base}:sessions:{node_id}"
+
+    def subscriptions(self, node_id: str) -> str:
+        """The hash of one node's subscriptions (subscription id: URI, match policy, creation time)."""
+        _check_name_part("node id", node_id, allow_colon=False)
+        return f"{self.base}:subscriptions:{node_id}"
+
+    def subscribers(self, node_id: str, subscription_id: int) -> str:
+        """The hash of one node's subscribers of one subscription (session id: authid, authrole)."""
+        _check_name_part("node id", node_id, allow_colon=False)
+        return f"{self.base}:subscribers:{node_id}:{subscription_id}"
 
     @property
     def heartbeat_prefix(self) -> str:
@@ -498,9 +518,9 @@ class ChannelRule:
 
 PUBLIC_EVENTS = ChannelRule(frozenset({EVENT}), internal=False)
 PUBLIC_DELIVERIES = ChannelRule(frozenset({DELIVERY}), internal=False)
-PEERS = ChannelRule(PUBLIC_TYPES, internal=True)
+PEERS = ChannelRule(PUBLIC_TYPES | PEER_TYPES, internal=True)
 NODE = ChannelRule(NODE_TYPES, internal=True)
-ANY_CHANNEL = ChannelRule(PUBLIC_TYPES | NODE_TYPES, internal=True)
+ANY_CHANNEL = ChannelRule(PUBLIC_TYPES | NODE_TYPES | PEER_TYPES, internal=True)
 
 
 def decode(
@@ -567,6 +587,8 @@ def _message_bytes(raw: Any, max_bytes: int) -> tuple[bytes, str | None]:
 def _where(kind: str) -> str:
     if kind in NODE_TYPES:
         return "it is a node-internal message, sent by nodes on their own channels only"
+    if kind in PEER_TYPES:
+        return "it is a node-internal message, sent by nodes on the peers channel only"
     if kind == EVENT:
         return "producers publish event messages on the events channel"
     return "producers publish delivery messages on the deliveries channel"
@@ -587,6 +609,11 @@ def _event(message: dict[str, Any], rule: ChannelRule) -> EventMessage:
 def _delivery(message: dict[str, Any], rule: ChannelRule) -> DeliveryMessage:
     for key, check in _DELIVERY_FIELDS.items():
         _field(message, key, check)
+    topic = message["topic"]
+    if topic == "wamp" or topic.startswith("wamp."):
+        raise MessageRejected(
+            f"delivery message: topic {topic!r} is in the 'wamp.' namespace, where only the router publishes"
+        )
     if not rule.internal and message.get("key") is not None:
         raise MessageRejected(
             "delivery message: key is the nodes' internal dedupe key; producers leave it out"
@@ -622,7 +649,7 @@ def _node(message: dict[str, Any], rule: ChannelRule) -> NodeMessage:
 _DECODERS: dict[str, Callable[[dict[str, Any], ChannelRule], AnyMessage]] = {
     EVENT: _event,
     DELIVERY: _delivery,
-    **dict.fromkeys(NODE_TYPES, _node),
+    **dict.fromkeys(NODE_TYPES | PEER_TYPES, _node),
 }
 
 
@@ -739,6 +766,14 @@ _NODE_FIELDS: dict[str, dict[str, _Check]] = {
     "result": {"origin": _NODE_ID, "call": _NONEMPTY_STR, **_PAYLOAD_FIELDS, "progress": _BOOL},
     "error": {"origin": _NODE_ID, "call": _NONEMPTY_STR, "error": _URI, **_PAYLOAD_FIELDS},
     "cancel": {"origin": _NODE_ID, "call": _NONEMPTY_STR, "mode": _MODE},
+    "meta": {
+        "origin": _NODE_ID,
+        "topic": _URI,
+        "publication": _ID,
+        "args": _nullable(_ARRAY),
+        "about": _nullable(_Check(lambda v: _STRS.ok(v) and len(v) == 2, "an array of two strings")),
+    },
+    "interest": {"origin": _NODE_ID, "meta": _Check(lambda v: isinstance(v, bool), "true or false")},
 }
 
 
@@ -746,11 +781,12 @@ _NODE_FIELDS: dict[str, dict[str, _Check]] = {
 
 
 def encode_node(kind: str, origin: str, body: dict[str, Any]) -> bytes:
-    """A node-channel message (``call``, ``result``, ``error``, ``cancel``) from node ``origin``.
+    """A node-channel message (``call``, ``result``, ``error``, ``cancel``) or a peers-channel one (``meta``,
+    ``interest``) from node ``origin``.
 
     Raises ``TypeError`` when the body (e.g. binary arguments) is not JSON-encodable.
     """
-    if kind not in NODE_TYPES:
+    if kind not in NODE_TYPES and kind not in PEER_TYPES:
         raise ValueError(f"{kind!r} is not a node message type")
     return _dumps({"v": VERSION, "type": kind, "origin": origin, **body}, f"{kind} message")
 

@@ -14,20 +14,40 @@ from twisted.logger import Logger
 
 from ._activity import Activity
 from ._auth import Authentication
-from ._authorization import Authorization, refuse_reserved
+from ._authorization import Authorization, is_reserved, refuse_reserved
 from ._broker import Broker
 from ._call import Call, Caller
-from ._cluster import Cluster, LocalCluster, publication_id_for
+from ._cluster import (
+    Cluster,
+    LocalCluster,
+    LostSubscription,
+    Member,
+    SessionInfo,
+    SubscriptionInfo,
+    publication_id_for,
+)
 from ._dealer import Dealer, Registration
 from ._dispatcher import current_cause
-from ._errors import LIMIT_EXCEEDED, NO_SUCH_TOPIC, PROCEDURE_ALREADY_EXISTS, WampError
+from ._errors import INVALID_URI, LIMIT_EXCEEDED, NO_SUCH_TOPIC, PROCEDURE_ALREADY_EXISTS, WampError
 from ._limits import Limits
 from ._login import MemorySessionStore
-from ._meta import meta_procedures
+from ._meta import (
+    META_TOPICS,
+    SESSION_ON_JOIN,
+    SESSION_ON_LEAVE,
+    SUBSCRIPTION_ON_CREATE,
+    SUBSCRIPTION_ON_DELETE,
+    SUBSCRIPTION_ON_SUBSCRIBE,
+    SUBSCRIPTION_ON_UNSUBSCRIBE,
+    member,
+    meta_procedures,
+    session_info,
+    subscription_info,
+)
 from ._publication import Publication
 from ._ratelimit import SessionRates
 from ._session import Session, Transport
-from ._subscriptions import EXACT, Subscription
+from ._subscriptions import EXACT, Subscription, subscription_id_for
 
 if TYPE_CHECKING:
     from ._topic import TopicHost
@@ -68,6 +88,7 @@ class Router:
         self.clock = time.monotonic  # seconds, for the rate limits (tests inject a fake clock)
         self.authorization = Authorization(self, topics)
         self.dealer.meta.update(meta_procedures(self))
+        self._meta_listening = False  # whether this node has subscribers of meta topics (told to the cluster)
         # Called once a publication was delivered to the local subscribers (and handed to the bus): see
         # on_delivered.
         self.delivered: Callable[[], None] = _nothing
@@ -121,10 +142,13 @@ class Router:
         session.id = session_id
         self.sessions[session_id] = session
         self.activity.joined(session.subprotocol, session.authrole)
+        self._cluster.joined(session)
+        self._meta_event(SESSION_ON_JOIN, [session_info(session).details()])
 
     def leave(self, session: Session) -> None:
         """Remove every trace of a session: subscriptions (firing topic hooks), registrations, calls."""
-        if self.sessions.pop(session.id, None) is not None:
+        joined = self.sessions.pop(session.id, None) is not None
+        if joined:
             self.activity.left(session.subprotocol, session.authrole)
         self.authorization.forget(session)
         for subscription in self.broker.unsubscribe_all(session):
@@ -133,6 +157,9 @@ class Router:
         for registration in self.dealer.session_lost(session):
             cluster.released(registration)
         cluster.caller_left(session)
+        if joined:
+            cluster.left(session)
+            self._meta_event(SESSION_ON_LEAVE, [session.id, session.authid, session.authrole])
 
     @property
     def anonymous(self) -> bool:
@@ -153,8 +180,14 @@ class Router:
         a failing topic factory is answered with an ERROR and leaves no subscription behind.
         """
         match = msg.match or EXACT
-        refuse_reserved(msg.topic, "subscribe to")
-        if match == EXACT and not self._accepts(msg.topic):
+        if is_reserved(msg.topic):
+            if match == EXACT and msg.topic not in META_TOPICS:
+                raise WampError(
+                    INVALID_URI,
+                    f"cannot subscribe to {msg.topic!r}: the 'wamp.' namespace is reserved for the router, "
+                    f"whose meta topics are {', '.join(sorted(META_TOPICS))}",
+                )
+        elif match == EXACT and not self._accepts(msg.topic):
             raise WampError(NO_SUCH_TOPIC, f"no topic is declared for URI {msg.topic!r}")
         self._check_subscription_room(session, msg.topic, match)  # before authorization does any work
         checks, cleanup = self.authorization.checks(session, "subscribe", msg.topic, match)
@@ -177,6 +210,8 @@ class Router:
         session.send_message(message.Subscribed(msg.request, subscription.id))
         if topics is not None:
             topics.subscribed(session, msg.topic)
+        if added:
+            self._track_subscribed(session, subscription)
 
     def _check_subscription_room(self, session: Session, uri: str, match: str) -> None:
         """Refuse a new subscription beyond ``max_subscriptions_per_session`` with ``limit_exceeded``."""
@@ -216,6 +251,114 @@ class Router:
     def _unsubscribed(self, session: Session, subscription: Subscription) -> None:
         if subscription.match == EXACT and self._topics is not None:
             self._topics.unsubscribed(session, subscription.uri)
+        if is_reserved(subscription.uri):
+            self._meta_listeners_changed()
+            return
+        d = self._cluster.unsubscribed(subscription, session, not subscription.sessions)
+        d.addCallback(self._announce_unsubscribed, session.id, subscription_info(subscription))
+        d.addErrback(_log_failure, "wamp.subscription.on_unsubscribe")
+
+    # presence and the meta API
+
+    def _track_subscribed(self, session: Session, subscription: Subscription) -> None:
+        if is_reserved(subscription.uri):
+            self._meta_listeners_changed()
+            return
+        d = self._cluster.subscribed(subscription, session, len(subscription.sessions) == 1)
+        d.addCallback(self._announce_subscribed, session.id, subscription_info(subscription))
+        d.addErrback(_log_failure, "wamp.subscription.on_subscribe")
+
+    def _announce_subscribed(self, created: bool, session_id: int, info: SubscriptionInfo) -> None:
+        about = (info.uri, info.match)
+        if created:
+            self._meta_event(SUBSCRIPTION_ON_CREATE, [session_id, info.details()], about)
+        self._meta_event(SUBSCRIPTION_ON_SUBSCRIBE, [session_id, info.id], about)
+
+    def _announce_unsubscribed(self, deleted: bool, session_id: int, info: SubscriptionInfo) -> None:
+        about = (info.uri, info.match)
+        self._meta_event(SUBSCRIPTION_ON_UNSUBSCRIBE, [session_id, info.id], about)
+        if deleted:
+            self._meta_event(SUBSCRIPTION_ON_DELETE, [session_id, info.id], about)
+
+    @property
+    def meta_listening(self) -> bool:
+        """Whether sessions of this node subscribe to meta topics (``wamp.session.on_join``...)."""
+        return self._meta_listening
+
+    def _meta_listeners_changed(self) -> None:
+        listening = bool(self.broker.meta)
+        if listening != self._meta_listening:
+            self._meta_listening = listening
+            self._cluster.meta_interest(listening)
+
+    def _meta_event(self, topic: str, args: list[Any], about: tuple[str, str] | None = None) -> None:
+        """Publish a meta event, if anyone in the cluster listens: to this node's meta subscribers, and
+        through the cluster to the other nodes' ones."""
+        cluster = self._cluster
+        elsewhere = cluster.wants_meta
+        if not elsewhere and not self._meta_listening:
+            return
+        publication = Publication(topic, args, source="router")
+        self.deliver_meta(publication, about)
+        if elsewhere:
+            cluster.announce_meta(publication, about)
+
+    def deliver_meta(self, publication: Publication, about: tuple[str, str] | None) -> int:
+        """Deliver a meta event (of this node or another) to this node's subscribers of meta topics; one
+        about a subscription (``about``: its URI and match policy) only to the sessions that may
+        subscribe to it themselves. Returns how many EVENTs were sent."""
+        if not self._meta_listening:
+            return 0
+        may_see = None
+        if about is not None and self.broker.gate is not None:  # something may refuse a subscription
+            uri, match = about
+            allows = self.authorization.allows_delivery
+
+            def may_see(session: Session) -> bool:
+                return allows(session, uri, match)
+
+        delivered = self.broker.deliver_meta(publication, may_see)
+        self.activity.events += delivered
+        self.delivered()
+        return delivered
+
+    def subscribers(self, subscription_id: int) -> Deferred[list[Member]]:
+        """Every subscriber of a subscription in the cluster (this node's first)."""
+        subscription = self.broker.subscriptions.get(subscription_id)
+        local = [] if subscription is None else [member(s) for s in subscription.sessions]
+        d = self._cluster.subscribers(subscription_id)
+        return d.addCallback(lambda remote: local + remote)
+
+    def subscriber_count(self, subscription_id: int) -> Deferred[int]:
+        """How many subscribers a subscription has in the cluster."""
+        subscription = self.broker.subscriptions.get(subscription_id)
+        local = 0 if subscription is None else len(subscription.sessions)
+        return self._cluster.subscriber_count(subscription_id).addCallback(lambda remote: local + remote)
+
+    def presence(self, uri: str) -> Deferred[list[Member]]:
+        """Every exact subscriber of a concrete topic URI in the cluster (this node's first)."""
+        return self.subscribers(subscription_id_for(uri, EXACT))
+
+    def presence_count(self, uri: str) -> Deferred[int]:
+        """How many exact subscribers a concrete topic URI has in the cluster."""
+        return self.subscriber_count(subscription_id_for(uri, EXACT))
+
+    def node_lost(self, sessions: list[SessionInfo], subscriptions: list[LostSubscription]) -> None:
+        """Another node died and this one removed what it held from the cluster's state: its members
+        leave their topics (``on_leave`` runs here, once in the cluster) and the meta events are
+        published, as if each of its sessions had left."""
+        topics = self._topics
+        for lost in subscriptions:
+            info = lost.subscription
+            about = (info.uri, info.match)
+            for gone in lost.members:
+                if info.match == EXACT and topics is not None:
+                    topics.left_elsewhere(info.uri, gone)
+                self._meta_event(SUBSCRIPTION_ON_UNSUBSCRIBE, [gone.session, info.id], about)
+            if lost.deleted and lost.members:
+                self._meta_event(SUBSCRIPTION_ON_DELETE, [lost.members[-1].session, info.id], about)
+        for session in sessions:
+            self._meta_event(SESSION_ON_LEAVE, [session.session, session.authid, session.authrole])
 
     def _accepts(self, uri: str) -> bool:
         return self.open_uris or self._declared(uri)
@@ -357,3 +500,7 @@ class Router:
 
 def _nothing() -> None:
     pass
+
+
+def _log_failure(failure: Any, what: str) -> None:
+    log.failure("the {what} meta event could not be published", failure, what=what)

@@ -54,6 +54,8 @@ ROUTER_ROLES = {
         pattern_based_subscription=True,
         subscriber_blackwhite_listing=True,
         publisher_exclusion=True,
+        session_meta_api=True,
+        subscription_meta_api=True,
     ),
     "dealer": role.RoleDealerFeatures(
         caller_identification=True,
@@ -150,6 +152,8 @@ class Session:
         self.authmethod: str | None = None
         """How the client authenticated: ``anonymous``, ``ticket``, ``wampcra``, ``cryptosign`` or
         ``cookie``."""
+        self.authprovider: str | None = None
+        """Who authenticated the client (the session meta API's ``authprovider``)."""
         self._interruptible = False  # the client's callee role announced call canceling
 
     def __repr__(self) -> str:
@@ -362,6 +366,7 @@ class Session:
         self.authid = accepted.identity.authid
         self.authrole = accepted.identity.authrole
         self.authmethod = accepted.method
+        self.authprovider = accepted.provider
         self._rates.use_role(self.authrole)
         # Public, read-only: the token_digest of the REST session it was opened with (method cookie), or None.
         self.login_digest = accepted.login

@@ -1,11 +1,20 @@
-"""The broker's subscription table: exact, prefix and wildcard subscriptions, matched against topic URIs."""
+"""The broker's subscription table: exact, prefix and wildcard subscriptions, matched against topic URIs.
+
+A subscription's id is derived from its (URI, match policy), so that every node of a cluster gives the same
+subscription the same id: the subscription meta API (``wamp.subscription.get``, ``list_subscribers``...)
+and presence then name one subscription cluster-wide.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from autobahn.util import rid
+
+from ._ids import MAX_ID
 
 if TYPE_CHECKING:
     from ._session import Session
@@ -13,17 +22,31 @@ if TYPE_CHECKING:
 EXACT = "exact"
 PREFIX = "prefix"
 WILDCARD = "wildcard"
+MATCH_POLICIES = (EXACT, PREFIX, WILDCARD)
+
+
+def subscription_id_for(uri: str, match: str) -> int:
+    """The id every node gives the subscription to ``uri`` with the ``match`` policy."""
+    digest = hashlib.sha256(f"{match}\0{uri}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % MAX_ID + 1
+
+
+def iso_8601(timestamp: float) -> str:
+    """A UTC time as the meta API writes it (``2026-12-05T03:25:09.123Z``)."""
+    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(timestamp))
+    return f"{seconds}.{int(timestamp * 1000) % 1000:03d}Z"
 
 
 class Subscription:
     """One subscription: a (URI, match policy) pair shared by every session subscribed to it."""
 
-    __slots__ = ("id", "uri", "match", "sessions", "_parts")
+    __slots__ = ("id", "uri", "match", "sessions", "created", "_parts")
 
     def __init__(self, uri: str, match: str) -> None:
-        self.id: int = rid()
+        self.id: int = subscription_id_for(uri, match)
         self.uri = uri
         self.match = match
+        self.created = time.time()  # when this node created it (seconds since the epoch)
         # An insertion-ordered set: events reach subscribers in the order they subscribed.
         self.sessions: dict[Session, None] = {}
         self._parts: tuple[str, ...] = tuple(uri.split(".")) if match == WILDCARD else ()
@@ -62,7 +85,7 @@ class SubscriptionTable:
         subscription = table.get(uri)
         if subscription is None:
             subscription = Subscription(uri, match)
-            while subscription.id in self._by_id:  # vanishingly rare, but ids must be unique
+            while subscription.id in self._by_id:  # a hash collision (1 in 2**53): unique here still
                 subscription.id = rid()
             table[uri] = subscription
             self._by_id[subscription.id] = subscription

@@ -12,8 +12,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ._calling import invoke
+from ._cluster import Member
 from ._dispatcher import EventDispatcher
 from ._errors import RUNTIME_ERROR, WampError, error_payload
+from ._meta import member
 from ._pattern import TopicPattern, TopicRoutes
 from ._payload import require_carried
 from ._publication import Publication, session_ids
@@ -78,6 +80,17 @@ class Topic:
     def on_unsubscribe(self, session: Session) -> Any:
         """A session unsubscribed, or left without unsubscribing."""
 
+    def on_join(self, member: Member) -> Any:
+        """A subscriber joined this URI somewhere in the cluster (``member``: its session id, authid,
+        authrole, and ``local``). Runs once per join in the whole cluster: on the node of the joining
+        session, right after its ``on_subscribe``; so a ``broadcast`` from here reaches everyone once."""
+
+    def on_leave(self, member: Member) -> Any:
+        """A subscriber left this URI somewhere in the cluster. Runs once per leave in the whole cluster:
+        on the node of the leaving session, right after its ``on_unsubscribe``; when that node died, on
+        the node that found it dead (within the heartbeat TTL), on its instance for this URI or, if none
+        lives there, on a transient one."""
+
     def may_subscribe(self, session: Session) -> Any:
         """Whether ``session`` may subscribe to this URI (exactly, or receive its events through a
         pattern subscription). Runs after the app's authorizer allowed it; a false answer refuses
@@ -131,6 +144,15 @@ class Topic:
         every WAMP serializer can carry raises ``TypeError``, as in ``broadcast``."""
         require_carried(payload, "send on", self.uri)
         return self._require_router().send(session, self.uri, [payload], None)
+
+    def presence(self) -> Deferred[list[Member]]:
+        """Every exact subscriber of this URI in the cluster (this node's first, in the order they
+        subscribed): ``await self.presence()``. On a single node it answers at once."""
+        return self._require_router().presence(self.uri)
+
+    def presence_count(self) -> Deferred[int]:
+        """How many exact subscribers this URI has in the cluster: ``await self.presence_count()``."""
+        return self._require_router().presence_count(self.uri)
 
     def _require_router(self) -> Router:
         if self._router is None:
@@ -218,6 +240,7 @@ class TopicHost:
         topic = self.instance(uri)
         topic._subscribers[session] = None
         self._run_hook(topic, "on_subscribe", session)
+        self._run_hook(topic, "on_join", member(session))
 
     def unsubscribed(self, session: Session, uri: str) -> None:
         """An exact subscription ended: run ``on_unsubscribe``, release the instance if it is unused."""
@@ -225,7 +248,22 @@ class TopicHost:
         if topic is None or topic._subscribers.pop(session, False) is not None:
             return
         self._run_hook(topic, "on_unsubscribe", session)
+        self._run_hook(topic, "on_leave", member(session))
         self._release_if_unused(topic)
+
+    def left_elsewhere(self, uri: str, gone: Member) -> None:
+        """A subscriber of ``uri`` on a node that died left: run ``on_leave`` here (on a transient
+        instance when none lives)."""
+        if not self.has_route(uri):
+            return
+        try:
+            topic = self.hold(uri)
+        except WampError:
+            return  # the factory failed (and said so)
+        d = maybeDeferred(invoke, topic.on_leave, gone)
+        d.addErrback(self._hook_failed, topic, "on_leave")
+        d.addErrback(lambda _: None)
+        d.addBoth(lambda _: self.unhold(topic))
 
     def published(self, session: Session, publication: Publication) -> Deferred[None]:
         """Run ``on_publish`` on the instance for the publication's URI (a transient one if none lives)."""
@@ -292,8 +330,8 @@ class TopicHost:
         for attribute, name, _ in type(topic)._event_methods:
             self._events.remove_listener(name, getattr(topic, attribute))
 
-    def _run_hook(self, topic: Topic, hook: str, session: Session) -> None:
-        d = maybeDeferred(invoke, getattr(topic, hook), session)
+    def _run_hook(self, topic: Topic, hook: str, argument: Session | Member) -> None:
+        d = maybeDeferred(invoke, getattr(topic, hook), argument)
         d.addErrback(self._hook_failed, topic, hook)
         d.addErrback(lambda _: None)
 

@@ -472,9 +472,8 @@ class ReservedTests(SynchronousTestCase):
     def test_clients_may_not_use_the_wamp_namespace(self) -> None:
         alice = self.alice
         for attempt in (
-            lambda: alice.subscribe("wamp.session.on_join"),
-            lambda: alice.subscribe("wamp.", match="prefix"),
-            lambda: alice.subscribe("wamp..x", match="wildcard"),
+            lambda: alice.subscribe("wamp.session.on_kill"),  # not a meta topic
+            lambda: alice.subscribe("wamp.registration.on_create"),  # not (yet) one
             lambda: alice.publish("wamp.session.on_join", acknowledge=True),
             lambda: alice.register("wamp.session.kill", lambda: None),
         ):
@@ -485,6 +484,11 @@ class ReservedTests(SynchronousTestCase):
         failure = self.failureResultOf(alice.call("wamp.session.kill", 1), ApplicationError)
         self.assertEqual(failure.value.error, INVALID_URI)
         self.assertTrue(alice._session.is_open)
+
+    def test_meta_topics_and_patterns_in_wamp_may_be_subscribed_to(self) -> None:
+        self.alice.subscribe("wamp.session.on_join")
+        self.alice.subscribe("wamp.", match="prefix")
+        self.alice.subscribe("wamp..on_join", match="wildcard")
 
     def test_wide_patterns_are_fine(self) -> None:
         self.alice.subscribe("", match="prefix")

@@ -714,7 +714,12 @@ class ProceduresEntryTests(BusTestCase):
 
     def test_purge_failures_and_bad_entries_are_warned(self) -> None:
         self.patch(self.bus, "_commands_up", True)
-        outcomes = iter([1, Exception("ERR script failed"), 1, Exception("ERR script failed"), 1, [0, 2]])
+        nobody_lost: list[Any] = [[], []]  # the presence purge: no dead node, no node's flags
+        outcomes = iter(
+            [1, Exception("ERR script failed"), nobody_lost]
+            + [1, Exception("ERR script failed"), nobody_lost]
+            + [1, [0, 2], nobody_lost]
+        )
 
         def command(name: str, *args: Any) -> defer.Deferred[Any]:
             answer = next(outcomes)

@@ -104,8 +104,9 @@ class _Caller:
         self.answers.append(("error", request, error, args, kwargs))
 
 
-class RecordingCluster:
-    """A ``Cluster`` recording what the router asks of it; its answers are set by the test."""
+class RecordingCluster(LocalCluster):
+    """A ``Cluster`` recording what the router asks of it (presence aside: a node on its own's answers);
+    its answers are set by the test."""
 
     keys_broadcasts = True
 

@@ -63,8 +63,19 @@ class AddTests(SynchronousTestCase):
             subscription, _ = self.table.add(session, "a", EXACT)
         self.assertEqual(list(subscription.sessions), list(reversed(sessions)))
 
-    def test_colliding_random_id_is_drawn_again(self) -> None:
-        drawn: Iterator[int] = iter([7, 7, 8])
+    def test_ids_derive_from_uri_and_match_policy(self) -> None:
+        first, _ = self.table.add(self.alice, "a.b", EXACT)
+        other = SubscriptionTable()
+        again, _ = other.add(self.bob, "a.b", EXACT)
+        prefix, _ = other.add(self.bob, "a.b", PREFIX)
+        self.assertEqual(first.id, again.id)  # another node names it alike
+        self.assertEqual(first.id, _subscriptions.subscription_id_for("a.b", EXACT))
+        self.assertNotEqual(first.id, prefix.id)
+        self.assertTrue(1 <= first.id <= 2**53)
+
+    def test_colliding_id_is_drawn_again(self) -> None:
+        drawn: Iterator[int] = iter([8])
+        self.patch(_subscriptions, "subscription_id_for", lambda uri, match: 7)
         self.patch(_subscriptions, "rid", lambda: next(drawn))
         first, _ = self.table.add(self.alice, "a", EXACT)
         second, _ = self.table.add(self.alice, "b", EXACT)
