@@ -6,6 +6,7 @@ txaio.use_twisted()  # before any autobahn import binds txaio's helpers to "no f
 
 from ._app import Sandstone  # noqa: E402
 from ._auth import CraDecoy, CraUser, Credentials, Identity  # noqa: E402
+from ._cluster import Member  # noqa: E402
 from ._cryptosign import (  # noqa: E402
     CryptosignDetails,
     CryptosignPrincipals,
@@ -34,6 +35,7 @@ __all__ = [
     "Identity",
     "Limits",
     "ListenerError",
+    "Member",
     "MemorySessionStore",
     "Publication",
     "Sandstone",
