@@ -736,3 +736,100 @@ class ProceduresEntryTests(BusTestCase):
         )
         self.assertEqual(self.bus.stats["bad_entries"], 2)
         self.assertNoCritical()
+
+
+def meta_message(origin: str = "other", topic: str = "wamp.session.on_join", **fields: Any) -> bytes:
+    body = {"topic": topic, "publication": 7, "args": [{"session": 5}], "about": None, **fields}
+    return encode_node("meta", origin, body)
+
+
+class PresenceMessageTests(BusTestCase):
+    """Meta events and meta interest between nodes, on the peers channel only."""
+
+    def test_a_meta_event_from_another_node_reaches_the_meta_subscribers(self) -> None:
+        joins = TestClient(self.app).connect().subscribe("wamp.session.on_join")
+        self.bus._received(self.bus.channels.peers, meta_message())
+        self.assertEqual([(e.publication, e.args) for e in joins.events], [(7, [{"session": 5}])])
+
+    def test_a_subscription_meta_event_reaches_who_may_subscribe_to_its_subscription(self) -> None:
+        self.app.authorizer(lambda session, action, uri, match: not uri.startswith("secret."))
+        watcher = TestClient(self.app).connect().subscribe("wamp.subscription.on_subscribe")
+        for uri in ("secret.plans", "com.news"):
+            message = meta_message(topic="wamp.subscription.on_subscribe", args=[5, 9], about=[uri, "exact"])
+            self.bus._received(self.bus.channels.peers, message)
+        self.assertEqual(len(watcher.events), 1)
+
+    def test_meta_and_interest_messages_are_refused_off_the_peers_channel(self) -> None:
+        interest = encode_node("interest", "other", {"meta": True})
+        for channel in (self.bus.channels.events, self.bus.channels.deliveries, self.bus.channels.node("me")):
+            for payload in (meta_message(), interest):
+                self.bus._received(channel, payload)
+        self.assertEqual(self.bus.stats["rejected"], 6)
+        self.assertFalse(self.bus.wants_meta)
+        self.assertIn("sent by nodes on the peers channel only", self.warnings()[0])
+
+    def test_a_meta_message_outside_the_wamp_namespace_is_dropped(self) -> None:
+        self.bus._received(self.bus.channels.peers, meta_message(topic="articles"))
+        self.assertEqual(self.reader.payloads, [])
+        self.assertIn("is not a meta topic", self.warnings()[-1])
+
+    def test_producers_cannot_publish_to_meta_topics(self) -> None:
+        joins = TestClient(self.app).connect().subscribe("wamp.", match="prefix")
+        forged = encode_delivery("producer", Publication("wamp.session.on_join", [{"session": 1}], id=3))
+        for channel in (self.bus.channels.deliveries, self.bus.channels.peers):
+            self.bus._received(channel, forged)
+        self.assertEqual(self.bus.stats["rejected"], 2)
+        self.assertIn("only the router publishes", self.warnings()[-1])
+        self.assertEqual(joins.events, [])
+
+    def test_interest_turns_meta_events_on_and_off(self) -> None:
+        alice = TestClient(self.app).connect()
+        self.assertEqual(self.sent, [])  # nobody listens: no meta event crosses
+        self.bus._received(self.bus.channels.peers, encode_node("interest", "other", {"meta": True}))
+        self.assertTrue(self.bus.wants_meta)
+        alice.subscribe("com.news")
+        self.assertEqual(
+            [(m["type"], m["topic"]) for m in self.sent],
+            [("meta", "wamp.subscription.on_create"), ("meta", "wamp.subscription.on_subscribe")],
+        )
+        self.assertEqual(self.sent[0]["about"], ["com.news", "exact"])
+        self.bus._received(self.bus.channels.peers, encode_node("interest", "other", {"meta": False}))
+        self.assertFalse(self.bus.wants_meta)
+
+    def test_this_nodes_interest_is_told_to_the_others(self) -> None:
+        watcher = TestClient(self.app).connect()
+        joins = watcher.subscribe("wamp.session.on_join")
+        watcher.unsubscribe(joins)
+        self.assertEqual(
+            [(m["type"], m["meta"]) for m in self.sent], [("interest", True), ("interest", False)]
+        )
+
+
+class PurgeStateTests(BusTestCase):
+    """What the presence purge returns for the nodes it removed becomes leaving members here."""
+
+    def test_a_dead_nodes_members_and_sessions_leave(self) -> None:
+        watcher = TestClient(self.app).connect()
+        leaves = watcher.subscribe("wamp.session.on_leave")
+        unsubscribes = watcher.subscribe("wamp.subscription.on_unsubscribe")
+        deletes = watcher.subscribe("wamp.subscription.on_delete")
+        sessions = ["5", json.dumps(["bob", "user", "ticket", "static"]), "bad", "entry"]
+        details = json.dumps(["articles", "exact", "2026-12-05T03:00:00.000Z"])
+        members = ["5", json.dumps(["bob", "user"])]
+        answer = [
+            [["dead", sessions, [["9", details, members, 1], ["x", "y", [], 0]]]],
+            ["me", "0", "b", "1"],
+        ]
+        self.bus._state_purged(answer)
+        self.assertEqual([e.args for e in leaves.events], [[5, "bob", "user"]])
+        self.assertEqual([e.args for e in unsubscribes.events], [[5, 9]])
+        self.assertEqual([e.args for e in deletes.events], [[5, 9]])
+        self.assertEqual(self.bus.stats["nodes_purged"], 1)
+        self.assertTrue(self.bus.wants_meta)  # node b listens
+        self.assertNoCritical()
+
+    def test_answers_that_are_not_the_scripts_are_ignored(self) -> None:
+        for answer in (None, 3, [1], [[1, 2], []], [["x"], "y"], [[["n", "not a list", "x"]], []]):
+            self.bus._state_purged(answer)
+        self.assertEqual(self.bus.stats["nodes_purged"], 1)  # the last one: a node without anything
+        self.assertNoCritical()

@@ -152,6 +152,10 @@ class ChannelTests(SynchronousTestCase):
         self.assertEqual(channels.node("n1"), "sandstone:realm1:node:n1")
         self.assertEqual(channels.heartbeat("n1"), "sandstone:realm1:nodes:n1")
         self.assertEqual(channels.heartbeat_prefix, "sandstone:realm1:nodes:")
+        self.assertEqual(channels.state, "sandstone:realm1:state")
+        self.assertEqual(channels.sessions("n1"), "sandstone:realm1:sessions:n1")
+        self.assertEqual(channels.subscriptions("n1"), "sandstone:realm1:subscriptions:n1")
+        self.assertEqual(channels.subscribers("n1", 42), "sandstone:realm1:subscribers:n1:42")
 
     def test_clusterNameAndDatabase(self) -> None:
         """The cluster name, then C{db<N>} for a database other than 0, come between prefix and realm."""
@@ -823,6 +827,41 @@ class ChannelRuleTests(SynchronousTestCase):
         self.assertIsInstance(decode(encode_event("n", "e", "a", 1), rule=PEERS), EventMessage)
         self.assertRaises(MessageRejected, decode, encode_event("n", "e", "a", 1), rule=NODE)
         self.assertRaises(MessageRejected, decode, _raw(**_CALL), rule=PEERS)
+
+    def test_peerMessages(self) -> None:
+        """Meta events and meta interest travel on the peers channel only, members checked."""
+        meta = encode_node(
+            "meta", "n", {"topic": "wamp.session.on_leave", "publication": 3, "args": [1, "a", "r"]}
+        )
+        interest = encode_node("interest", "n", {"meta": True})
+        self.assertEqual(decode(meta, rule=PEERS).body["args"], [1, "a", "r"])
+        self.assertTrue(decode(interest, rule=PEERS).body["meta"])
+        for raw in (meta, interest):
+            for rule in (NODE, PUBLIC_EVENTS, PUBLIC_DELIVERIES):
+                error = self.assertRaises(MessageRejected, decode, raw, rule=rule)
+                self.assertIn("sent by nodes on the peers channel only", str(error))
+        for body, reason in (
+            ({"topic": "wamp.x", "publication": 0}, "publication must"),
+            ({"topic": "wamp.x", "publication": 1, "about": ["u"]}, "about must be an array of two strings"),
+            ({"topic": "a b", "publication": 1}, "topic must"),
+        ):
+            error = self.assertRaises(EnvelopeError, decode, encode_node("meta", "n", body), rule=PEERS)
+            self.assertIn(reason, str(error))
+        error = self.assertRaises(
+            EnvelopeError, decode, encode_node("interest", "n", {"meta": 1}), rule=PEERS
+        )
+        self.assertIn("meta must be true or false", str(error))
+
+    def test_noDeliveryToMetaTopics(self) -> None:
+        """Only the router publishes in the wamp. namespace: a delivery there is refused on every channel."""
+        for topic in ("wamp", "wamp.session.on_join"):
+            raw = encode_delivery("producer", Publication(topic, None, id=1))
+            for rule in (PUBLIC_DELIVERIES, PEERS):
+                error = self.assertRaises(MessageRejected, decode, raw, rule=rule)
+                self.assertIn("only the router publishes", str(error))
+        self.assertIsInstance(
+            decode(encode_delivery("p", Publication("wampum", None, id=1))), DeliveryMessage
+        )
 
     def test_unknownTypeIsMalformed(self) -> None:
         """An unknown type is malformed wherever it comes, not merely on the wrong channel."""
