@@ -1200,7 +1200,7 @@ class RedisBus(Service):
         self._state_command("eval", _RESET_NODE, [self.channels.state], [self.node_id, self._base, flag])
         for session in list(router.sessions.values()):
             self.joined(session)
-        for subscription in router.broker.subscriptions:
+        for subscription in router.client_subscriptions():
             self._state_command(
                 "hset",
                 self.channels.subscriptions(self.node_id),

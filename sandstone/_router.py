@@ -449,6 +449,10 @@ class Router:
         on every node); raises ``no_such_procedure`` when no client of this node serves it."""
         self.dealer.call_client(call)
 
+    def client_subscriptions(self) -> list[Subscription]:
+        """This node's subscriptions (not those of meta topics), each with its sessions."""
+        return list(self.broker.subscriptions)
+
     def client_registrations(self) -> list[Registration]:
         """The registrations of this node's client callees (the ones claimed cluster-wide)."""
         return self.dealer.client_registrations()

@@ -9,7 +9,7 @@ from typing import Any
 import redis
 from autobahn.wamp.exception import ApplicationError
 from autobahn.wamp.types import PublishOptions
-from twisted.internet import defer
+from twisted.internet import defer, reactor
 
 from sandstone._envelope import channel_names
 from tests.redis_server import RedisServer
@@ -199,3 +199,50 @@ class ClusterOptionsTests(TwistdClusterTestCase):
         self.assertNotIn("no cluster secret", process.output)  # worker 2's log is relayed here too
         self.assertNotIn("refused a message", process.output)
         await self.terminate(process)
+
+
+class PresenceClusterTests(TwistdClusterTestCase):
+    """``tests.presence_app`` on two processes: one is SIGKILLed with a member in a room."""
+
+    async def test_a_killed_nodes_members_leave_once_within_the_ttl(self) -> None:
+        (first, url1, _), (second, url2, _) = await self.start_nodes("--app", "tests.presence_app:app")
+        [_, killed_node] = NODE_ID.findall(first.output + second.output)
+        watcher = await self.connect(url=url1)
+        await watcher.record("rooms.kitchen")
+        for topic in ("wamp.session.on_leave", "wamp.subscription.on_unsubscribe"):
+            await watcher.record(topic)
+        bob = await self.connect("msgpack", url=url2)
+        bob_id, bob_authid = bob._session_id, bob._authid
+        kitchen = await bob.subscribe(lambda *a: None, "rooms.kitchen")
+        await wait_until(lambda: len(watcher.received["rooms.kitchen"]) == 2)  # the watcher's join, bob's
+        self.assertEqual(await watcher.call("wamp.subscription.count_subscribers", kitchen.id), 2)
+        self.assertEqual(await watcher.call("wamp.session.count"), 2)
+
+        await self.kill(second)
+        await bob.disconnected
+        killed_at = reactor.seconds()
+        # the heartbeat TTL (6 s) and a beat (2 s)
+        await wait_until(lambda: len(watcher.received["rooms.kitchen"]) == 3, timeout=12)
+        noticed_after = reactor.seconds() - killed_at
+        await sleep(2.5)  # another beat: nothing is told twice
+        self.assertEqual(
+            [event.payload for event in watcher.received["rooms.kitchen"]],
+            [
+                {"joined": watcher._session_id, "authid": watcher._authid},
+                {"joined": bob_id, "authid": bob_authid},
+                {"left": bob_id, "authid": bob_authid},
+            ],
+        )
+        self.assertLess(noticed_after, 9)
+        self.assertEqual(
+            [event.args for event in watcher.received["wamp.session.on_leave"]],
+            [[bob_id, bob_authid, "anonymous"]],
+        )
+        self.assertEqual(
+            [event.args for event in watcher.received["wamp.subscription.on_unsubscribe"]],
+            [[bob_id, kitchen.id]],
+        )
+        self.assertEqual(await watcher.call("wamp.session.count"), 1)
+        self.assertEqual(await watcher.call("wamp.subscription.count_subscribers", kitchen.id), 1)
+        self.assertEqual(self.redis.keys(f"{CHANNELS.base}:*:{killed_node}*"), [])  # its state is gone
+        await self.terminate(first)
