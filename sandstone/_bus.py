@@ -1290,6 +1290,8 @@ class RedisBus(Service):
             return [(_text(flat[i]), flat[i + 1]) for i in range(0, len(flat) - 1, 2)]
 
         def unavailable(failure: Failure) -> list[tuple[str, Any]]:
+            if self._outage_logged:  # said once already
+                return []
             log.warn(
                 "cluster bus: could not read the other nodes' presence from Redis ({error}); answering "
                 "for this node only",

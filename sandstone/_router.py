@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from autobahn.util import rid
 from autobahn.wamp import message
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.logger import Logger
 
 from ._activity import Activity
@@ -23,7 +23,6 @@ from ._cluster import (
     LostSubscription,
     Member,
     SessionInfo,
-    SubscriptionInfo,
     publication_id_for,
 )
 from ._dealer import Dealer, Registration
@@ -151,15 +150,16 @@ class Router:
         if joined:
             self.activity.left(session.subprotocol, session.authrole)
         self.authorization.forget(session)
-        for subscription in self.broker.unsubscribe_all(session):
-            self._unsubscribed(session, subscription)
+        told = [self._unsubscribed(session, s) for s in self.broker.unsubscribe_all(session)]
         cluster = self._cluster
         for registration in self.dealer.session_lost(session):
             cluster.released(registration)
         cluster.caller_left(session)
         if joined:
             cluster.left(session)
-            self._meta_event(SESSION_ON_LEAVE, [session.id, session.authid, session.authrole])
+            # after the on_unsubscribe events, which may wait for the cluster's answer
+            gone = [session.id, session.authid, session.authrole]
+            gatherResults(told).addBoth(lambda _: self._meta_event(SESSION_ON_LEAVE, gone))
 
     @property
     def anonymous(self) -> bool:
@@ -248,15 +248,16 @@ class Router:
         session.send_message(message.Unsubscribed(msg.request))
         self._unsubscribed(session, subscription)
 
-    def _unsubscribed(self, session: Session, subscription: Subscription) -> None:
+    def _unsubscribed(self, session: Session, subscription: Subscription) -> Deferred[None]:
+        """Run the topic hooks, tell the cluster; fires once the meta events are published."""
         if subscription.match == EXACT and self._topics is not None:
             self._topics.unsubscribed(session, subscription.uri)
         if is_reserved(subscription.uri):
             self._meta_listeners_changed()
-            return
+            return succeed(None)
         d = self._cluster.unsubscribed(subscription, session, not subscription.sessions)
-        d.addCallback(self._announce_unsubscribed, session.id, subscription_info(subscription))
-        d.addErrback(_log_failure, "wamp.subscription.on_unsubscribe")
+        told = d.addCallback(self._announce_unsubscribed, session.id, subscription)
+        return told.addErrback(_log_failure, "wamp.subscription.on_unsubscribe")
 
     # presence and the meta API
 
@@ -265,20 +266,24 @@ class Router:
             self._meta_listeners_changed()
             return
         d = self._cluster.subscribed(subscription, session, len(subscription.sessions) == 1)
-        d.addCallback(self._announce_subscribed, session.id, subscription_info(subscription))
+        d.addCallback(self._announce_subscribed, session.id, subscription)
         d.addErrback(_log_failure, "wamp.subscription.on_subscribe")
 
-    def _announce_subscribed(self, created: bool, session_id: int, info: SubscriptionInfo) -> None:
-        about = (info.uri, info.match)
-        if created:
-            self._meta_event(SUBSCRIPTION_ON_CREATE, [session_id, info.details()], about)
-        self._meta_event(SUBSCRIPTION_ON_SUBSCRIBE, [session_id, info.id], about)
+    def _announce_subscribed(self, created: bool, session_id: int, subscription: Subscription) -> None:
+        about = (subscription.uri, subscription.match)
+        if created and self._meta_wanted():
+            details = subscription_info(subscription).details()
+            self._meta_event(SUBSCRIPTION_ON_CREATE, [session_id, details], about)
+        self._meta_event(SUBSCRIPTION_ON_SUBSCRIBE, [session_id, subscription.id], about)
 
-    def _announce_unsubscribed(self, deleted: bool, session_id: int, info: SubscriptionInfo) -> None:
-        about = (info.uri, info.match)
-        self._meta_event(SUBSCRIPTION_ON_UNSUBSCRIBE, [session_id, info.id], about)
+    def _announce_unsubscribed(self, deleted: bool, session_id: int, subscription: Subscription) -> None:
+        about = (subscription.uri, subscription.match)
+        self._meta_event(SUBSCRIPTION_ON_UNSUBSCRIBE, [session_id, subscription.id], about)
         if deleted:
-            self._meta_event(SUBSCRIPTION_ON_DELETE, [session_id, info.id], about)
+            self._meta_event(SUBSCRIPTION_ON_DELETE, [session_id, subscription.id], about)
+
+    def _meta_wanted(self) -> bool:
+        return self._meta_listening or self._cluster.wants_meta
 
     @property
     def meta_listening(self) -> bool:
@@ -296,7 +301,7 @@ class Router:
         through the cluster to the other nodes' ones."""
         cluster = self._cluster
         elsewhere = cluster.wants_meta
-        if not elsewhere and not self._meta_listening:
+        if not elsewhere and not self._meta_listening:  # nobody listens: cheap, and nothing is built
             return
         publication = Publication(topic, args, source="router")
         self.deliver_meta(publication, about)
