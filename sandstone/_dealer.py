@@ -6,6 +6,7 @@ cluster. It speaks ``Call``/``Caller``/``Callee`` (``_call.py``), never WAMP mes
 
 from __future__ import annotations
 
+import functools
 import inspect
 import itertools
 from collections.abc import Callable
@@ -73,7 +74,8 @@ class Dealer:
         self._by_callee: dict[Callee, dict[int, _InFlight]] = {}
         self._by_caller: dict[Caller, dict[int, _InFlight]] = {}
         self._invocation_ids: dict[Callee, itertools.count[int]] = {}
-        # Procedures the router implements itself (the session meta API): per node, never registered.
+        # Procedures the router implements itself (the meta API): per node, never registered; called with
+        # the caller first, then the call's arguments.
         self.meta: dict[str, Callable[..., Any]] = {}
 
     # registrations
@@ -160,7 +162,7 @@ class Dealer:
             function = self.meta.get(call.procedure)
             if function is None:
                 raise WampError(NO_SUCH_PROCEDURE, f"no callee registered for procedure {call.procedure!r}")
-            self._call_function(call, function)
+            self._call_function(call, functools.partial(function, call.caller))
         elif registration.function is not None:
             self._call_function(call, registration.function)
         else:

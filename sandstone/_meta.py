@@ -7,7 +7,9 @@ Session meta API: ``wamp.session.count``, ``.list``, ``.get`` and the events ``w
 ``.on_subscribe``, ``.on_unsubscribe``, ``.on_delete``. In a cluster the answers cover every node: this
 router's own sessions and subscriptions, and the other nodes' ones from its ``Cluster``. A subscription's id
 is the same on every node (derived from its URI and match policy), so ids from any node work on any other.
-Subscriptions to meta topics themselves are left out of the subscription meta API, as in Crossbar.
+Subscriptions to meta topics themselves are left out of the subscription meta API, as in Crossbar, and so
+is every subscription the caller may not make itself (as the app's authorizer and the topics' hooks say): the
+meta API shows no more than authorization does.
 """
 
 from __future__ import annotations
@@ -81,7 +83,8 @@ def matches(info: SubscriptionInfo, topic: str) -> bool:
 
 def meta_procedures(router: Router) -> dict[str, Callable[..., Any]]:
     """The session and subscription meta procedures, answered over the cluster's sessions and
-    subscriptions (this router's own, and the other nodes' through its cluster)."""
+    subscriptions (this router's own, and the other nodes' through its cluster). Each takes the caller
+    first (see ``Dealer.meta``), then the call's arguments."""
 
     async def all_sessions() -> list[SessionInfo]:
         local = [session_info(s) for s in router.sessions.values()]
@@ -93,15 +96,15 @@ def meta_procedures(router: Router) -> dict[str, Callable[..., Any]]:
         roles = _strings(filter_authroles, "filter_authroles")
         return [s for s in sessions if s.authrole in roles]
 
-    async def count(filter_authroles: list[str] | None = None) -> int:
+    async def count(caller: Any, filter_authroles: list[str] | None = None) -> int:
         if filter_authroles is None:
             return len(router.sessions) + len(await router.cluster.sessions())
         return len(selected(await all_sessions(), filter_authroles))
 
-    async def session_list(filter_authroles: list[str] | None = None) -> list[int]:
+    async def session_list(caller: Any, filter_authroles: list[str] | None = None) -> list[int]:
         return [s.session for s in selected(await all_sessions(), filter_authroles)]
 
-    async def get(session_id: int) -> dict[str, Any]:
+    async def get(caller: Any, session_id: int) -> dict[str, Any]:
         _require_id(session_id, "session")
         session = router.sessions.get(session_id)
         if session is not None:
@@ -111,19 +114,23 @@ def meta_procedures(router: Router) -> dict[str, Callable[..., Any]]:
                 return info.details()
         raise WampError(NO_SUCH_SESSION, f"no session {session_id!r} on this router")
 
-    async def all_subscriptions() -> dict[int, SubscriptionInfo]:
+    async def all_subscriptions(caller: Any) -> dict[int, SubscriptionInfo]:
+        """The cluster's subscriptions the caller may know of (those it may make itself)."""
         found = {info.id: info for info in await router.cluster.subscriptions()}
         # this node's own last: its creation time is the one this node knows best
         found.update((s.id, subscription_info(s)) for s in router.broker.subscriptions)
-        return found
+        if router.broker.gate is None:  # nothing may refuse a subscription
+            return found
+        allows = router.authorization.allows_delivery
+        return {i: info for i, info in found.items() if allows(caller, info.uri, info.match)}
 
-    async def subscription_list() -> dict[str, list[int]]:
+    async def subscription_list(caller: Any) -> dict[str, list[int]]:
         lists: dict[str, list[int]] = {policy: [] for policy in MATCH_POLICIES}
-        for info in (await all_subscriptions()).values():
+        for info in (await all_subscriptions(caller)).values():
             lists[info.match].append(info.id)
         return lists
 
-    async def lookup(topic: str, options: dict[str, Any] | None = None) -> int | CallResult:
+    async def lookup(caller: Any, topic: str, options: dict[str, Any] | None = None) -> int | CallResult:
         _require_uri(topic)
         match = EXACT
         if options is not None:
@@ -133,29 +140,29 @@ def meta_procedures(router: Router) -> dict[str, Callable[..., Any]]:
             if match not in MATCH_POLICIES:
                 raise WampError(INVALID_ARGUMENT, f"unknown match policy {match!r}")
         subscription_id = subscription_id_for(topic, match)
-        found = await all_subscriptions()
+        found = await all_subscriptions(caller)
         info = found.get(subscription_id)
         return info.id if info is not None and info.uri == topic and info.match == match else _NULL
 
-    async def match(topic: str) -> list[int] | CallResult:
+    async def match(caller: Any, topic: str) -> list[int] | CallResult:
         _require_uri(topic)
-        ids = [info.id for info in (await all_subscriptions()).values() if matches(info, topic)]
+        ids = [info.id for info in (await all_subscriptions(caller)).values() if matches(info, topic)]
         return ids or _NULL
 
-    async def subscription_get(subscription_id: int) -> dict[str, Any]:
-        return (await _subscription(subscription_id)).details()
+    async def subscription_get(caller: Any, subscription_id: int) -> dict[str, Any]:
+        return (await _subscription(caller, subscription_id)).details()
 
-    async def list_subscribers(subscription_id: int) -> list[int]:
-        await _subscription(subscription_id)
+    async def list_subscribers(caller: Any, subscription_id: int) -> list[int]:
+        await _subscription(caller, subscription_id)
         return [m.session for m in await router.subscribers(subscription_id)]
 
-    async def count_subscribers(subscription_id: int) -> int:
-        await _subscription(subscription_id)
+    async def count_subscribers(caller: Any, subscription_id: int) -> int:
+        await _subscription(caller, subscription_id)
         return await router.subscriber_count(subscription_id)
 
-    async def _subscription(subscription_id: int) -> SubscriptionInfo:
+    async def _subscription(caller: Any, subscription_id: int) -> SubscriptionInfo:
         _require_id(subscription_id, "subscription")
-        info = (await all_subscriptions()).get(subscription_id)
+        info = (await all_subscriptions(caller)).get(subscription_id)
         if info is None:
             raise WampError(NO_SUCH_SUBSCRIPTION, f"no subscription {subscription_id!r} on this router")
         return info

@@ -308,6 +308,25 @@ class MetaAuthorizationTests(SynchronousTestCase):
         self.assertEqual([e.topic for e in wide.events], [ON_CREATE, ON_SUBSCRIBE])
         self.assertEqual(wide.events[1].args, [other.id, public.id])
 
+    def test_meta_procedures_show_only_what_the_caller_may_subscribe_to(self) -> None:
+        other = connect(self.client, "staff")
+        secret, public = other.subscribe("secret.plans"), other.subscribe("com.news")
+        other.subscribe("secret.", match="prefix")
+
+        def call(session: TestSession, procedure: str, *args: Any) -> Any:
+            return self.successResultOf(session.call(f"wamp.subscription.{procedure}", *args))
+
+        self.assertEqual(call(self.user, "list"), {"exact": [public.id], "prefix": [], "wildcard": []})
+        self.assertEqual(len(call(self.staff, "list")["prefix"]), 1)
+        self.assertIsNone(call(self.user, "lookup", "secret.plans"))
+        self.assertEqual(call(self.staff, "lookup", "secret.plans"), secret.id)
+        self.assertIsNone(call(self.user, "match", "secret.plans"))
+        self.assertEqual(len(call(self.staff, "match", "secret.plans")), 2)
+        for procedure in ("get", "list_subscribers", "count_subscribers"):
+            d = self.user.call(f"wamp.subscription.{procedure}", secret.id)
+            self.assertEqual(error_of(d, self), "wamp.error.no_such_subscription")
+        self.assertEqual(call(self.user, "list_subscribers", public.id), [other.id])
+
     def test_pattern_subscriptions_are_shown_to_who_may_make_them(self) -> None:
         users = self.user.subscribe(ON_CREATE)
         other = connect(self.client, "staff")
