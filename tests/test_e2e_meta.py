@@ -337,3 +337,23 @@ class ClusterMetaTests(ClusterTestCase):
             ],
         )
         self.assertEqual(a.bus.stats["nodes_purged"], 1)
+
+    async def test_a_node_stopped_gracefully_leaves_its_members_to_the_others_and_the_last_drops_all(
+        self,
+    ) -> None:
+        a, b = await self.two_nodes()
+        watcher = await self.connect_to(a)
+        await watcher.record("rooms.kitchen")
+        bob = await self.connect_to(b)
+        bob_id = bob._session_id
+        await bob.subscribe(lambda *a: None, "rooms.kitchen")
+        await wait_until(lambda: len(counts(watcher, "rooms.kitchen")) == 2)
+
+        await b.bus.stopService()
+        await wait_until(lambda: len(counts(watcher, "rooms.kitchen")) == 3, timeout=3)  # within a beat
+        self.assertEqual(counts(watcher, "rooms.kitchen")[2], {"left": bob_id, "node": "A"})
+        self.assertEqual(await watcher.call("wamp.session.count"), 1)
+
+        redis = self.redis_client()
+        await a.bus.stopService()
+        self.assertEqual(redis.keys(f"{a.bus.channels.base}:*"), [])  # the last node leaves nothing behind
