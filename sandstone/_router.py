@@ -142,7 +142,8 @@ class Router:
         self.sessions[session_id] = session
         self.activity.joined(session.subprotocol, session.authrole)
         self._cluster.joined(session)
-        self._meta_event(SESSION_ON_JOIN, [session_info(session).details()])
+        if self._meta_wanted():
+            self._meta_event(SESSION_ON_JOIN, [session_info(session).details()])
 
     def leave(self, session: Session) -> None:
         """Remove every trace of a session: subscriptions (firing topic hooks), registrations, calls."""
@@ -356,9 +357,9 @@ class Router:
         for lost in subscriptions:
             info = lost.subscription
             about = (info.uri, info.match)
+            if info.match == EXACT and topics is not None:
+                topics.left_elsewhere(info.uri, lost.members)
             for gone in lost.members:
-                if info.match == EXACT and topics is not None:
-                    topics.left_elsewhere(info.uri, gone)
                 self._meta_event(SUBSCRIPTION_ON_UNSUBSCRIBE, [gone.session, info.id], about)
             if lost.deleted and lost.members:
                 self._meta_event(SUBSCRIPTION_ON_DELETE, [lost.members[-1].session, info.id], about)

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from autobahn.wamp.exception import ApplicationError
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -251,19 +251,21 @@ class TopicHost:
         self._run_hook(topic, "on_leave", member(session))
         self._release_if_unused(topic)
 
-    def left_elsewhere(self, uri: str, gone: Member) -> None:
-        """A subscriber of ``uri`` on a node that died left: run ``on_leave`` here (on a transient
-        instance when none lives)."""
-        if not self.has_route(uri):
+    def left_elsewhere(self, uri: str, gone: list[Member]) -> None:
+        """Subscribers of ``uri`` on a node that died left: run ``on_leave`` here for each (on a transient
+        instance when none lives, kept until every hook is done)."""
+        if not gone or not self.has_route(uri):
             return
         try:
             topic = self.hold(uri)
         except WampError:
             return  # the factory failed (and said so)
-        d = maybeDeferred(invoke, topic.on_leave, gone)
-        d.addErrback(self._hook_failed, topic, "on_leave")
-        d.addErrback(lambda _: None)
-        d.addBoth(lambda _: self.unhold(topic))
+        running = []
+        for member_gone in gone:
+            d = maybeDeferred(invoke, topic.on_leave, member_gone)
+            d.addErrback(self._hook_failed, topic, "on_leave")
+            running.append(d.addErrback(lambda _: None))
+        gatherResults(running).addBoth(lambda _: self.unhold(topic))
 
     def published(self, session: Session, publication: Publication) -> Deferred[None]:
         """Run ``on_publish`` on the instance for the publication's URI (a transient one if none lives)."""
