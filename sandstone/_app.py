@@ -13,7 +13,7 @@ from werkzeug.exceptions import HTTPException
 
 from . import _login
 from ._auth import Authenticator, CraUserLookup, Identity
-from ._authorization import Authorizer, principal
+from ._authorization import Authorizer, is_reserved, principal
 from ._cryptosign import CryptosignLookup, CryptosignPrincipals, PrincipalTable
 from ._dispatcher import DispatchResult, EventDispatcher, current_cause
 from ._envelope import EventCodec
@@ -255,8 +255,11 @@ class Sandstone(Klein):
         is sent (``await`` it in an ``async def`` route).
 
         A payload that not every WAMP serializer can carry alike (a datetime, a set, a dict with integer
-        keys, an integer beyond 64 bits, NaN...) raises ``TypeError`` saying where, and nothing is sent.
+        keys, an integer beyond 64 bits, NaN...) raises ``TypeError`` saying where, and nothing is sent. A URI
+        in the ``wamp.`` namespace, where the router publishes its meta events, raises ``ValueError``.
         """
+        if is_reserved(uri):
+            raise ValueError(f"cannot broadcast on {uri!r}: the 'wamp.' namespace is reserved for the router")
         require_carried(payload, "broadcast on", uri)
         publication = Publication(
             uri,

@@ -472,3 +472,14 @@ class ClusterAnswerTests(SynchronousTestCase):
         self.assertEqual([e.args for e in unsubscribes.events], [[77, info.id]])
         self.assertEqual([e.args for e in deletes.events], [[77, info.id]])
         self.assertEqual([e.args for e in leaves.events], [[77, "carol", "user"]])
+
+
+class ReservedBroadcastTests(SynchronousTestCase):
+    def test_the_app_cannot_broadcast_in_the_wamp_namespace(self) -> None:
+        app = Sandstone(anonymous=True, open_uris=True)
+        joins = TestClient(app).connect().subscribe(ON_JOIN)
+        for uri in (ON_JOIN, "wamp"):
+            with self.assertRaises(ValueError) as caught:
+                app.broadcast(uri, {"session": 1})
+            self.assertIn("reserved for the router", str(caught.exception))
+        self.assertEqual(joins.events, [])
