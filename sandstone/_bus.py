@@ -1198,6 +1198,8 @@ class RedisBus(Service):
         router = self.router
         flag = "1" if router.meta_listening else "0"
         self._state_command("eval", _RESET_NODE, [self.channels.state], [self.node_id, self._base, flag])
+        if router.meta_listening:  # the others learn it at their next beat anyway; now is sooner
+            self._send_peer("interest", {"meta": True})
         for session in list(router.sessions.values()):
             self.joined(session)
         for subscription in router.client_subscriptions():
