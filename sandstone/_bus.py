@@ -1319,6 +1319,10 @@ class RedisBus(Service):
 
         return self._gather("sessions:", "", "HGETALL").addCallback(parse)
 
+    def session_count(self) -> Deferred[int]:
+        """How many sessions the other live nodes have."""
+        return self._gather("sessions:", "", "HLEN").addCallback(_total)
+
     def subscriptions(self) -> Deferred[list[SubscriptionInfo]]:
         """The other live nodes' subscriptions (one per id, whichever node has it)."""
 
@@ -1354,10 +1358,7 @@ class RedisBus(Service):
     def subscriber_count(self, subscription_id: int) -> Deferred[int]:
         """How many subscribers of a subscription the other live nodes have."""
 
-        def total(answers: list[tuple[str, Any]]) -> int:
-            return sum(count for _node, count in answers if isinstance(count, int))
-
-        return self._gather("subscribers:", f":{subscription_id}", "HLEN").addCallback(total)
+        return self._gather("subscribers:", f":{subscription_id}", "HLEN").addCallback(_total)
 
     def meta_interest(self, listening: bool) -> None:
         """This node has subscribers of meta topics (or no more): say so in the state hash, for nodes that
@@ -1454,6 +1455,11 @@ class RedisBus(Service):
         "meta": _on_meta,
         "interest": _on_interest,
     }
+
+
+def _total(answers: list[tuple[str, Any]]) -> int:
+    """The sum of the nodes' HLEN answers."""
+    return sum(count for _node, count in answers if isinstance(count, int))
 
 
 def _text(value: Any) -> str:

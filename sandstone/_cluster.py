@@ -215,6 +215,10 @@ class Cluster(Protocol):
         """The other nodes' sessions."""
         ...
 
+    def session_count(self) -> Deferred[int]:
+        """How many sessions the other nodes have."""
+        ...
+
     def subscriptions(self) -> Deferred[list[SubscriptionInfo]]:
         """The other nodes' subscriptions (not those of meta topics)."""
         ...
@@ -279,6 +283,9 @@ class LocalCluster:
 
     def sessions(self) -> Deferred[list[SessionInfo]]:
         return succeed([])
+
+    def session_count(self) -> Deferred[int]:
+        return succeed(0)
 
     def subscriptions(self) -> Deferred[list[SubscriptionInfo]]:
         return succeed([])

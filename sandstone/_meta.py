@@ -98,7 +98,7 @@ def meta_procedures(router: Router) -> dict[str, Callable[..., Any]]:
 
     async def count(caller: Any, filter_authroles: list[str] | None = None) -> int:
         if filter_authroles is None:
-            return len(router.sessions) + len(await router.cluster.sessions())
+            return len(router.sessions) + await router.cluster.session_count()
         return len(selected(await all_sessions(), filter_authroles))
 
     async def session_list(caller: Any, filter_authroles: list[str] | None = None) -> list[int]:

@@ -408,6 +408,9 @@ class FakeCluster(LocalCluster):
     def sessions(self) -> Deferred[list[SessionInfo]]:
         return succeed(self.remote_sessions)
 
+    def session_count(self) -> Deferred[int]:
+        return succeed(len(self.remote_sessions))
+
     def subscriptions(self) -> Deferred[list[SubscriptionInfo]]:
         return succeed(self.remote_subscriptions)
 
