@@ -117,8 +117,11 @@ def meta_procedures(router: Router) -> dict[str, Callable[..., Any]]:
     async def all_subscriptions(caller: Any) -> dict[int, SubscriptionInfo]:
         """The cluster's subscriptions the caller may know of (those it may make itself)."""
         found = {info.id: info for info in await router.cluster.subscriptions()}
-        # this node's own last: its creation time is the one this node knows best
-        found.update((s.id, subscription_info(s)) for s in router.broker.subscriptions)
+        for subscription in router.broker.subscriptions:
+            info = subscription_info(subscription)
+            known = found.get(info.id)
+            if known is None or info.created < known.created:  # created: when the first node made it
+                found[info.id] = info
         if router.broker.gate is None:  # nothing may refuse a subscription
             return found
         allows = router.authorization.allows_delivery
