@@ -194,42 +194,58 @@ return out
 """
 )
 
-# Whether another live node holds the subscription ARGV[4] (ARGV[3]: the subscriptions hashes' prefix).
-_HELD_ELSEWHERE = """
-local function held_elsewhere()
-  for _, node in ipairs(live_others(KEYS[1], ARGV[1], ARGV[2])) do
-    if redis.call('HEXISTS', ARGV[3] .. node, ARGV[4]) == 1 then return true end
+# KEYS[1] state; ARGV: this node, heartbeat prefix, base, then changes of this node's state, each a code and
+# its arguments: J session identity (joined), L session (left), S subscription details session identity
+# first-here (subscribed; details only when first), U subscription session last-here (unsubscribed). One
+# answer per change: for S, 1 when no other live node held the subscription (it was created in the cluster);
+# for U, 1 when no live node holds it any more (deleted); else 0.
+_APPLY = (
+    _LIVE_OTHERS
+    + """
+local me, beats, base = ARGV[1], ARGV[2], ARGV[3]
+local sessions = base .. 'sessions:' .. me
+local subscriptions = base .. 'subscriptions:' .. me
+local others = nil
+local function held_elsewhere(id)
+  if others == nil then others = live_others(KEYS[1], me, beats) end
+  for _, node in ipairs(others) do
+    if redis.call('HEXISTS', base .. 'subscriptions:' .. node, id) == 1 then return true end
   end
   return false
 end
-"""
-
-# KEYS: state, this node's subscriptions, its subscribers of the subscription; ARGV: node, heartbeat prefix,
-# subscriptions prefix, subscription id, its details, session id, its identity, "1" if first here. Returns 1
-# when no other live node holds the subscription (it was created in the cluster).
-_SUBSCRIBED = (
-    _LIVE_OTHERS
-    + _HELD_ELSEWHERE
-    + """
-redis.call('HSET', KEYS[3], ARGV[6], ARGV[7])
-if ARGV[8] ~= '1' then return 0 end
-redis.call('HSET', KEYS[2], ARGV[4], ARGV[5])
-if held_elsewhere() then return 0 end
-return 1
-"""
-)
-
-# Like _SUBSCRIBED; ARGV[5] session id, ARGV[6] "1" if it was the last here. Returns 1 when no live node holds
-# the subscription any more (it was deleted in the cluster).
-_UNSUBSCRIBED = (
-    _LIVE_OTHERS
-    + _HELD_ELSEWHERE
-    + """
-redis.call('HDEL', KEYS[3], ARGV[5])
-if ARGV[6] ~= '1' then return 0 end
-redis.call('HDEL', KEYS[2], ARGV[4])
-if held_elsewhere() then return 0 end
-return 1
+local out = {}
+local i = 4
+while i <= #ARGV do
+  local op = ARGV[i]
+  local answer = 0
+  if op == 'J' then
+    redis.call('HSET', sessions, ARGV[i + 1], ARGV[i + 2])
+    i = i + 3
+  elseif op == 'L' then
+    redis.call('HDEL', sessions, ARGV[i + 1])
+    i = i + 2
+  elseif op == 'S' then
+    local id = ARGV[i + 1]
+    redis.call('HSET', base .. 'subscribers:' .. me .. ':' .. id, ARGV[i + 3], ARGV[i + 4])
+    if ARGV[i + 5] == '1' then
+      redis.call('HSET', subscriptions, id, ARGV[i + 2])
+      if not held_elsewhere(id) then answer = 1 end
+    end
+    i = i + 6
+  elseif op == 'U' then
+    local id = ARGV[i + 1]
+    redis.call('HDEL', base .. 'subscribers:' .. me .. ':' .. id, ARGV[i + 2])
+    if ARGV[i + 3] == '1' then
+      redis.call('HDEL', subscriptions, id)
+      if not held_elsewhere(id) then answer = 1 end
+    end
+    i = i + 4
+  else
+    return redis.error_reply('unknown presence change ' .. tostring(op))
+  end
+  table.insert(out, answer)
+end
+return out
 """
 )
 
@@ -301,6 +317,9 @@ for _, node in ipairs(dead) do
 end
 return {lost, redis.call('HGETALL', KEYS[1])}
 """
+
+#: The most changes of a node's presence state sent to Redis in one script.
+STATE_BATCH = 2000
 
 _NOT_JSON_ERROR = "wamp.error.invalid_argument"
 _NOT_JSON_ARGS = ["arguments that JSON cannot carry (e.g. binary) cannot cross nodes"]
@@ -487,6 +506,9 @@ class RedisBus(Service):
         self._ready_waiters: list[Deferred[None]] = []
         self._heartbeat = LoopingCall(self._beat)
         self._heartbeat.clock = reactor
+        self._pending_ops: list[Any] = []  # changes of the presence state not sent yet (see _apply)
+        self._pending_answers: list[Deferred[bool] | None] = []
+        self._state_flush: IDelayedCall | None = None
         self._meta_nodes: set[str] = set()  # the other nodes with subscribers of meta topics
         self.wants_meta = False  # whether there are any (the ``Cluster`` attribute)
 
@@ -618,6 +640,7 @@ class RedisBus(Service):
     def stopService(self) -> Deferred[None]:
         """Leave the cluster: drop the heartbeat and this node's registrations, then disconnect."""
         super().stopService()
+        self._flush_state()  # the last changes of this node's sessions, before it leaves
         self._cancel_slow_start()
         if self._heartbeat.running:
             self._heartbeat.stop()
@@ -1203,15 +1226,10 @@ class RedisBus(Service):
         for session in list(router.sessions.values()):
             self.joined(session)
         for subscription in router.client_subscriptions():
-            self._state_command(
-                "hset",
-                self.channels.subscriptions(self.node_id),
-                subscription.id,
-                _subscription_entry(subscription),
-            )
-            key = self.channels.subscribers(self.node_id, subscription.id)
-            for session in list(subscription.sessions):
-                self._state_command("hset", key, session.id, _member_entry(session))
+            details = _subscription_entry(subscription)
+            for index, session in enumerate(list(subscription.sessions)):
+                op = ["S", subscription.id, details, session.id, _member_entry(session), _flag(index == 0)]
+                self._apply(op, None)
 
     def _state_command(self, name: str, *args: Any) -> Deferred[Any]:
         """A command writing this node's state; when Redis cannot take it, the next reconnect rewrites all."""
@@ -1221,60 +1239,72 @@ class RedisBus(Service):
         )
         return d
 
+    def _apply(self, op: list[Any], answer: Deferred[bool] | None) -> None:
+        """Queue a change of this node's state; the changes of one reactor turn go to Redis in one script
+        (``_APPLY``), at most ``STATE_BATCH`` at a time. ``answer`` fires with the script's answer for it (or
+        fails when Redis could not take it: the next reconnect rewrites the state anyway)."""
+        if not self._commands_up:
+            if answer is not None:
+                answer.errback(BusUnavailable("Redis is not connected"))
+            return
+        self._pending_ops.extend(op)
+        self._pending_answers.append(answer)
+        if len(self._pending_answers) >= STATE_BATCH:
+            self._flush_state()
+        elif self._state_flush is None:
+            self._state_flush = self._reactor.callLater(0, self._flush_state)
+
+    def _flush_state(self) -> None:
+        call, self._state_flush = self._state_flush, None
+        if call is not None and call.active():
+            call.cancel()
+        ops, answers = self._pending_ops, self._pending_answers
+        if not answers:
+            return
+        self._pending_ops, self._pending_answers = [], []
+        d = self._command(
+            "eval", _APPLY, [self.channels.state], [self.node_id, self._heartbeat_prefix, self._base, *ops]
+        )
+
+        def applied(results: Any) -> None:
+            if not isinstance(results, list) or len(results) != len(answers):
+                failed(Failure(BusUnavailable(f"unexpected answer from Redis: {results!r}"[:200])))
+                return
+            for answer, result in zip(answers, results, strict=True):
+                if answer is not None:
+                    answer.callback(result == 1)
+
+        def failed(failure: Failure) -> None:
+            log.debug("cluster bus: presence state not written: {error}", error=failure.getErrorMessage())
+            for answer in answers:
+                if answer is not None:
+                    answer.errback(failure)
+
+        d.addCallbacks(applied, failed)
+
     def joined(self, session: Session) -> None:
         """A session joined this node: add it to this node's sessions hash."""
         entry = json.dumps([session.authid, session.authrole, session.authmethod, session.authprovider])
-        self._state_command("hset", self.channels.sessions(self.node_id), session.id, entry)
+        self._apply(["J", session.id, entry], None)
 
     def left(self, session: Session) -> None:
         """A session left this node: remove it from this node's sessions hash."""
-        self._state_command("hdel", self.channels.sessions(self.node_id), [session.id])
+        self._apply(["L", session.id], None)
 
     def subscribed(self, subscription: Subscription, session: Session, first: bool) -> Deferred[bool]:
         """Add a subscriber to this node's state; fires with whether no other live node held the
         subscription (when Redis cannot answer: whether it is the first here)."""
-        d = self._command(
-            "eval",
-            _SUBSCRIBED,
-            [
-                self.channels.state,
-                self.channels.subscriptions(self.node_id),
-                self.channels.subscribers(self.node_id, subscription.id),
-            ],
-            [
-                self.node_id,
-                self._heartbeat_prefix,
-                self._base + "subscriptions:",
-                subscription.id,
-                _subscription_entry(subscription),
-                session.id,
-                _member_entry(session),
-                "1" if first else "0",
-            ],
-        )
-        return d.addCallbacks(lambda created: created == 1, lambda _: first)
+        d: Deferred[bool] = Deferred()
+        entry = _subscription_entry(subscription) if first else ""
+        self._apply(["S", subscription.id, entry, session.id, _member_entry(session), _flag(first)], d)
+        return d.addErrback(lambda _: first)
 
     def unsubscribed(self, subscription: Subscription, session: Session, last: bool) -> Deferred[bool]:
         """Remove a subscriber from this node's state; fires with whether no live node holds the
         subscription any more (when Redis cannot answer: whether it was the last here)."""
-        d = self._command(
-            "eval",
-            _UNSUBSCRIBED,
-            [
-                self.channels.state,
-                self.channels.subscriptions(self.node_id),
-                self.channels.subscribers(self.node_id, subscription.id),
-            ],
-            [
-                self.node_id,
-                self._heartbeat_prefix,
-                self._base + "subscriptions:",
-                subscription.id,
-                session.id,
-                "1" if last else "0",
-            ],
-        )
-        return d.addCallbacks(lambda deleted: deleted == 1, lambda _: last)
+        d: Deferred[bool] = Deferred()
+        self._apply(["U", subscription.id, session.id, _flag(last)], d)
+        return d.addErrback(lambda _: last)
 
     def _gather(self, prefix: str, suffix: str, command: str) -> Deferred[list[tuple[str, Any]]]:
         """(node, answer) for each other live node: ``command`` (HGETALL or HLEN) on its key. Without Redis,
@@ -1490,6 +1520,10 @@ def _id(raw: str) -> int | None:
     except ValueError:
         return None
     return value if 1 <= value <= 2**53 else None
+
+
+def _flag(value: bool) -> str:
+    return "1" if value else "0"
 
 
 def _subscription_entry(subscription: Subscription) -> str:
