@@ -85,8 +85,8 @@ class PresenceScaleTests(ClusterTestCase):
         after = self.memory()
         log.info(
             "presence of {n} subscribers on 2 nodes: joined and subscribed in {joined:.2f} s, presence() in "
-            "{presence:.3f} s; Redis used_memory_dataset {before} B / {during} B / {after} B (before / with them / "
-            "after they left), keys {keys_before} / {keys_during} / {keys_after}",
+            "{presence:.3f} s; Redis used_memory_dataset {before} B / {during} B / {after} B (before / with "
+            "them / after they left), keys {keys_before} / {keys_during} / {keys_after}",
             n=MEMBERS,
             joined=joined_in,
             presence=presence_in,
