@@ -17,8 +17,8 @@ Delivery rule (every subscriber in the cluster gets each broadcast exactly once)
 - An event dispatched while handling a forwarded event gets an id derived from that event's, and nodes run the
   listeners of an event id once, however many nodes sent it.
 - Presence (the meta API's sessions and subscriptions, ``Topic.presence``): each node keeps its own sessions,
-  subscriptions and subscribers in hashes of its own, listed in the ``state`` hash; answers read the live
-  nodes' hashes. The node that purges a dead one (the first whose purge sees its heartbeat gone: the script
+  subscriptions and subscribers in hashes of its own, listed in the ``state`` hash (the changes of a reactor
+  turn in one script); answers read the live nodes' hashes. The node that purges a dead one (the first whose purge sees its heartbeat gone: the script
   is atomic) gets what it held and runs the ``on_leave`` hooks and meta events for its members, once. Meta
   events travel on ``peers`` only while some node has subscribers of meta topics (``interest``).
 
