@@ -65,14 +65,23 @@ class WorkersTestCase(TwistdClusterTestCase):
         return [(client, next(node for node in nodes if client._session_id in node)) for client in clients]
 
     async def nodes_of(self, clients: list[Client]) -> set[frozenset[int]]:
-        """The nodes serving ``clients``, each as the session ids its ``wamp.session.list`` gives."""
-        nodes = {frozenset(await client.call("wamp.session.list")) for client in clients}
+        """The nodes serving ``clients``, each as the ids of those clients in its sessions hash in Redis
+        (``wamp.session.list`` answers for the whole cluster)."""
         ids = {client._session_id for client in clients}
-        for node in nodes:
-            self.assertLessEqual(node, ids)  # node-local lists, disjoint...
-        self.assertEqual(set().union(*nodes), ids)  # ...covering every client
-        self.assertEqual(sum(len(node) for node in nodes), len(ids))
-        return nodes
+
+        def nodes() -> set[frozenset[int]]:
+            found = set()
+            for key in self.redis.keys(f"{CHANNELS.base}:sessions:*"):
+                node = frozenset(int(session) for session in self.redis.hkeys(key)) & ids
+                if node:
+                    found.add(node)
+            return found
+
+        await wait_until(lambda: set().union(*nodes()) == ids)  # a node writes its sessions a turn later
+        found = nodes()
+        self.assertEqual(sum(len(node) for node in found), len(ids))  # disjoint
+        self.assertEqual()
+        return found
 
     async def check_post_and_chat(self, clients: list[tuple[Client, frozenset[int]]], title: str) -> None:
         """A POST reaches every ``articles`` subscriber once; a chat message every other subscriber, on
