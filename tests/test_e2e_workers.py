@@ -80,7 +80,6 @@ class WorkersTestCase(TwistdClusterTestCase):
         await wait_until(lambda: set().union(*nodes()) == ids)  # a node writes its sessions a turn later
         found = nodes()
         self.assertEqual(sum(len(node) for node in found), len(ids))  # disjoint
-        self.assertEqual()
         return found
 
     async def check_post_and_chat(self, clients: list[tuple[Client, frozenset[int]]], title: str) -> None:
