@@ -785,7 +785,10 @@ def makeService(options: Options, *, inherited_fd: int | None = None, worker: in
     else:
         # If listening fails (port in use...), startService fails instead of serving nothing: under twistd
         # with one line and exit status 1 (``sandstone run`` reports it itself).
-        one_line = options._exits_on_usage_error and isinstance(options.parent, ServerOptions)
+        # (``options`` may be a plain dict, from code building the service itself)
+        one_line = getattr(options, "_exits_on_usage_error", False) and isinstance(
+            getattr(options, "parent", None), ServerOptions
+        )
         web = ListeningService(
             serverFromString(reactor, listen), site, exit_prefix="twistd sandstone" if one_line else None
         )
