@@ -18,6 +18,18 @@ from ._cryptosign import CryptosignLookup, CryptosignPrincipals, PrincipalTable
 from ._dispatcher import DispatchResult, EventDispatcher, current_cause
 from ._envelope import EventCodec
 from ._errors import LOGGED_OUT, WampError
+from ._http_bridge import (
+    CALLER,
+    DEFAULT_AUTHROLE,
+    DEFAULT_MAX_SKEW,
+    DEFAULT_TIMEOUT,
+    PUBLISHER,
+    BridgeOptions,
+    HttpBridge,
+    Kind,
+    NonceMemory,
+    bridge_options,
+)
 from ._http_errors import is_websocket_upgrade, json_http_errors, upgrade_required
 from ._limits import Limits
 from ._pattern import Converter, TopicPattern
@@ -68,6 +80,7 @@ class _Core:
         self.ws_path = ws_path
         self.mounted_at: str | None = None
         self.factory: WampServerFactory | None = None
+        self.bridge_nonces = NonceMemory()  # the HTTP bridge's replay memory, shared by its paths
 
 
 class Sandstone(Klein):
@@ -367,6 +380,85 @@ class Sandstone(Klein):
             return function
 
         return register
+
+    # HTTP bridge
+
+    def http_publisher(
+        self,
+        path: str,
+        *,
+        keys: Mapping[str, str | bytes] | None = None,
+        networks: Iterable[str] | None = None,
+        authid: str | None = None,
+        authrole: str = DEFAULT_AUTHROLE,
+        require_tls: bool = False,
+        max_body: int = 0,
+        max_skew: float = DEFAULT_MAX_SKEW,
+        crossbar_errors: bool = False,
+    ) -> None:
+        """Serve Crossbar's HTTP Publisher at ``path``: a POST of ``{"topic": URI, "args": [...], "kwargs":
+        {...}, "options": {...}}`` publishes as a client's PUBLISH does (the authorizer, the topic's hooks,
+        the ``exclude``/``eligible`` options, every node of a cluster) and is answered ``{"id": ID}``.
+
+        ``keys`` (``{key: secret}``): every request must be signed with one, as Crossbar's clients sign;
+        ``networks``: the client addresses allowed (CIDR; default: any with keys, loopback only without);
+        requests act as ``authid`` (default: the signing key, else ``http-bridge``) and ``authrole``;
+        ``require_tls``; ``max_body`` bytes (default: the app's ``max_request_body``); ``max_skew``: seconds
+        a signed request's timestamp may be off. A refused publication gets a 4xx/5xx status and ``{"error":
+        URI, "args": [...], "kwargs": {...}}``; with ``crossbar_errors``, status 200, as Crossbar answers.
+        """
+        options = bridge_options(
+            keys=keys,
+            networks=networks,
+            authid=authid,
+            authrole=authrole,
+            require_tls=require_tls,
+            max_body=max_body,
+            max_skew=max_skew,
+            crossbar_errors=crossbar_errors,
+        )
+        self._http_bridge(PUBLISHER, path, options)
+
+    def http_caller(
+        self,
+        path: str,
+        *,
+        keys: Mapping[str, str | bytes] | None = None,
+        networks: Iterable[str] | None = None,
+        authid: str | None = None,
+        authrole: str = DEFAULT_AUTHROLE,
+        require_tls: bool = False,
+        max_body: int = 0,
+        max_skew: float = DEFAULT_MAX_SKEW,
+        timeout: float = DEFAULT_TIMEOUT,
+        crossbar_errors: bool = False,
+    ) -> None:
+        """Serve Crossbar's HTTP Caller at ``path``: a POST of ``{"procedure": URI, "args": [...], "kwargs":
+        {...}}`` calls as a client's CALL does (the app's procedures, client callees on this node or another)
+        and is answered with the result, ``{"args": [...], "kwargs": {...}}``, or ``{"error": URI, "args":
+        [...], "kwargs": {...}}`` with 404 (no such procedure), 504 (no answer within ``timeout`` seconds: the
+        call is canceled), 500 (the procedure's own error)... or 200 with ``crossbar_errors``. The other
+        options are ``http_publisher``'s.
+        """
+        options = bridge_options(
+            keys=keys,
+            networks=networks,
+            authid=authid,
+            authrole=authrole,
+            require_tls=require_tls,
+            max_body=max_body,
+            max_skew=max_skew,
+            timeout=timeout,
+            crossbar_errors=crossbar_errors,
+        )
+        self._http_bridge(CALLER, path, options)
+
+    def _http_bridge(self, kind: Kind, path: str, options: BridgeOptions) -> None:
+        core = self._core
+        if not path.startswith("/") or path == core.ws_path:
+            raise ValueError(f"the HTTP {kind} needs a URL path of its own such as /{kind}, got {path!r}")
+        bridge = HttpBridge(core.router, kind, path, options, core.bridge_nonces)
+        self.route(path, endpoint=f"sandstone_http_{kind}:{path}")(bridge.render)
 
     # authentication
 

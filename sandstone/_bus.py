@@ -11,16 +11,23 @@ Delivery rule (every subscriber in the cluster gets each broadcast exactly once)
   it, and the bus carries O(N) messages per broadcast for N nodes, not N per node.
 - Any other broadcast (a client's publish, ``on_subscribe``, a timer, a REST handler) is delivered locally at
   once and sent to the bus once; the other nodes deliver it to their own subscribers.
-- Calls to a procedure registered by a client on another node travel on that node's channel; registrations are
-  claimed in a Redis hash; a node whose heartbeat key expires loses them (other nodes purge them) until its
-  next beat claims them again.
+- Registrations are cluster-wide: the procedures hash holds one entry per registration (URI and match policy)
+  with its invocation policy and its callees, ``"<node>:<session>"``, in the order they registered; claims
+  and releases change it in Lua scripts that also count a version. Each node keeps a view of the hash (its
+  router holds the other nodes' callees as ``RemoteCallee`` objects), read whole when it (re)connects and
+  field by field when another node says it changed them (``procedures`` on the peers channel), and read
+  whole again when a heartbeat finds the version ahead of the view for two beats in a row (a lost message).
+  So a call costs Redis one PUBLISH to the callee's node (none for a local callee), whatever the policy,
+  and a registration O(nodes) messages. A node whose heartbeat key expires loses its callees (other nodes
+  purge them) until its next beat claims them again.
 - An event dispatched while handling a forwarded event gets an id derived from that event's, and nodes run the
   listeners of an event id once, however many nodes sent it.
-- Presence (the meta API's sessions and subscriptions, ``Topic.presence``): each node keeps its own sessions,
-  subscriptions and subscribers in hashes of its own, listed in the ``state`` hash (the changes of a reactor
-  turn in one script); answers read the live nodes' hashes. The node that purges a dead one (the first whose purge sees its heartbeat gone: the script
-  is atomic) gets what it held and runs the ``on_leave`` hooks and meta events for its members, once. Meta
-  events travel on ``peers`` only while some node has subscribers of meta topics (``interest``).
+- Presence (the meta API's sessions and subscriptions, ``Topic.presence``): each node keeps its own
+  sessions, subscriptions and subscribers in hashes of its own, listed in the ``state`` hash (the changes of
+  a reactor turn in one script); answers read the live nodes' hashes. The node that purges a dead one (the
+  first whose purge sees its heartbeat gone: the script is atomic) gets what it held and runs the
+  ``on_leave`` hooks and meta events for its members, once. Meta events travel on ``peers`` only while some
+  node has subscribers of meta topics (``interest``).
 
 What outside producers may send and what nodes say to each other are kept apart: producers publish events
 and deliveries on the public channels (``events``, ``deliveries``), which accept nothing else; nodes send
@@ -34,23 +41,25 @@ import itertools
 import json
 import os
 import uuid
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
+from txredisapi import ConnectionError as RedisConnectionError
 
-from ._call import Call, Caller
+from ._call import Call
 from ._cluster import Cause, LostSubscription, Member, SessionInfo, SubscriptionInfo
 from ._envelope import (
     NODE,
     PEERS,
+    PROCEDURES,
     PUBLIC_DELIVERIES,
     PUBLIC_EVENTS,
     ChannelRule,
@@ -63,13 +72,14 @@ from ._envelope import (
     Signer,
     channel_names,
     decode,
-    decode_owner,
+    decode_entry,
     encode_delivery,
     encode_event,
     encode_node,
-    encode_owner,
+    parse_procedure_field,
+    procedure_field,
 )
-from ._errors import CANCELED, NO_SUCH_PROCEDURE, WampError
+from ._errors import CANCELED, WampError
 from ._payload import payload_problem
 from ._publication import Publication
 from ._redis_connect import (
@@ -81,11 +91,12 @@ from ._redis_connect import (
     redis_endpoint,
 )
 from ._redis_url import RedisAddress
-from ._subscriptions import iso_8601
+from ._subscriptions import EXACT, iso_8601
 
 if TYPE_CHECKING:
-    from ._dealer import Registration
+    from ._call import Callee
     from ._dispatcher import EventDispatcher
+    from ._registrations import Registration
     from ._router import Router
     from ._session import Session
     from ._subscriptions import Subscription
@@ -101,30 +112,174 @@ SLOW_START_WARNING = 2.0
 #: The environment variable a node reads its cluster secret from when none is given in code.
 CLUSTER_SECRET_ENV = "SANDSTONE_CLUSTER_SECRET"
 
-# The node id in a procedures-hash entry, or nil when the entry is not one (anyone with write access to Redis
-# can put anything there): such entries count as dead, so they neither block a claim nor break the purge.
-_OWNER_NODE = """
-local function owner_node(entry)
-  local ok, owner = pcall(cjson.decode, entry)
-  if not ok or type(owner) ~= 'table' then return nil end
-  local node = owner['node']
-  if type(node) ~= 'string' or node == '' then return nil end
-  return node
+# Entries of the procedures hash: one per registration (field: its URI, or "<match> <uri>" for a pattern),
+# {"invoke": <policy>, "members": ["<node id>:<session id>", ...]} with its callees in the order they
+# registered. Session ids stay strings here: Lua's cjson would round large numbers. An entry that is not one
+# (anyone with write access to Redis can put anything there) reads as nil: it neither blocks a claim nor
+# breaks the purge, which removes it.
+_ENTRY = """
+local policies = {single = true, roundrobin = true, random = true, first = true, last = true}
+local function read_entry(raw)
+  local ok, entry = pcall(cjson.decode, raw)
+  if not ok or type(entry) ~= 'table' then return nil end
+  local invoke, members = entry['invoke'], entry['members']
+  if type(invoke) ~= 'string' or not policies[invoke] or type(members) ~= 'table' or #members == 0 then
+    return nil
+  end
+  for _, member in ipairs(members) do
+    if type(member) ~= 'string' or not string.match(member, '^[^:%s]+:%d+$') then return nil end
+  end
+  return invoke, members
+end
+local function node_of(member) return string.match(member, '^([^:]+):') end
+local alive_nodes = {}
+local function alive(prefix, node)
+  local known = alive_nodes[node]
+  if known == nil then
+    known = redis.call('EXISTS', prefix .. node) == 1
+    alive_nodes[node] = known
+  end
+  return known
+end
+local function write_entry(key, field, invoke, members)
+  if #members == 0 then
+    redis.call('HDEL', key, field)
+  else
+    redis.call('HSET', key, field, cjson.encode({invoke = invoke, members = members}))
+  end
+end
+-- Add member to the entry of field, unless a live node holds it as 'single' or with another policy.
+-- Returns whether it is (now) a callee, and whether the entry changed.
+local function claim(key, field, invoke, member, prefix)
+  local raw = redis.call('HGET', key, field)
+  local kept = {}
+  if raw then
+    local current, members = read_entry(raw)
+    if current then
+      for _, m in ipairs(members) do
+        if m == member then return true, false end
+        if alive(prefix, node_of(m)) then kept[#kept + 1] = m end
+      end
+      if #kept > 0 and (current == 'single' or current ~= invoke) then return false, false end
+    end
+  end
+  kept[#kept + 1] = member
+  write_entry(key, field, invoke, kept)
+  return true, true
 end
 """
 
+# KEYS: procedures, version; ARGV: field, invoke, member, heartbeat prefix, node id. Adds a callee to a
+# registration unless a live node holds it as "single" or with another policy. Returns {1, entry, version}
+# when it changed the entry, {claimed, entry} when not (the callee was there already, or it is refused).
 _CLAIM = (
-    _OWNER_NODE
+    _ENTRY
     + """
-local current = redis.call('HGET', KEYS[1], ARGV[1])
-if current then
-  local owner = owner_node(current)
-  if owner and owner ~= ARGV[4] and redis.call('EXISTS', ARGV[3] .. owner) == 1 then return 0 end
-end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-return 1
+alive_nodes[ARGV[5]] = true
+local claimed, changed = claim(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+local entry = redis.call('HGET', KEYS[1], ARGV[1])
+if changed then return {1, entry, redis.call('INCR', KEYS[2])} end
+return {claimed and 1 or 0, entry}
 """
 )
+
+# KEYS: procedures, version; ARGV: node id, heartbeat prefix, then (field, invoke, member) for each callee
+# the node has. Makes the hash say exactly that of the node (after Redis lost the node's callees, or some
+# left while Redis could not be told), keeping the place of those still there. Returns {version (0: no
+# change), changed fields, refused fields}.
+_SYNC = (
+    _ENTRY
+    + """
+alive_nodes[ARGV[1]] = true
+local wanted = {}
+for i = 3, #ARGV, 3 do wanted[ARGV[i] .. ' ' .. ARGV[i + 2]] = true end
+local changed, refused = {}, {}
+local entries = redis.call('HGETALL', KEYS[1])
+for i = 1, #entries, 2 do
+  local field = entries[i]
+  local invoke, members = read_entry(entries[i + 1])
+  if invoke then
+    local kept = {}
+    for _, member in ipairs(members) do
+      if node_of(member) ~= ARGV[1] or wanted[field .. ' ' .. member] then kept[#kept + 1] = member end
+    end
+    if #kept < #members then
+      write_entry(KEYS[1], field, invoke, kept)
+      changed[#changed + 1] = field
+    end
+  end
+end
+for i = 3, #ARGV, 3 do
+  local claimed, change = claim(KEYS[1], ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[2])
+  if change then changed[#changed + 1] = ARGV[i] end
+  if not claimed then refused[#refused + 1] = ARGV[i] end
+end
+local version = 0
+if #changed > 0 then version = redis.call('INCR', KEYS[2]) end
+return {version, changed, refused}
+"""
+)
+
+# KEYS: procedures, version; ARGV: field, member. Returns the new version, or 0 when nothing changed.
+_RELEASE = (
+    _ENTRY
+    + """
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then return 0 end
+local invoke, members = read_entry(raw)
+if not invoke then return 0 end
+local kept = {}
+for _, member in ipairs(members) do
+  if member ~= ARGV[2] then kept[#kept + 1] = member end
+end
+if #kept == #members then return 0 end
+write_entry(KEYS[1], ARGV[1], invoke, kept)
+return redis.call('INCR', KEYS[2])
+"""
+)
+
+# KEYS: procedures, version; ARGV: heartbeat prefix, a node whose callees go too ('' for none). Removes the
+# callees of nodes without a heartbeat, and entries that are not one. Returns {entries that lost callees,
+# bad entries, version, changed fields}.
+_PURGE = (
+    _ENTRY
+    + """
+local entries = redis.call('HGETALL', KEYS[1])
+local dead, bad, changed = 0, 0, {}
+for i = 1, #entries, 2 do
+  local field = entries[i]
+  local invoke, members = read_entry(entries[i + 1])
+  if not invoke then
+    redis.call('HDEL', KEYS[1], field)
+    bad = bad + 1
+    changed[#changed + 1] = field
+  else
+    local kept = {}
+    for _, member in ipairs(members) do
+      local node = node_of(member)
+      if node ~= ARGV[2] and alive(ARGV[1], node) then kept[#kept + 1] = member end
+    end
+    if #kept < #members then
+      write_entry(KEYS[1], field, invoke, kept)
+      dead = dead + 1
+      changed[#changed + 1] = field
+    end
+  end
+end
+local version
+if #changed > 0 then
+  version = redis.call('INCR', KEYS[2])
+else
+  version = tonumber(redis.call('GET', KEYS[2]) or '0')
+end
+return {dead, bad, version, changed}
+"""
+)
+
+# KEYS: procedures, version. The whole hash and its version, for a node's view of it.
+_LOAD = """
+return {tonumber(redis.call('GET', KEYS[2]) or '0'), redis.call('HGETALL', KEYS[1])}
+"""
 
 # Announce a keyed broadcast unless another node did: the first node to SET the key PUBLISHes the delivery.
 _ANNOUNCE = """
@@ -134,38 +289,16 @@ end
 return -1
 """
 
-# SET the heartbeat; returns whether it still existed (if not, the node's registrations may have been purged)
+# KEYS: heartbeat, procedures version. SET the heartbeat; returns whether it still existed (if not, the
+# node's callees may have been purged) and the version of the procedures hash.
 _BEAT = """
 local existed = redis.call('EXISTS', KEYS[1])
 redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
-return existed
+return {existed, tonumber(redis.call('GET', KEYS[2]) or '0')}
 """
 
-_RELEASE = """
-if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end
-return 0
-"""
-
-# Removes the entries of nodes without a heartbeat, and entries that are not a node's; returns both counts.
-_PURGE_DEAD = (
-    _OWNER_NODE
-    + """
-local entries = redis.call('HGETALL', KEYS[1])
-local dead, bad = 0, 0
-for i = 1, #entries, 2 do
-  local owner = owner_node(entries[i + 1])
-  if not owner then
-    redis.call('HDEL', KEYS[1], entries[i])
-    bad = bad + 1
-  elseif redis.call('EXISTS', ARGV[1] .. owner) == 0 then
-    redis.call('HDEL', KEYS[1], entries[i])
-    dead = dead + 1
-  end
-end
-return {dead, bad}
-"""
-)
-
+#: Fields named in one ``procedures`` message at most; beyond, the message asks for a reload of them all.
+_MAX_NOTIFIED_FIELDS = 1000
 
 # Presence state: ``B:state`` lists the nodes keeping state (node id: "1" when it has subscribers of meta
 # topics, else "0"); each node has ``B:sessions:<node>``, ``B:subscriptions:<node>`` and
@@ -397,14 +530,38 @@ class RemoteCaller:
         self._bus._served.pop((self.node, self.call_id), None)
 
 
-@dataclass(slots=True, eq=False)
-class _RemoteCall:
-    """A local caller's call served by a callee on another node."""
+class RemoteCallee:
+    """A ``Callee`` on another node (its session ``id`` there): INVOCATIONs travel to its node as calls on
+    the bus, INTERRUPTs as cancels. Always interruptible: its node knows whether the session takes
+    INTERRUPTs, and answers a cancel as its own dealer does."""
 
-    caller: Caller
-    request: int
-    node: str
-    receive_progress: bool
+    __slots__ = ("_bus", "node", "id")
+
+    interruptible = True
+
+    def __init__(self, bus: RedisBus, node: str, session_id: int) -> None:
+        self._bus = bus
+        self.node = node
+        self.id = session_id
+
+    def __repr__(self) -> str:
+        return f"<RemoteCallee {self.id} on {self.node}>"
+
+    def send_invocation(self, invocation: int, registration: Registration, call: Call) -> None:
+        """Send ``call`` to the callee's node, for that callee of ``registration``."""
+        self._bus._invoke_remote(self, invocation, registration, call)
+
+    def send_interrupt(self, invocation: int, mode: str) -> None:
+        """Cancel the INVOCATION on the callee's node."""
+        self._bus._interrupt_remote(invocation, mode)
+
+
+@dataclass(slots=True, eq=False)
+class _RemoteInvocation:
+    """An INVOCATION of this node's dealer served by a callee on another node."""
+
+    callee: RemoteCallee
+    invocation: int
 
 
 class RedisBus(Service):
@@ -490,7 +647,19 @@ class RedisBus(Service):
         # How long a node's claim to announce a keyed broadcast lives in Redis: every node handles a
         # forwarded event within it (a later copy still meets the dedupe window of each node).
         self.announce_claim_ttl = min(dedupe_window, 30.0)
-        self._remote_calls: dict[str, _RemoteCall] = {}
+        # calls sent to callees on other nodes, by call id; the call id of each INVOCATION (its dealer's id)
+        self._remote_calls: dict[str, _RemoteInvocation] = {}
+        self._call_ids: dict[int, str] = {}
+        # this node's view of the procedures hash: each field's callees, the callees of other nodes (one
+        # object each, as long as some field names it), the version every change up to which it reflects
+        self._view: dict[str, tuple[tuple[str, int], ...]] = {}
+        self._callees: dict[tuple[str, int], RemoteCallee] = {}
+        self._callee_refs: Counter[tuple[str, int]] = Counter()
+        self._version = 0
+        self._versions_seen: set[int] = set()  # versions learned beyond ``_version``
+        self._suspect = 0  # a version Redis had at a beat while the view was behind: reload if still behind
+        self._reloading: list[Deferred[None]] | None = None  # calls waiting for the reload under way
+        self._reclaim_due = True  # False between a (re)connect's claims and the next beat
         self._served: dict[tuple[str, str], RemoteCaller] = {}
         self._served_requests = itertools.count(1)
         self._commands: RedisLink | None = None
@@ -506,7 +675,7 @@ class RedisBus(Service):
         self._ready_waiters: list[Deferred[None]] = []
         self._heartbeat = LoopingCall(self._beat)
         self._heartbeat.clock = reactor
-        self._pending_ops: list[Any] = []  # changes of the presence state not sent yet (see _apply)
+        self._pending_ops: list[Any] = []  # changes of the presence state not sent yet (see _queue_state)
         self._pending_answers: list[Deferred[bool] | None] = []
         self._state_flush: IDelayedCall | None = None
         self._meta_nodes: set[str] = set()  # the other nodes with subscribers of meta topics
@@ -638,7 +807,8 @@ class RedisBus(Service):
             )
 
     def stopService(self) -> Deferred[None]:
-        """Leave the cluster: drop the heartbeat and this node's registrations, then disconnect."""
+        """Leave the cluster: drop the heartbeat and this node's callees (telling the other nodes), then
+        disconnect."""
         super().stopService()
         self._flush_state()  # the last changes of this node's sessions, before it leaves
         self._cancel_slow_start()
@@ -647,8 +817,11 @@ class RedisBus(Service):
         self._fail_remote_calls("this node is shutting down")
         if self.router.cluster is self:
             self.router.use_cluster(None)
+        for field in list(self._view):  # the other nodes' callees are out of reach from now on
+            self._apply(field, None)
         leaving = self._command("delete", self.channels.heartbeat(self.node_id))
-        leaving.addCallback(lambda _: self._command("eval", _PURGE_DEAD, *self._purge_arguments()))
+        leaving.addCallback(lambda _: self._command("eval", _PURGE, *self._purge_arguments(self.node_id)))
+        leaving.addCallback(self._left)
         leaving.addCallback(
             lambda _: self._command(
                 "eval",
@@ -659,6 +832,11 @@ class RedisBus(Service):
         )
         leaving.addErrback(lambda _: None)  # then the TTL does it
         return leaving.addCallback(lambda _: self._disconnect())
+
+    def _left(self, reply: Any) -> Deferred[Any] | None:
+        """Tell the other nodes which registrations lost this node's callees."""
+        purged = _purge_reply(reply)
+        return None if purged is None or not purged[3] else self._notify(purged[3], purged[2])
 
     def _disconnect(self) -> Deferred[None]:
         from twisted.internet.defer import gatherResults
@@ -706,6 +884,7 @@ class RedisBus(Service):
 
         def subscribed(_: Any) -> None:
             self._subscribed = True
+            self._reload()  # what changed while this node was not listening
             self._maybe_ready()
 
         return d.addCallback(subscribed)
@@ -719,6 +898,8 @@ class RedisBus(Service):
         self._beat()
         self._reclaim()
         self._restore_state()
+        self._reclaim_due = False  # done: the first beat need not do it again (its key is new)
+        self._reload()
         self._maybe_ready()
 
     def _commands_lost(self, reason: str) -> None:
@@ -762,9 +943,10 @@ class RedisBus(Service):
         d: Deferred[Any] = maybeDeferred(getattr(protocol, name), *args, **kwargs)
         return d
 
-    def _publish(self, channel: str, payload: bytes, announce_key: str | None = None) -> None:
+    def _publish(self, channel: str, payload: bytes, announce_key: str | None = None) -> Deferred[Any]:
         """PUBLISH ``payload`` on ``channel``; with an ``announce_key``, only if no node claimed that key
-        (this one claims it: see ``announce``)."""
+        (this one claims it: see ``announce``). Fires with the number of nodes that got it (-1: another node
+        announced it), or ``None`` when it was not sent."""
         if len(payload) > self.max_message_bytes:
             self.stats["send_failures"] += 1
             log.warn(
@@ -773,7 +955,7 @@ class RedisBus(Service):
                 channel=channel,
                 limit=self.max_message_bytes,
             )
-            return
+            return succeed(None)
         if announce_key is None:
             d = self._command("publish", channel, payload.decode())
         else:
@@ -781,11 +963,12 @@ class RedisBus(Service):
             ttl = int(self.announce_claim_ttl * 1000)
             d = self._command("eval", _ANNOUNCE, [claim, channel], [self.node_id, ttl, payload.decode()])
 
-        def sent(receivers: Any) -> None:
+        def sent(receivers: Any) -> Any:
             if receivers == -1:  # another node announced it
                 self.stats["announced_elsewhere"] += 1
             else:
                 self.stats["published"] += 1
+            return receivers
 
         def failed(failure: Failure) -> None:
             self.stats["send_failures"] += 1
@@ -796,19 +979,21 @@ class RedisBus(Service):
                     error=failure.getErrorMessage(),
                 )
 
-        d.addCallbacks(sent, failed)
+        return d.addCallbacks(sent, failed)
 
-    def _publish_internal(self, channel: str, payload: bytes, announce_key: str | None = None) -> None:
+    def _publish_internal(
+        self, channel: str, payload: bytes, announce_key: str | None = None
+    ) -> Deferred[Any]:
         """Publish a node's message on an internal channel, signed when the cluster has a secret."""
         signed = payload if self._signer is None else self._signer.sign(channel, payload)
-        self._publish(channel, signed, announce_key)
+        return self._publish(channel, signed, announce_key)
 
     def _beat(self) -> Deferred[Any]:
         self._check_subscriber()
         if not self._commands_up:
             return succeed(None)
-        key = self.channels.heartbeat(self.node_id)
-        d = self._command("eval", _BEAT, [key], [int(self.heartbeat_ttl * 1000)])
+        keys = [self.channels.heartbeat(self.node_id), self.channels.procedures_version]
+        d = self._command("eval", _BEAT, keys, [int(self.heartbeat_ttl * 1000)])
         d.addCallbacks(self._beaten, self._beat_failed)
         return d
 
@@ -819,15 +1004,21 @@ class RedisBus(Service):
         if self._subscribed and protocol is not None:
             maybeDeferred(protocol.ping).addErrback(lambda _: None)  # a timeout drops the connection
 
-    def _beaten(self, existed: Any) -> Deferred[Any]:
+    def _beaten(self, reply: Any) -> Deferred[Any]:
         if self._beat_failing:
             self._beat_failing = False
             log.info("cluster bus node {node}: heartbeats work again", node=self.node_id)
-        if not existed:
+        existed, version = (
+            (reply[0], reply[1]) if isinstance(reply, list) and len(reply) == 2 else (reply, None)
+        )
+        if not existed and self._reclaim_due:
             # expired (this node was paused longer than the TTL, or Redis lost it): the other nodes purged
             # our registrations and presence state, claim and write them again
             self._reclaim()
             self._restore_state()
+        self._reclaim_due = True
+        if isinstance(version, int):
+            self._check_view(version)
         d = self._purge()
         d.addCallback(lambda _: self._check_remote_nodes())
         d.addCallback(lambda _: self._purge_state())
@@ -845,20 +1036,25 @@ class RedisBus(Service):
             ttl=self.heartbeat_ttl,
         )
 
-    def _purge_arguments(self) -> tuple[list[str], list[str]]:
-        return [self.channels.procedures], [self._heartbeat_prefix]
+    def _purge_arguments(self, drop: str = "") -> tuple[list[str], list[str]]:
+        keys = [self.channels.procedures, self.channels.procedures_version]
+        return keys, [self._heartbeat_prefix, drop]
 
-    def _purge(self) -> Deferred[None]:
-        """Remove dead nodes' registrations, and entries that are not a node's, from the procedures hash."""
-        d = self._command("eval", _PURGE_DEAD, *self._purge_arguments())
+    def _purge(self, drop: str = "") -> Deferred[None]:
+        """Remove dead nodes' callees (and those of node ``drop``), and entries that are not a
+        registration's, from the procedures hash; update this node's view and tell the others."""
+        d = self._command("eval", _PURGE, *self._purge_arguments(drop))
         d.addCallbacks(self._purged, self._purge_failed)
         return d
 
-    def _purged(self, counts: Any) -> None:
+    def _purged(self, reply: Any) -> Deferred[None] | None:
         if self._purge_failing:
             self._purge_failing = False
             log.info("cluster bus node {node}: the purge of dead nodes works again", node=self.node_id)
-        bad = counts[1] if isinstance(counts, list) and len(counts) == 2 and isinstance(counts[1], int) else 0
+        purged = _purge_reply(reply)
+        if purged is None:
+            return None
+        _, bad, version, changed = purged
         if bad:
             self.stats["bad_entries"] += bad
             log.warn(
@@ -867,6 +1063,10 @@ class RedisBus(Service):
                 count=bad,
                 key=self.channels.procedures,
             )
+        if not changed:
+            return None
+        self._notify(changed, version)
+        return self._refresh(changed, version)
 
     def _purge_failed(self, failure: Failure) -> None:
         if self._purge_failing or self._outage_logged:  # once per streak; an outage is logged already
@@ -989,20 +1189,20 @@ class RedisBus(Service):
             raise EnvelopeError(f"unknown node message type {msg.type!r}")
         handler(self, msg.origin, msg.body)
 
-    # registrations
+    # registrations: claims, and this node's view of the cluster's
 
-    def claim(self, registration: Registration) -> Deferred[bool]:
-        """Claim a client registration cluster-wide; False if a live node already holds the URI.
+    def claim(self, registration: Registration, callee: Callee) -> Deferred[bool]:
+        """Claim cluster-wide that this node's ``callee`` serves ``registration``; False when a live node
+        holds it as ``single`` or with another invocation policy. The answer updates this node's view (and
+        the other nodes are told of the change).
 
-        When Redis cannot answer, the registration stays local and is claimed again on reconnect.
+        When Redis cannot answer, the callee stays local and is claimed again on reconnect.
         """
-        d = self._command(
-            "eval",
-            _CLAIM,
-            [self.channels.procedures],
-            [registration.uri, self._owner(registration), self._heartbeat_prefix, self.node_id],
-        )
-        d.addCallback(lambda claimed: bool(claimed))
+        field = procedure_field(registration.uri, registration.match)
+        member = self._member(callee)
+        arguments = [field, registration.invoke, member, self._heartbeat_prefix, self.node_id]
+        d = self._command("eval", _CLAIM, self._procedure_keys(), arguments)
+        d.addCallback(self._claimed, field)
 
         def unavailable(failure: Failure) -> bool:
             log.warn(
@@ -1014,132 +1214,330 @@ class RedisBus(Service):
 
         return d.addErrback(unavailable)
 
-    def released(self, registration: Registration) -> None:
-        """A client registration ended here: give the URI back."""
-        d = self._command(
-            "eval", _RELEASE, [self.channels.procedures], [registration.uri, self._owner(registration)]
-        )
-        d.addErrback(
+    def _claimed(self, reply: Any, field: str) -> bool:
+        if not isinstance(reply, list) or len(reply) < 2:
+            raise EnvelopeError(f"unexpected answer to a claim: {reply!r}")
+        claimed, entry = reply[0], reply[1]
+        self._apply(field, entry)
+        if len(reply) > 2 and isinstance(reply[2], int):  # the claim changed the entry
+            self._learned(reply[2])
+            self._notify([field], reply[2])
+        return bool(claimed)
+
+    def released(self, registration: Registration, callee: Callee) -> None:
+        """This node's ``callee`` no longer serves ``registration``: out of its entry (and the view)."""
+        field = procedure_field(registration.uri, registration.match)
+        d = self._command("eval", _RELEASE, self._procedure_keys(), [field, self._member(callee)])
+
+        def done(version: Any) -> None:
+            if isinstance(version, int) and version > 0:
+                self._learned(version)
+                self._notify([field], version)
+
+        d.addCallbacks(
+            done,
             lambda f: log.debug(
                 "release of {uri} failed: {error}", uri=registration.uri, error=f.getErrorMessage()
-            )
+            ),
         )
 
-    def _owner(self, registration: Registration) -> str:
-        return encode_owner(self.node_id, registration.id)
+    def settle(self, call: Call) -> Deferred[None]:
+        """No registration in this node's view serves ``call``: fires once the view has every change Redis
+        has (a registration made on another node a moment ago, whose message is on its way, is read now).
+        One GET when the view is up to date. Fails with ``cluster_unavailable`` when Redis cannot be
+        asked."""
+        unavailable = WampError(CLUSTER_UNAVAILABLE, f"cannot reach the cluster to find {call.procedure}")
+        if not self.connected:
+            return _failed(unavailable)
+        d = self._command("get", self.channels.procedures_version)
 
-    def _reclaim(self) -> None:
-        for registration in self.router.client_registrations():
-            self.claim(registration).addCallback(self._reclaimed, registration)
+        def compare(version: Any) -> Deferred[None] | None:
+            if int(version or 0) <= self._version:
+                return None
+            return self._reload_once()
 
-    def _reclaimed(self, claimed: bool, registration: Registration) -> None:
-        if not claimed:
+        def failed(failure: Failure) -> None:
+            raise unavailable
+
+        return d.addCallbacks(compare, failed)
+
+    def _reload_once(self) -> Deferred[None]:
+        """A reload of the view; calls waiting for one share the one under way."""
+        waiting: Deferred[None] = Deferred()
+        if self._reloading is not None:
+            self._reloading.append(waiting)
+            return waiting
+        self._reloading = [waiting]
+        self._reload().addBoth(self._reloaded)
+        return waiting
+
+    def _reloaded(self, _: Any) -> None:
+        waiting, self._reloading = self._reloading or [], None
+        for d in waiting:
+            d.callback(None)
+
+    def _member(self, callee: Callee) -> str:
+        return f"{self.node_id}:{callee.id}"
+
+    def _procedure_keys(self) -> list[str]:
+        return [self.channels.procedures, self.channels.procedures_version]
+
+    def _reclaim(self) -> Deferred[None]:
+        """Make the procedures hash say of this node's callees what is true now (Redis lost them, or some
+        left while Redis could not be told), in one script."""
+        arguments = [self.node_id, self._heartbeat_prefix]
+        for registration, callee in self.router.client_registrations():
+            field = procedure_field(registration.uri, registration.match)
+            arguments += [field, registration.invoke, self._member(callee)]
+        d = self._command("eval", _SYNC, self._procedure_keys(), arguments)
+        d.addCallback(self._reclaimed)
+        d.addErrback(self._view_failed)
+        return d
+
+    def _reclaimed(self, reply: Any) -> Deferred[None] | None:
+        if not isinstance(reply, list) or len(reply) != 3 or not isinstance(reply[0], int):
+            raise EnvelopeError(f"unexpected answer to the claims of this node's callees: {reply!r}")
+        version, changed, refused = reply[0], [str(f) for f in reply[1]], [str(f) for f in reply[2]]
+        for field in refused:
             log.warn(
-                "cluster bus: {uri} was registered on another node during the outage; this node keeps "
-                "serving its own registration for its own callers",
-                uri=registration.uri,
+                "cluster bus: {field} was registered on another node during the outage; calls go to that "
+                "node's callee, and this node's stays registered behind it",
+                field=field,
             )
+        fields = list(dict.fromkeys(changed + refused))
+        if not fields:
+            return None
+        if version:
+            self._notify(changed, version)
+        return self._refresh(fields, version)
 
-    # calls: caller side
+    def _notify(self, fields: list[str], version: int) -> Deferred[Any]:
+        """Tell the other nodes that these fields of the procedures hash changed (up to ``version``)."""
+        body = {"fields": fields if len(fields) <= _MAX_NOTIFIED_FIELDS else None, "version": version}
+        return self._publish_internal(self.channels.peers, encode_node(PROCEDURES, self.node_id, body))
 
-    def call(self, call: Call) -> None:
-        """A call with no callee on this node: find the owning node and forward it there."""
-        d = self._command("hget", self.channels.procedures, call.procedure)
-        d.addCallbacks(self._forward_call, self._lookup_failed, (call,), errbackArgs=(call,))
-        d.addErrback(self._forward_failed, call)
+    def _on_procedures(self, origin: str, body: dict[str, Any]) -> None:
+        fields, version = body.get("fields"), body["version"]
+        if fields is None:
+            self._reload()
+        elif fields:
+            self._refresh(fields, version)
 
-    def _forward_failed(self, failure: Failure, call: Call) -> None:
-        log.failure(
-            "cluster bus: the call to {procedure} could not be forwarded",
-            failure,
-            procedure=call.procedure,
-            level=LogLevel.error,
+    def _refresh(self, fields: list[str], version: int) -> Deferred[None]:
+        """Read these fields of the procedures hash into the view; every change up to ``version`` is then
+        in it, as far as these fields go."""
+        d = self._command("hmget", self.channels.procedures, fields)
+
+        def read(entries: Any) -> None:
+            if not isinstance(entries, list) or len(entries) != len(fields):
+                raise EnvelopeError(f"unexpected answer to HMGET: {entries!r}")
+            for field, entry in zip(fields, entries, strict=True):
+                self._apply(field, entry)
+            self._learned(version)
+
+        d.addCallback(read)
+        d.addErrback(self._view_failed)
+        return d
+
+    def _reload(self) -> Deferred[None]:
+        """Read the whole procedures hash into the view."""
+        d = self._command("eval", _LOAD, self._procedure_keys(), [])
+
+        def loaded(reply: Any) -> None:
+            if not isinstance(reply, list) or len(reply) != 2 or not isinstance(reply[1], list):
+                raise EnvelopeError(f"unexpected answer to the load of the procedures: {reply!r}")
+            version, flat = reply
+            entries = {str(field): entry for field, entry in zip(flat[::2], flat[1::2], strict=True)}
+            for field in [f for f in self._view if f not in entries]:
+                self._apply(field, None)
+            for field, entry in entries.items():
+                self._apply(field, entry)
+            self._version = int(version)
+            self._versions_seen = {v for v in self._versions_seen if v > self._version}
+            self._suspect = 0
+
+        d.addCallback(loaded)
+        d.addErrback(self._view_failed)
+        return d
+
+    def _view_failed(self, failure: Failure) -> None:
+        if failure.check(EnvelopeError):
+            self.stats["malformed"] += 1
+            log.warn("cluster bus: {reason}", reason=failure.getErrorMessage())
+        elif failure.check(
+            BusUnavailable, CancelledError, TimeoutError, ConnectionError, RedisConnectionError
+        ):
+            # Redis went away: the reconnect reads the view again
+            log.debug("cluster bus: could not read the procedures: {error}", error=failure.getErrorMessage())
+        else:
+            log.failure("cluster bus: could not update this node's view of the procedures", failure)
+
+    def _learned(self, version: int) -> None:
+        """The change that made ``version`` of the procedures hash is in the view."""
+        if version <= self._version:
+            return
+        seen = self._versions_seen
+        seen.add(version)
+        while self._version + 1 in seen:
+            self._version += 1
+            seen.discard(self._version)
+
+    def _check_view(self, version: int) -> None:
+        """At a heartbeat: reload the view if a change is missing from it since the previous beat (its
+        message was lost), or if Redis lost the hash (its version went back)."""
+        if version < self._version:
+            self._reload()
+        elif version == self._version:
+            self._suspect = 0
+        elif self._suspect and self._version < self._suspect:
+            self._reload()
+        else:
+            self._suspect = version
+
+    def _apply(self, field: Any, raw: Any) -> None:
+        """Give the router this node's view of one entry of the procedures hash (``None``: none)."""
+        field = str(field)  # txredisapi reads a field made of digits as a number
+        try:
+            uri, match = parse_procedure_field(field)
+        except EnvelopeError as exc:
+            self._bad_entry(field, exc)
+            return
+        try:
+            entry = None if raw is None else decode_entry(raw)
+        except EnvelopeError as exc:
+            self._bad_entry(field, exc)
+            entry = None
+        members = () if entry is None else entry.members
+        self._hold(members)
+        self._release_view(self._view.pop(field, ()))
+        if members:
+            self._view[field] = members
+        order: list[Callee | int] = [
+            session if node == self.node_id else self._callees[node, session] for node, session in members
+        ]
+        self.router.arrange_registration(uri, match, None if entry is None else entry.invoke, order)
+
+    def _bad_entry(self, field: str, problem: EnvelopeError) -> None:
+        self.stats["bad_entries"] += 1
+        log.warn(
+            "cluster bus: the entry of {field} in {key} is not a node's ({reason}); calls to it fail with "
+            "no_such_procedure until the next purge removes it",
+            field=field,
+            key=self.channels.procedures,
+            reason=problem,
         )
-        self._lookup_failed(failure, call)
 
-    def _lookup_failed(self, failure: Failure, call: Call) -> None:
-        call.caller.send_error(
-            call.request, CLUSTER_UNAVAILABLE, [f"cannot reach the cluster to find {call.procedure}"]
-        )
+    def _hold(self, members: tuple[tuple[str, int], ...]) -> None:
+        for node, session in members:
+            if node != self.node_id:
+                key = (node, session)
+                if key not in self._callees:
+                    self._callees[key] = RemoteCallee(self, node, session)
+                self._callee_refs[key] += 1
 
-    def _forward_call(self, owner: Any, call: Call) -> None:
-        node = None if owner is None else self._owner_node(owner, call.procedure)
-        caller = call.caller
-        if node is None or node == self.node_id:
-            caller.send_error(
-                call.request, NO_SUCH_PROCEDURE, [f"no callee registered for procedure {call.procedure!r}"]
-            )
+    def _release_view(self, members: tuple[tuple[str, int], ...]) -> None:
+        refs = self._callee_refs
+        for node, session in members:
+            if node != self.node_id:
+                key = (node, session)
+                refs[key] -= 1
+                if refs[key] <= 0:
+                    del refs[key]
+                    del self._callees[key]
+
+    # calls to callees on other nodes
+
+    def _invoke_remote(
+        self, callee: RemoteCallee, invocation: int, registration: Registration, call: Call
+    ) -> None:
+        """Send an INVOCATION of this node's dealer to the callee's node, as a call on its channel."""
+        if not self._commands_up:
+            text = f"cannot reach the cluster to call {call.procedure}"
+            self.router.failed(callee, invocation, CLUSTER_UNAVAILABLE, [text], None)
             return
         call_id = uuid.uuid4().hex
-        self._remote_calls[call_id] = _RemoteCall(caller, call.request, node, call.receive_progress)
+        caller = call.caller
         disclose = call.disclose_me
-        sent = self._send_node(
-            node,
-            "call",
-            {
-                "call": call_id,
-                "procedure": call.procedure,
-                "args": call.args,
-                "kwargs": call.kwargs,
-                "receive_progress": call.receive_progress,
-                "caller": caller.id if disclose else None,
-                "caller_authid": caller.authid if disclose else None,
-                "caller_authrole": caller.authrole if disclose else None,
-            },
-        )
-        if not sent:
-            del self._remote_calls[call_id]
-            caller.send_error(call.request, _NOT_JSON_ERROR, list(_NOT_JSON_ARGS))
-
-    def _owner_node(self, owner: Any, procedure: str) -> str | None:
-        """The node an entry of the procedures hash names; None (logged, counted) for a bad entry."""
+        body = {
+            "call": call_id,
+            "procedure": call.procedure,
+            "args": call.args,
+            "kwargs": call.kwargs,
+            "receive_progress": call.receive_progress,
+            "caller": caller.id if disclose else None,
+            "caller_authid": caller.authid if disclose else None,
+            "caller_authrole": caller.authrole if disclose else None,
+            "registration": registration.uri,
+            "match": registration.match,
+            "callee": callee.id,
+        }
         try:
-            return decode_owner(owner)
-        except EnvelopeError as exc:
-            self.stats["bad_entries"] += 1
+            payload = encode_node("call", self.node_id, body)
+        except (TypeError, ValueError) as exc:
             log.warn(
-                "cluster bus: the entry of {procedure} in {key} is not a node's ({reason}); calls to it fail "
-                "with no_such_procedure until the next purge removes it",
-                procedure=procedure,
-                key=self.channels.procedures,
+                "cluster bus: a call for node {node} cannot travel as JSON: {reason}",
+                node=callee.node,
                 reason=exc,
             )
-            return None
+            self.router.failed(callee, invocation, _NOT_JSON_ERROR, list(_NOT_JSON_ARGS), None)
+            return
+        self._remote_calls[call_id] = _RemoteInvocation(callee, invocation)
+        self._call_ids[invocation] = call_id
+        sent = self._publish_internal(self.channels.node(callee.node), payload)
+        sent.addCallback(self._call_sent, call_id)
 
-    def cancel(self, caller: Caller, request: int, mode: str | None) -> bool:
-        """Forward a CANCEL for a remote call; False if the call is not a remote one."""
-        for call_id, remote in self._remote_calls.items():
-            if remote.caller is caller and remote.request == request:
-                self._send_node(remote.node, "cancel", {"call": call_id, "mode": mode})
-                return True
-        return False
+    def _call_sent(self, receivers: Any, call_id: str) -> None:
+        """A call reached no node (its node is gone, or the call could not be sent): it fails at once."""
+        if isinstance(receivers, int) and receivers > 0:
+            return
+        remote = self._forget_call(call_id)
+        if remote is None:
+            return
+        if receivers is None:
+            error, reason = CLUSTER_UNAVAILABLE, f"the call could not be sent to node {remote.callee.node}"
+        else:
+            error, reason = CANCELED, f"node {remote.callee.node} is gone"
+        self.router.failed(remote.callee, remote.invocation, error, [reason], None)
 
-    def caller_left(self, caller: Caller) -> None:
-        """Forget a leaving session's remote calls and interrupt them on their nodes."""
-        for call_id, remote in list(self._remote_calls.items()):
-            if remote.caller is caller:
-                del self._remote_calls[call_id]
-                self._send_node(remote.node, "cancel", {"call": call_id, "mode": "killnowait"})
+    def _forget_call(self, call_id: str) -> _RemoteInvocation | None:
+        remote = self._remote_calls.pop(call_id, None)
+        if remote is not None:
+            self._call_ids.pop(remote.invocation, None)
+        return remote
+
+    def _interrupt_remote(self, invocation: int, mode: str) -> None:
+        """Cancel an INVOCATION on the node serving it. In mode ``kill`` the caller waits for that node's
+        answer; otherwise the call is over here already, and the answer is not waited for."""
+        call_id = self._call_ids.get(invocation)
+        if call_id is None:
+            return
+        remote = self._remote_calls[call_id]
+        if mode != "kill":
+            self._forget_call(call_id)
+        self._send_node(remote.callee.node, "cancel", {"call": call_id, "mode": mode})
 
     def _on_result(self, origin: str, body: dict[str, Any]) -> None:
         remote = self._remote_calls.get(body["call"])
-        if remote is None:
+        if remote is None or remote.callee.node != origin:  # only the callee's node answers
             return
         progress = bool(body.get("progress"))
         if not progress:
-            del self._remote_calls[body["call"]]
-        elif not remote.receive_progress:
-            return
-        remote.caller.send_result(remote.request, body.get("args"), body.get("kwargs"), progress)
+            self._forget_call(body["call"])
+        args, kwargs = body.get("args"), body.get("kwargs")
+        problem = payload_problem(args, kwargs)  # JSON carries what other serializers cannot
+        self.router.yielded(remote.callee, remote.invocation, args, kwargs, progress, problem)
 
     def _on_error(self, origin: str, body: dict[str, Any]) -> None:
-        remote = self._remote_calls.pop(body["call"], None)
-        if remote is None:
+        remote = self._remote_calls.get(body["call"])
+        if remote is None or remote.callee.node != origin:
             return
-        remote.caller.send_error(remote.request, body["error"], body.get("args"), body.get("kwargs"))
+        self._forget_call(body["call"])
+        args, kwargs = body.get("args"), body.get("kwargs")
+        problem = payload_problem(args, kwargs)
+        self.router.failed(remote.callee, remote.invocation, body["error"], args, kwargs, problem)
 
     def _check_remote_nodes(self) -> Deferred[Any] | None:
-        nodes = {remote.node for remote in self._remote_calls.values()}
+        nodes = {remote.callee.node for remote in self._remote_calls.values()}
         if not nodes:
             return None
         checks = [
@@ -1156,10 +1554,11 @@ class RedisBus(Service):
             self._fail_remote_calls(f"node {node} left the cluster", node)
 
     def _fail_remote_calls(self, reason: str, node: str | None = None) -> None:
+        """Calls to callees on ``node`` (every other node if ``None``) fail with ``wamp.error.canceled``."""
         for call_id, remote in list(self._remote_calls.items()):
-            if node is None or remote.node == node:
-                del self._remote_calls[call_id]
-                remote.caller.send_error(remote.request, CANCELED, [reason])
+            if node is None or remote.callee.node == node:
+                self._forget_call(call_id)
+                self.router.failed(remote.callee, remote.invocation, CANCELED, [reason], None)
 
     @property
     def remote_calls_in_flight(self) -> int:
@@ -1183,8 +1582,14 @@ class RedisBus(Service):
             disclose_me=body.get("caller") is not None,
         )
         self._served[(origin, body["call"])] = caller
+        uri = body.get("registration")
         try:
-            self.router.call_from_cluster(call)
+            self.router.call_from_cluster(
+                call,
+                body["procedure"] if uri is None else uri,
+                body.get("match") or EXACT,
+                body.get("callee"),
+            )
         except WampError as exc:
             caller.send_error(call.request, exc.uri, exc.args_list or None, exc.kwargs or None)
 
@@ -1229,7 +1634,7 @@ class RedisBus(Service):
             details = _subscription_entry(subscription)
             for index, session in enumerate(list(subscription.sessions)):
                 op = ["S", subscription.id, details, session.id, _member_entry(session), _flag(index == 0)]
-                self._apply(op, None)
+                self._queue_state(op, None)
 
     def _state_command(self, name: str, *args: Any) -> Deferred[Any]:
         """A command writing this node's state; when Redis cannot take it, the next reconnect rewrites all."""
@@ -1239,7 +1644,7 @@ class RedisBus(Service):
         )
         return d
 
-    def _apply(self, op: list[Any], answer: Deferred[bool] | None) -> None:
+    def _queue_state(self, op: list[Any], answer: Deferred[bool] | None) -> None:
         """Queue a change of this node's state; the changes of one reactor turn go to Redis in one script
         (``_APPLY``), at most ``STATE_BATCH`` at a time. ``answer`` fires with the script's answer for it (or
         fails when Redis could not take it: the next reconnect rewrites the state anyway)."""
@@ -1285,25 +1690,25 @@ class RedisBus(Service):
     def joined(self, session: Session) -> None:
         """A session joined this node: add it to this node's sessions hash."""
         entry = json.dumps([session.authid, session.authrole, session.authmethod, session.authprovider])
-        self._apply(["J", session.id, entry], None)
+        self._queue_state(["J", session.id, entry], None)
 
     def left(self, session: Session) -> None:
         """A session left this node: remove it from this node's sessions hash."""
-        self._apply(["L", session.id], None)
+        self._queue_state(["L", session.id], None)
 
     def subscribed(self, subscription: Subscription, session: Session, first: bool) -> Deferred[bool]:
         """Add a subscriber to this node's state; fires with whether no other live node held the
         subscription (when Redis cannot answer: whether it is the first here)."""
         d: Deferred[bool] = Deferred()
         entry = _subscription_entry(subscription) if first else ""
-        self._apply(["S", subscription.id, entry, session.id, _member_entry(session), _flag(first)], d)
+        self._queue_state(["S", subscription.id, entry, session.id, _member_entry(session), _flag(first)], d)
         return d.addErrback(lambda _: first)
 
     def unsubscribed(self, subscription: Subscription, session: Session, last: bool) -> Deferred[bool]:
         """Remove a subscriber from this node's state; fires with whether no live node holds the
         subscription any more (when Redis cannot answer: whether it was the last here)."""
         d: Deferred[bool] = Deferred()
-        self._apply(["U", subscription.id, session.id, _flag(last)], d)
+        self._queue_state(["U", subscription.id, session.id, _flag(last)], d)
         return d.addErrback(lambda _: last)
 
     def _gather(self, prefix: str, suffix: str, command: str) -> Deferred[list[tuple[str, Any]]]:
@@ -1484,6 +1889,7 @@ class RedisBus(Service):
         "cancel": _on_cancel,
         "meta": _on_meta,
         "interest": _on_interest,
+        PROCEDURES: _on_procedures,
     }
 
 
@@ -1553,6 +1959,16 @@ def _member(key: str, value: str) -> Member | None:
     if session_id is None or entry is None:
         return None
     return Member(session_id, entry[0], entry[1], False)
+
+
+def _purge_reply(reply: Any) -> tuple[int, int, int, list[str]] | None:
+    """(entries that lost callees, bad entries, version, changed fields) of the purge script's answer."""
+    if not isinstance(reply, list) or len(reply) != 4 or not isinstance(reply[3], list):
+        return None
+    dead, bad, version, changed = reply
+    if not all(isinstance(n, int) for n in (dead, bad, version)):
+        return None
+    return dead, bad, version, [str(field) for field in changed]
 
 
 def _failed(exc: Exception) -> Deferred[Any]:

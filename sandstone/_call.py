@@ -5,9 +5,12 @@ a caller on another node, answered through the bus."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from autobahn.wamp.types import CallResult
+
+if TYPE_CHECKING:
+    from ._registrations import Registration
 
 __all__ = ["Call", "Callee", "Caller", "result_arguments"]
 
@@ -43,7 +46,8 @@ class Caller(Protocol):
 
 
 class Callee(Protocol):
-    """A client session serving a registration: it gets INVOCATIONs, and INTERRUPTs if it can take them."""
+    """A client session serving a registration (here, or on another node through the bus): it gets
+    INVOCATIONs, and INTERRUPTs if it can take them."""
 
     @property
     def id(self) -> int: ...
@@ -53,8 +57,9 @@ class Callee(Protocol):
         """Whether the callee announced call canceling (only then is it sent INTERRUPTs)."""
         ...
 
-    def send_invocation(self, invocation: int, registration: int, call: Call) -> None:
-        """Ask the callee to serve ``call`` as its INVOCATION ``invocation`` of ``registration``."""
+    def send_invocation(self, invocation: int, registration: Registration, call: Call) -> None:
+        """Ask the callee to serve ``call`` as its INVOCATION ``invocation`` of ``registration`` (which may
+        be a pattern the called URI matched)."""
         ...
 
     def send_interrupt(self, invocation: int, mode: str) -> None:
@@ -73,6 +78,7 @@ class Call:
     kwargs: dict[str, Any] | None = None
     receive_progress: bool = False  # the caller takes progressive results
     disclose_me: bool = False  # the caller asked for its identity to be disclosed to the callee
+    timeout: float = 0.0  # seconds after which the dealer cancels the call (0: never)
 
 
 def result_arguments(result: Any) -> tuple[list[Any] | None, dict[str, Any] | None]:

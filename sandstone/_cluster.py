@@ -8,6 +8,12 @@ cluster each change of its own sessions and subscriptions, and asks it about *th
 knows its own): ``LocalCluster`` has none, ``RedisBus`` reads them from Redis. Subscriptions are named alike
 on every node (``_subscriptions.subscription_id_for``), so a subscription id means the same everywhere.
 
+Registrations are cluster-wide: the router claims each of its client callees' registrations, and the
+cluster tells the router of every registration in the cluster (``Router.arrange_registration``), with the
+callees of other nodes as ``Callee`` objects that carry INVOCATIONs to them. So the dealer routes every call
+itself (exact, prefix, wildcard; by the invocation policy over the callees of every node); a call nothing
+serves makes the cluster check that this node's view is up to date (``settle``) before it fails.
+
 A *cause* is the forwarded event whose listeners are running: every node runs them, so a broadcast they make
 is made on every node, and the cause gives it the same *key* (and publication id) everywhere, from which the
 nodes tell the copies apart.
@@ -22,13 +28,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet.defer import Deferred, succeed
 
-from ._errors import NO_SUCH_PROCEDURE, WampError
 from ._ids import MAX_ID
 
 if TYPE_CHECKING:
-    from ._call import Call, Caller
-    from ._dealer import Registration
+    from ._call import Call, Callee
     from ._publication import Publication
+    from ._registrations import Registration
     from ._session import Session
     from ._subscriptions import Subscription
 
@@ -158,25 +163,21 @@ class Cluster(Protocol):
         """A publication was delivered to this node's subscribers: let the other nodes deliver it."""
         ...
 
-    def claim(self, registration: Registration) -> Deferred[bool]:
-        """Claim a client's registration cluster-wide; fires False when another node holds its URI."""
+    def claim(self, registration: Registration, callee: Callee) -> Deferred[bool]:
+        """Claim cluster-wide that a local client ``callee`` serves ``registration`` (its URI, match and
+        invocation policies); fires False when the cluster refuses it (``procedure_already_exists``: a
+        ``single`` registration, or another policy, held on another node). Until the claim fires the
+        callee serves this node's callers."""
         ...
 
-    def released(self, registration: Registration) -> None:
-        """A client's registration ended on this node."""
+    def released(self, registration: Registration, callee: Callee) -> None:
+        """A local client ``callee`` no longer serves ``registration``."""
         ...
 
-    def call(self, call: Call) -> None:
-        """A call with no callee on this node: route it to the node that has one. The call's caller is
-        answered; ``WampError`` may be raised instead when no node can serve it."""
-        ...
-
-    def cancel(self, caller: Caller, request: int, mode: str | None) -> bool:
-        """Cancel a call of ``caller`` served on another node; False when it is no such call."""
-        ...
-
-    def caller_left(self, caller: Caller) -> None:
-        """A caller left: its calls served on other nodes are interrupted and forgotten."""
+    def settle(self, call: Call) -> Deferred[None]:
+        """No registration this node knows of serves ``call``: fires once this node's view of the cluster's
+        registrations has every change made before (a registration made on another node a moment ago may
+        not have reached it yet); fails with ``WampError`` when the cluster cannot be asked."""
         ...
 
     # presence: this node's sessions and subscriptions, the other nodes' ones
@@ -246,20 +247,14 @@ class LocalCluster:
     def announce(self, publication: Publication) -> None:
         pass
 
-    def claim(self, registration: Registration) -> Deferred[bool]:
+    def claim(self, registration: Registration, callee: Callee) -> Deferred[bool]:
         return succeed(True)
 
-    def released(self, registration: Registration) -> None:
+    def released(self, registration: Registration, callee: Callee) -> None:
         pass
 
-    def call(self, call: Call) -> None:
-        raise WampError(NO_SUCH_PROCEDURE, f"no callee registered for procedure {call.procedure!r}")
-
-    def cancel(self, caller: Caller, request: int, mode: str | None) -> bool:
-        return False
-
-    def caller_left(self, caller: Caller) -> None:
-        pass
+    def settle(self, call: Call) -> Deferred[None]:
+        return succeed(None)
 
     wants_meta = False
 

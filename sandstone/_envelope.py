@@ -1,10 +1,11 @@
 """The bus envelope, version 1: the JSON messages sandstone nodes (and outside producers) exchange on Redis.
 
 Every message is one UTF-8 JSON object with ``"v": 1`` and a ``"type"``. Outside producers send
-``event`` and ``delivery`` messages on the public channels; nodes send theirs, and the node-channel
-messages (``call``, ``result``, ``error``, ``cancel``), on internal channels, signed with HMAC-SHA256 when
-the cluster has a secret. Each channel accepts its own message types only (``ChannelRule``), and every
-member is checked before use. ``docs/bus.md`` describes the format for producers written in any language.
+``event`` and ``delivery`` messages on the public channels; nodes send theirs (and ``procedures``: which
+entries of the procedures hash changed), and the node-channel messages (``call``, ``result``, ``error``,
+``cancel``), on internal channels, signed with HMAC-SHA256 when the cluster has a secret. Each channel
+accepts its own message types only (``ChannelRule``), and every member is checked before use.
+``docs/bus.md`` describes the format for producers written in any language.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Any
 
 from ._ids import MAX_ID
 from ._publication import Publication
+from ._registrations import INVOKE_POLICIES
+from ._subscriptions import EXACT, PREFIX, WILDCARD
 
 VERSION = 1
 MAX_BYTES = 1_048_576
@@ -28,9 +31,11 @@ MAX_BYTES = 1_048_576
 EVENT = "event"
 DELIVERY = "delivery"
 NODE_TYPES = frozenset({"call", "result", "error", "cancel"})
+PROCEDURES = "procedures"  # a node changed entries of the procedures hash (on the peers channel)
 #: What nodes tell every other node on the peers channel besides events and deliveries: meta events
-#: (``wamp.session.on_join``...), and whether a node has subscribers of meta topics.
-PEER_TYPES = frozenset({"meta", "interest"})
+#: (``wamp.session.on_join``...), whether a node has subscribers of meta topics, and changes of the
+#: procedures hash.
+PEER_TYPES = frozenset({"meta", "interest", PROCEDURES})
 PUBLIC_TYPES = frozenset({EVENT, DELIVERY})
 
 # characters that would make a channel name ambiguous or turn it into a Redis glob pattern
@@ -67,6 +72,7 @@ class Channels:
     deliveries: str = field(init=False)
     peers: str = field(init=False)
     procedures: str = field(init=False)
+    procedures_version: str = field(init=False)
     state: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -86,6 +92,7 @@ class Channels:
         object.__setattr__(self, "deliveries", f"{base}:deliveries")
         object.__setattr__(self, "peers", f"{base}:peers")
         object.__setattr__(self, "procedures", f"{base}:procedures")
+        object.__setattr__(self, "procedures_version", f"{base}:procedures:version")
         object.__setattr__(self, "state", f"{base}:state")
 
     def node(self, node_id: str) -> str:
@@ -492,7 +499,8 @@ class DeliveryMessage:
 
 @dataclass(frozen=True)
 class NodeMessage:
-    """A message of a node channel (call, result, error, cancel); ``body`` is the whole JSON object."""
+    """A node's own message: one of a node channel (call, result, error, cancel) or ``procedures`` on the
+    peers channel; ``body`` is the whole JSON object."""
 
     type: str
     origin: str
@@ -750,6 +758,12 @@ _URI = _Check(
 _MODE = _Check(
     lambda v: v is None or v in _CANCEL_MODES, '"skip", "kill", "killnowait" or null', optional=True
 )
+_MATCH = _Check(
+    lambda v: v is None or v in (EXACT, PREFIX, WILDCARD),
+    '"exact", "prefix", "wildcard" or null',
+    optional=True,
+)
+_VERSION = _Check(lambda v: _is_int(v) and v >= 0, "an integer from 0")
 _PAYLOAD_FIELDS: dict[str, _Check] = {"args": _nullable(_ARRAY), "kwargs": _nullable(_OBJECT)}
 
 _NODE_FIELDS: dict[str, dict[str, _Check]] = {
@@ -762,6 +776,10 @@ _NODE_FIELDS: dict[str, dict[str, _Check]] = {
         "caller": _nullable(_ID),
         "caller_authid": _nullable(_STR),
         "caller_authrole": _nullable(_STR),
+        # the registration (URI and match policy, default: the procedure, exact) and its callee there
+        "registration": _nullable(_STR),
+        "match": _MATCH,
+        "callee": _nullable(_ID),
     },
     "result": {"origin": _NODE_ID, "call": _NONEMPTY_STR, **_PAYLOAD_FIELDS, "progress": _BOOL},
     "error": {"origin": _NODE_ID, "call": _NONEMPTY_STR, "error": _URI, **_PAYLOAD_FIELDS},
@@ -774,6 +792,8 @@ _NODE_FIELDS: dict[str, dict[str, _Check]] = {
         "about": _nullable(_Check(lambda v: _STRS.ok(v) and len(v) == 2, "an array of two strings")),
     },
     "interest": {"origin": _NODE_ID, "meta": _Check(lambda v: isinstance(v, bool), "true or false")},
+    # fields of the procedures hash that changed (null: reload them all), and the version after the change
+    PROCEDURES: {"origin": _NODE_ID, "fields": _nullable(_STRS), "version": _VERSION},
 }
 
 
@@ -782,7 +802,7 @@ _NODE_FIELDS: dict[str, dict[str, _Check]] = {
 
 def encode_node(kind: str, origin: str, body: dict[str, Any]) -> bytes:
     """A node-channel message (``call``, ``result``, ``error``, ``cancel``) or a peers-channel one (``meta``,
-    ``interest``) from node ``origin``.
+    ``interest``, ``procedures``) from node ``origin``.
 
     Raises ``TypeError`` when the body (e.g. binary arguments) is not JSON-encodable.
     """
@@ -847,17 +867,40 @@ class Signer:
 # the procedures hash
 
 
-def encode_owner(node_id: str, registration_id: int) -> str:
-    """A procedures-hash entry: the node (and its registration id) holding a procedure."""
-    return json.dumps({"node": node_id, "registration": registration_id}, separators=(",", ":"))
+def procedure_field(uri: str, match: str) -> str:
+    """The field of a registration in the procedures hash: its URI when exact, else ``"<match> <uri>"``
+    (URIs hold no whitespace, so the two never meet)."""
+    return uri if match == EXACT else f"{match} {uri}"
 
 
-_OWNER_FIELDS: dict[str, _Check] = {"node": _NODE_ID, "registration": _ID}
-_MAX_OWNER_CHARS = 1024
+def parse_procedure_field(field: str) -> tuple[str, str]:
+    """(URI, match policy) of a procedures-hash field; ``EnvelopeError`` if it names no registration."""
+    match, space, uri = field.partition(" ")
+    if not space:
+        return field, EXACT
+    if match not in (PREFIX, WILDCARD) or any(c.isspace() for c in uri):
+        shown = field if len(field) <= 60 else field[:57] + "..."
+        raise EnvelopeError(f"the field {shown!r} names no registration")
+    return uri, match
 
 
-def decode_owner(raw: Any) -> str:
-    """The node id of a procedures-hash entry; ``EnvelopeError`` says what is wrong with the entry."""
+@dataclass(frozen=True)
+class ProcedureEntry:
+    """An entry of the procedures hash: a registration's invocation policy and its callees cluster-wide,
+    (node id, session id), in the order they registered."""
+
+    invoke: str
+    members: tuple[tuple[str, int], ...]
+
+
+def encode_entry(invoke: str, members: Iterable[tuple[str, int]]) -> str:
+    """A procedures-hash entry (what the nodes' Lua scripts write too)."""
+    listed = [f"{node}:{session}" for node, session in members]
+    return json.dumps({"invoke": invoke, "members": listed}, separators=(",", ":"))
+
+
+def decode_entry(raw: Any) -> ProcedureEntry:
+    """Read a procedures-hash entry; ``EnvelopeError`` says what is wrong with it."""
     if isinstance(raw, bytes):
         try:
             raw = raw.decode("utf-8")
@@ -865,21 +908,30 @@ def decode_owner(raw: Any) -> str:
             raise EnvelopeError("the entry is not valid UTF-8") from None
     if not isinstance(raw, str):
         raise EnvelopeError(f"the entry must be a JSON object, not {type(raw).__name__} {raw!r}")
-    if len(raw) > _MAX_OWNER_CHARS:
-        raise EnvelopeError(f"the entry is longer than {_MAX_OWNER_CHARS} characters")
+    if len(raw) > MAX_BYTES:
+        raise EnvelopeError(f"the entry is longer than {MAX_BYTES} characters")
     try:
-        owner = json.loads(raw, parse_constant=_reject_constant)
+        entry = json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, RecursionError):
         shown = raw if len(raw) <= 60 else raw[:57] + "..."
         raise EnvelopeError(f"the entry is not JSON: {shown!r}") from None
-    if not isinstance(owner, dict):
-        raise EnvelopeError(f"the entry must be a JSON object, not {_json_type(owner)}")
-    for key, check in _OWNER_FIELDS.items():
-        problem = check.problem(owner.get(key, _ABSENT))
-        if problem is not None:
-            raise EnvelopeError(f"the entry's {key} {problem}")
-    node: str = owner["node"]
-    return node
+    if not isinstance(entry, dict):
+        raise EnvelopeError(f"the entry must be a JSON object, not {_json_type(entry)}")
+    invoke = entry.get("invoke")
+    if invoke not in INVOKE_POLICIES:
+        raise EnvelopeError(f"the entry's invoke must be one of {sorted(INVOKE_POLICIES)}, not {invoke!r}")
+    members = entry.get("members")
+    if not isinstance(members, list) or not members:
+        raise EnvelopeError("the entry's members must be a non-empty array")
+    return ProcedureEntry(invoke, tuple(_member(m) for m in members))
+
+
+def _member(member: Any) -> tuple[str, int]:
+    node, colon, session = member.rpartition(":") if isinstance(member, str) else ("", "", "")
+    if colon and _is_node_id(node) and session.isascii() and session.isdigit() and _is_id(int(session)):
+        return node, int(session)
+    shown = repr(member) if len(repr(member)) <= 60 else repr(member)[:57] + "..."
+    raise EnvelopeError(f"the entry's member {shown} is not 'node:session'")
 
 
 __all__ = [
@@ -901,13 +953,17 @@ __all__ = [
     "Message",
     "MessageRejected",
     "NodeMessage",
+    "PROCEDURES",
+    "ProcedureEntry",
     "Signer",
     "channel_names",
     "decode",
-    "decode_owner",
+    "decode_entry",
     "encode_delivery",
+    "encode_entry",
     "encode_event",
     "encode_node",
-    "encode_owner",
     "event_data",
+    "parse_procedure_field",
+    "procedure_field",
 ]

@@ -81,6 +81,9 @@ class Limits:
     """SUBSCRIBE messages per second per connection (sustained)."""
     subscribe_burst: int = 1_000
     """SUBSCRIBE messages a connection may send at once."""
+    max_call_timeout: float = 0.0
+    """Seconds: the longest timeout a CALL may ask for (``CALL.Options.timeout``); a longer one is lowered to
+    it. A cap, not a default: calls without a timeout are not limited. 0: no cap."""
     max_events_per_publication: int = 32
     """EVENTs one publication may produce for one session (one per matching subscription)."""
     message_time_slice: float = 0.002

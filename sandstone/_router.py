@@ -10,13 +10,14 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from autobahn.util import rid
 from autobahn.wamp import message
 from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from ._activity import Activity
 from ._auth import Authentication
 from ._authorization import Authorization, is_reserved, refuse_reserved
 from ._broker import Broker
-from ._call import Call, Caller
+from ._call import Call, Callee, Caller
 from ._cluster import (
     Cluster,
     LocalCluster,
@@ -27,7 +28,14 @@ from ._cluster import (
 )
 from ._dealer import Dealer, Registration
 from ._dispatcher import current_cause
-from ._errors import INVALID_URI, LIMIT_EXCEEDED, NO_SUCH_TOPIC, PROCEDURE_ALREADY_EXISTS, WampError
+from ._errors import (
+    INVALID_URI,
+    LIMIT_EXCEEDED,
+    NO_SUCH_PROCEDURE,
+    NO_SUCH_TOPIC,
+    PROCEDURE_ALREADY_EXISTS,
+    WampError,
+)
 from ._limits import Limits
 from ._login import MemorySessionStore
 from ._meta import (
@@ -45,6 +53,7 @@ from ._meta import (
 )
 from ._publication import Publication
 from ._ratelimit import SessionRates
+from ._registrations import SINGLE
 from ._session import Session, Transport
 from ._subscriptions import EXACT, Subscription, subscription_id_for
 
@@ -59,7 +68,8 @@ class Router:
 
     ``publish`` is the single door through which publications reach subscribers, whoever made
     them (a client, a topic, the app). ``cluster`` is how the other nodes are reached (``LocalCluster``:
-    there are none); the router calls nothing else of it than the ``Cluster`` interface.
+    there are none); the router calls nothing else of it than the ``Cluster`` interface. ``reactor`` runs
+    the timers of calls with a timeout (the global reactor unless given).
     """
 
     def __init__(
@@ -71,6 +81,7 @@ class Router:
         strict_uris: bool = False,
         anonymous: bool = False,
         cluster: Cluster | None = None,
+        reactor: IReactorTime | None = None,
     ) -> None:
         self.realm = realm
         self.auth = Authentication(MemorySessionStore(), anonymous=anonymous)
@@ -79,7 +90,7 @@ class Router:
         self.stats: Counter[str] = Counter()  # what the limits refused: rate_limited, oversize_skipped...
         self.activity = Activity()  # what happened: sessions, messages, publications, calls (for the metrics)
         self.broker = Broker(self.stats)
-        self.dealer = Dealer()
+        self.dealer = Dealer(reactor)
         self.sessions: dict[int, Session] = {}
         self._topics = topics
         self._cluster: Cluster = cluster if cluster is not None else LocalCluster()
@@ -154,8 +165,7 @@ class Router:
         told = [self._unsubscribed(session, s) for s in self.broker.unsubscribe_all(session)]
         cluster = self._cluster
         for registration in self.dealer.session_lost(session):
-            cluster.released(registration)
-        cluster.caller_left(session)
+            cluster.released(registration, session)
         if joined:
             cluster.left(session)
             # after the on_unsubscribe events, which may wait for the cluster's answer
@@ -427,7 +437,8 @@ class Router:
         return delivered
 
     def register(self, session: Session, msg: message.Register) -> Deferred[None] | None:
-        """Register a client callee (if authorized), claiming the URI cluster-wide; answers REGISTERED."""
+        """Register a client callee (if authorized) with the message's match and invocation policies,
+        claiming it cluster-wide; answers REGISTERED."""
         refuse_reserved(msg.procedure, "register")
         self._check_registration_room(session)
         checks, cleanup = self.authorization.checks(session, "register", msg.procedure)
@@ -437,51 +448,48 @@ class Router:
 
     def call(self, session: Session, call: Call) -> Deferred[None] | None:
         """Route a client's call (if authorized) to its callee, here or on another node; only the meta
-        procedures are callable in ``wamp.``."""
+        procedures are callable in ``wamp.``. A timeout above ``limits.max_call_timeout`` is lowered to it."""
         procedure = call.procedure
         if procedure not in self.dealer.meta:
             refuse_reserved(procedure, "call")
+        cap = self.limits.max_call_timeout
+        if cap > 0 and call.timeout > cap:
+            call.timeout = cap
         checks, cleanup = self.authorization.checks(session, "call", procedure)
         return self.authorization.gate(session, checks, "call", procedure, lambda: self._call(call), cleanup)
 
-    def _call(self, call: Call) -> None:
-        if self.dealer.serves(call.procedure):
-            self.dealer.call(call)
-        else:
-            self._cluster.call(call)
+    def _call(self, call: Call) -> Deferred[None] | None:
+        if self.dealer.call(call):
+            return None
+        # nothing here serves it, unless this node's view of the cluster's registrations was behind
+        return self._cluster.settle(call).addCallback(self._call_again, call)
 
-    def call_from_cluster(self, call: Call) -> None:
-        """A call another node passed on to this one, for a client callee here (the app's procedures are
-        on every node); raises ``no_such_procedure`` when no client of this node serves it."""
-        self.dealer.call_client(call)
+    def _call_again(self, _: None, call: Call) -> None:
+        if not self.dealer.call(call):
+            raise WampError(NO_SUCH_PROCEDURE, f"no callee registered for procedure {call.procedure!r}")
 
     def client_subscriptions(self) -> list[Subscription]:
         """This node's subscriptions (not those of meta topics), each with its sessions."""
         return list(self.broker.subscriptions)
 
-    def client_registrations(self) -> list[Registration]:
-        """The registrations of this node's client callees (the ones claimed cluster-wide)."""
-        return self.dealer.client_registrations()
-
     def cancel(self, caller: Caller, request: int, mode: str | None) -> None:
-        """A caller's CANCEL of its call ``request`` (see ``Dealer.cancel``), here or on another node."""
-        if not self.dealer.cancel(caller, request, mode):
-            self._cluster.cancel(caller, request, mode)
+        """A caller's CANCEL of its call ``request`` (see ``Dealer.cancel``), wherever its callee is."""
+        self.dealer.cancel(caller, request, mode)
 
     def unregister(self, session: Session, registration_id: int) -> None:
         """End one of a session's registrations (``no_such_registration`` if it holds none such)."""
         registration = self.dealer.unregister(session, registration_id)
-        self._cluster.released(registration)
+        self._cluster.released(registration, session)
 
     def _register(self, session: Session, msg: message.Register) -> None:
         self._check_registration_room(session)  # again, after an asynchronous authorization
-        registration = self.dealer.register(session, msg.procedure)
+        registration = self.dealer.register(session, msg.procedure, msg.match or EXACT, msg.invoke or SINGLE)
 
         def claimed(ok: bool) -> None:
             if ok:
                 session.send_message(message.Registered(msg.request, registration.id))
                 return
-            if not self.dealer.withdraw(registration):
+            if not self.dealer.withdraw(registration, session):
                 return  # the session left meanwhile, and its leaving removed the registration already
             session.send_message(
                 message.Error(
@@ -492,7 +500,53 @@ class Router:
                 )
             )
 
-        self._cluster.claim(registration).addCallback(claimed)
+        self._cluster.claim(registration, session).addCallback(claimed)
+
+    # what the cluster tells about registrations and calls on other nodes
+
+    def client_registrations(self) -> list[tuple[Registration, Session]]:
+        """Each registration of this node's client callees, with that callee (what is claimed
+        cluster-wide)."""
+        return self.dealer.client_registrations()
+
+    def arrange_registration(
+        self, uri: str, match: str, invoke: str | None, order: list[Callee | int]
+    ) -> None:
+        """The cluster's view of the registration (``uri``, ``match``): see ``Dealer.arrange``."""
+        self.dealer.arrange(uri, match, invoke, order)
+
+    def call_from_cluster(self, call: Call, uri: str, match: str, callee: int | None) -> None:
+        """A call another node routed to this node's client callee ``callee`` (a session id) of the
+        registration (``uri``, ``match``); raises ``no_such_procedure`` when no client here serves it."""
+        self.dealer.call_here(call, uri, match, callee)
+
+    def yielded(
+        self,
+        callee: Callee,
+        invocation: int,
+        args: list[Any] | None,
+        kwargs: dict[str, Any] | None,
+        progress: bool,
+        problem: str | None = None,
+    ) -> None:
+        """A result from a callee on another node (see ``Dealer.yielded``)."""
+        self.dealer.yielded(callee, invocation, args, kwargs, progress, problem)
+
+    def failed(
+        self,
+        callee: Callee,
+        invocation: int,
+        error: str,
+        args: list[Any] | None,
+        kwargs: dict[str, Any] | None,
+        problem: str | None = None,
+    ) -> None:
+        """An error from a callee on another node (see ``Dealer.failed``)."""
+        self.dealer.failed(callee, invocation, error, args, kwargs, problem)
+
+    def callee_gone(self, callee: Callee, reason: str) -> None:
+        """A callee on another node can no longer answer: its calls fail with ``wamp.error.canceled``."""
+        self.dealer.callee_gone(callee, reason)
 
     def send(
         self, session: Session, topic: str, args: list[Any] | None, kwargs: dict[str, Any] | None

@@ -38,6 +38,7 @@ from ._ratelimit import SessionRates
 from ._subscriptions import EXACT, PREFIX
 
 if TYPE_CHECKING:
+    from ._registrations import Registration
     from ._router import Router
 
 log = Logger()
@@ -61,6 +62,9 @@ ROUTER_ROLES = {
         caller_identification=True,
         progressive_call_results=True,
         call_canceling=True,
+        call_timeout=True,
+        pattern_based_registration=True,
+        shared_registration=True,
         session_meta_api=True,
     ),
 }
@@ -240,21 +244,21 @@ class Session:
         self._router.activity.call_ended(error)
         self.send_message(message.Error(message.Call.MESSAGE_TYPE, request, error, args=args, kwargs=kwargs))
 
-    def send_invocation(self, invocation: int, registration: int, call: Call) -> None:
+    def send_invocation(self, invocation: int, registration: Registration, call: Call) -> None:
         """INVOCATION ``invocation`` of the client's ``registration``, for ``call``; the caller's identity is
-        disclosed when it asked for it."""
+        disclosed when it asked for it, the URI called when the registration is a pattern."""
         caller = call.caller if call.disclose_me else None
         self.send_message(
             message.Invocation(
                 invocation,
-                registration,
+                registration.id,
                 args=call.args,
                 kwargs=call.kwargs,
                 receive_progress=call.receive_progress or None,
                 caller=caller.id if caller is not None else None,
                 caller_authid=caller.authid if caller is not None else None,
                 caller_authrole=caller.authrole if caller is not None else None,
-                procedure=None,
+                procedure=None if registration.match == EXACT else call.procedure,
             )
         )
 
@@ -481,9 +485,8 @@ class Session:
 
     def _on_register(self, msg: message.Register) -> None:
         def work() -> Deferred[None] | None:
-            if msg.match not in (None, EXACT):
-                raise WampError("wamp.error.invalid_argument", f"match policy {msg.match!r} is not supported")
-            self._check_uri(msg.procedure, EXACT)
+            # autobahn refused unknown match and invoke policies already (a protocol violation)
+            self._check_uri(msg.procedure, msg.match or EXACT)
             return self._router.register(self, msg)
 
         self._request(msg, work)
@@ -513,6 +516,7 @@ class Session:
                 msg.kwargs,
                 receive_progress=bool(msg.receive_progress),
                 disclose_me=disclosed(msg),
+                timeout=msg.timeout / 1000 if msg.timeout else 0.0,  # autobahn checked: an int >= 0, in ms
             )
             return self._router.call(self, call)
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 from autobahn.util import rid
 
@@ -37,6 +37,26 @@ def iso_8601(timestamp: float) -> str:
     return f"{seconds}.{int(timestamp * 1000) % 1000:03d}Z"
 
 
+T = TypeVar("T")
+
+
+def prefixed(prefixes: Mapping[str, T], uri: str) -> Iterator[T]:
+    """The values of ``prefixes`` whose key is a prefix of ``uri`` (prefix matching, for subscriptions and
+    registrations alike): the cheaper of walking the table or the URI's prefixes."""
+    if len(prefixes) < len(uri) + 1:
+        return (value for prefix, value in prefixes.items() if uri.startswith(prefix))
+    return (prefixes[uri[:i]] for i in range(len(uri) + 1) if uri[:i] in prefixes)
+
+
+def wildcard_fits(pattern: Sequence[str], parts: Sequence[str]) -> bool:
+    """True when a URI split on dots fits a wildcard pattern split alike (empty parts match anything);
+    both have the same number of parts."""
+    for mine, theirs in zip(pattern, parts, strict=True):
+        if mine and mine != theirs:
+            return False
+    return True
+
+
 class Subscription:
     """One subscription: a (URI, match policy) pair shared by every session subscribed to it."""
 
@@ -53,10 +73,7 @@ class Subscription:
 
     def matches_wildcard(self, parts: list[str]) -> bool:
         """True when a topic URI split on dots fits this wildcard pattern (empty parts match anything)."""
-        for mine, theirs in zip(self._parts, parts, strict=True):
-            if mine and mine != theirs:
-                return False
-        return True
+        return wildcard_fits(self._parts, parts)
 
     def __repr__(self) -> str:
         return f"<Subscription {self.id} {self.match} {self.uri!r} ({len(self.sessions)} sessions)>"
@@ -143,10 +160,7 @@ class SubscriptionTable:
         return found
 
     def _match_prefix(self, uri: str) -> Iterator[Subscription]:
-        prefixes = self._prefix
-        if len(prefixes) < len(uri) + 1:
-            return (s for p, s in prefixes.items() if uri.startswith(p))
-        return (prefixes[uri[:i]] for i in range(len(uri) + 1) if uri[:i] in prefixes)
+        return prefixed(self._prefix, uri)
 
     def __len__(self) -> int:
         return len(self._by_id)

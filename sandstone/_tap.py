@@ -186,6 +186,7 @@ _LIMIT_OPTIONS: dict[str, tuple[str, type, str]] = {
         int,
         "Registrations of a session; beyond it REGISTER gets sandstone.error.limit_exceeded.",
     ),
+    "max-call-timeout": ("max_call_timeout", float, "Seconds: the longest CALL timeout (0: no cap)."),
     "subscribe-rate": (
         "subscribe_rate",
         float,
@@ -219,7 +220,83 @@ def _configured_app(spec: str | None, options: Any) -> Sandstone:
     _apply_limits(app, options)
     if options.get("cryptosign-principals") is not None:
         _use_cryptosign_principals(app, options["cryptosign-principals"], open_router=spec is None)
+    _use_http_bridge(app, options)
     return app
+
+
+#: Options of the HTTP bridge that mean something only with ``--http-publisher`` or ``--http-caller``.
+_HTTP_BRIDGE_OPTIONS = (
+    "http-bridge-keys",
+    "http-bridge-networks",
+    "http-bridge-authid",
+    "http-bridge-authrole",
+    "http-bridge-timeout",
+    "http-bridge-max-skew",
+    "http-bridge-require-tls",
+    "http-bridge-crossbar-errors",
+)
+
+
+def _use_http_bridge(app: Sandstone, options: Any) -> None:
+    """Serve Crossbar's HTTP Publisher and Caller where ``--http-publisher`` and ``--http-caller`` say, with
+    the keys of ``--http-bridge-keys`` (or ``SANDSTONE_HTTP_BRIDGE_KEYS``) and the other bridge options."""
+    paths = {kind: options.get(f"http-{kind}") for kind in ("publisher", "caller")}
+    if not any(paths.values()):
+        given = [f"--{name}" for name in _HTTP_BRIDGE_OPTIONS if options.get(name)]
+        if given:
+            raise usage.UsageError(f"{', '.join(given)}: only with --http-publisher or --http-caller PATH")
+        return
+    if paths["publisher"] == paths["caller"]:
+        raise usage.UsageError("--http-publisher and --http-caller need paths of their own")
+    from sandstone._http_bridge import KEYS_ENV, BridgeKeysError, keys_from_environment, load_keys
+
+    keys_file = options.get("http-bridge-keys")
+    try:
+        keys = load_keys(keys_file) if keys_file else keys_from_environment()
+    except BridgeKeysError as err:
+        raise usage.UsageError(f"{'--http-bridge-keys' if keys_file else KEYS_ENV}: {err}") from None
+    networks = options.get("http-bridge-networks")
+    common: dict[str, Any] = {
+        "keys": keys,
+        "networks": [n for n in networks.split(",") if n.strip()] if networks is not None else None,
+        "authid": options.get("http-bridge-authid"),
+        "require_tls": bool(options.get("http-bridge-require-tls")),
+        "crossbar_errors": bool(options.get("http-bridge-crossbar-errors")),
+    }
+    if options.get("http-bridge-authrole") is not None:
+        common["authrole"] = options["http-bridge-authrole"]
+    if options.get("http-bridge-max-skew") is not None:
+        common["max_skew"] = _seconds(options, "http-bridge-max-skew")
+    for kind, path in paths.items():
+        if path is None:
+            continue
+        try:
+            if kind == "caller" and options.get("http-bridge-timeout") is not None:
+                app.http_caller(path, timeout=_seconds(options, "http-bridge-timeout"), **common)
+            elif kind == "caller":
+                app.http_caller(path, **common)
+            else:
+                app.http_publisher(path, **common)
+        except ValueError as err:
+            raise usage.UsageError(f"--http-{kind} {path}: {err}") from None
+    served = " and ".join(f"{kind} at {path}" for kind, path in paths.items() if path)
+    count = len(keys or ())
+    _log.info(
+        "HTTP bridge: {served} ({signed}; clients from {networks})",
+        served=served,
+        signed=f"signed requests, {count} key{'s' if count > 1 else ''}" if count else "unsigned requests",
+        networks=networks or ("anywhere" if count else "this machine only (loopback)"),
+    )
+
+
+def _seconds(options: Any, name: str) -> float:
+    try:
+        value = float(options[name])
+    except ValueError:
+        raise usage.UsageError(f"--{name} expects a number of seconds, got {options[name]!r}") from None
+    if value < 0:
+        raise usage.UsageError(f"--{name} may not be negative")
+    return value
 
 
 def _use_cryptosign_principals(app: Sandstone, path: str, open_router: bool) -> None:
@@ -380,6 +457,65 @@ class Options(usage.Options):
             '{"type": "static", "principals": {...}}. Replaces the app\'s cryptosign lookup; the open '
             "router (no --app) then refuses anonymous clients. Default: none.",
         ],
+        [
+            "http-publisher",
+            None,
+            None,
+            "Serve Crossbar's HTTP Publisher at this URL path (e.g. /publish): a POST of "
+            '{"topic": URI, "args": [...], "kwargs": {...}, "options": {...}} publishes as a client would '
+            'and is answered {"id": ID}. Default: none.',
+        ],
+        [
+            "http-caller",
+            None,
+            None,
+            "Serve Crossbar's HTTP Caller at this URL path (e.g. /call): a POST of "
+            '{"procedure": URI, "args": [...], "kwargs": {...}} calls the procedure and is answered with its '
+            'result, {"args": [...], "kwargs": {...}}. Default: none.',
+        ],
+        [
+            "http-bridge-keys",
+            None,
+            None,
+            'JSON file of the HTTP bridge\'s keys and secrets, {"KEY": "SECRET", ...} (or a Crossbar '
+            'path\'s {"key": ..., "secret": ...}): every request must then be signed with one, as '
+            "Crossbar's clients sign. Read from the environment variable SANDSTONE_HTTP_BRIDGE_KEYS (a file "
+            "name, or the JSON itself) when not given. Default: none (unsigned requests).",
+        ],
+        [
+            "http-bridge-networks",
+            None,
+            None,
+            "Comma-separated client networks (CIDR, e.g. 10.0.0.0/8,127.0.0.1) allowed to use the HTTP "
+            "bridge; others get 403. Default: any with keys, this machine only (loopback) without.",
+        ],
+        [
+            "http-bridge-authid",
+            None,
+            None,
+            "The authid HTTP bridge requests act as (for the authorizer and the exclude/eligible rules). "
+            "Default: the key a request was signed with, else http-bridge.",
+        ],
+        [
+            "http-bridge-authrole",
+            None,
+            None,
+            "The authrole HTTP bridge requests act as. Default: http-bridge.",
+        ],
+        [
+            "http-bridge-timeout",
+            None,
+            None,
+            "Seconds an HTTP bridge call waits for its result; then 504 wamp.error.timeout and the call is "
+            "canceled (0: no limit). Default: 60.",
+        ],
+        [
+            "http-bridge-max-skew",
+            None,
+            None,
+            "Seconds a signed request's timestamp may be away from this server's clock (Crossbar's "
+            "timestamp_delta_limit); its nonce is single-use for that long. Default: 300.",
+        ],
         *[
             [name, None, None, f"{help} Default: {_number(getattr(Limits(), field))}."]
             for name, (field, _kind, help) in _LIMIT_OPTIONS.items()
@@ -420,6 +556,18 @@ class Options(usage.Options):
             "On shutdown, say GOODBYE wamp.close.system_shutdown to every session before closing its "
             "WebSocket: autobahn-js and wampy.js clients then stop reconnecting. Default: close every "
             "WebSocket with 1001 (going away) and no GOODBYE, so that clients reconnect by themselves.",
+        ],
+        [
+            "http-bridge-require-tls",
+            None,
+            "Refuse HTTP bridge requests that do not come over TLS (https) with 403. Default: any.",
+        ],
+        [
+            "http-bridge-crossbar-errors",
+            None,
+            "Answer an HTTP bridge publication or call that ended with a WAMP error (no such procedure, the "
+            "procedure's error, not authorized...) with status 200 and the error body, as Crossbar does. "
+            "Default: a 4xx/5xx status (404, 500, 403...).",
         ],
     ]
 
@@ -785,7 +933,10 @@ def makeService(options: Options, *, inherited_fd: int | None = None, worker: in
     else:
         # If listening fails (port in use...), startService fails instead of serving nothing: under twistd
         # with one line and exit status 1 (``sandstone run`` reports it itself).
-        one_line = options._exits_on_usage_error and isinstance(options.parent, ServerOptions)
+        # (``options`` may be a plain dict, from code building the service itself)
+        one_line = getattr(options, "_exits_on_usage_error", False) and isinstance(
+            getattr(options, "parent", None), ServerOptions
+        )
         web = ListeningService(
             serverFromString(reactor, listen), site, exit_prefix="twistd sandstone" if one_line else None
         )

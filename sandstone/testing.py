@@ -299,9 +299,18 @@ class TestSession:
             raise ValueError("that call is not in flight")
         self.send_raw([message.Cancel.MESSAGE_TYPE, request, {"mode": mode} if mode else {}])
 
-    def register(self, procedure: str, function: Callable[..., Any]) -> int:
-        """Register ``function`` as the callee of ``procedure``; returns the registration id."""
-        registration: int = self._result(self._request(message.Register.MESSAGE_TYPE, {}, procedure))
+    def register(
+        self, procedure: str, function: Callable[..., Any], *, match: str = "exact", invoke: str = "single"
+    ) -> int:
+        """Register ``function`` as the callee of ``procedure`` (a pattern with ``match="prefix"`` or
+        ``"wildcard"``; shared with other callees by ``invoke="roundrobin"``, ``"random"``, ``"first"`` or
+        ``"last"``); returns the registration id."""
+        options: dict[str, str] = {}
+        if match != "exact":
+            options["match"] = match
+        if invoke != "single":
+            options["invoke"] = invoke
+        registration: int = self._result(self._request(message.Register.MESSAGE_TYPE, options, procedure))
         self._registrations[registration] = function
         return registration
 

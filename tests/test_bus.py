@@ -19,7 +19,7 @@ from sandstone import _bus as bus_module
 from sandstone._bus import CLUSTER_SECRET_ENV, RedisBus, _Recent
 from sandstone._cluster import Cause, publication_id_for
 from sandstone._dispatcher import DispatchResult
-from sandstone._envelope import Signer, decode, encode_delivery, encode_event, encode_node, encode_owner
+from sandstone._envelope import Signer, decode, encode_delivery, encode_entry, encode_event, encode_node
 from sandstone._ids import MAX_ID
 from sandstone.testing import TestClient
 
@@ -96,9 +96,12 @@ def make_app(node_id: str, **options: Any) -> tuple[Sandstone, RedisBus, list[di
     bus = app.use_redis("redis://127.0.0.1:1/0", node_id=node_id, reactor=task.Clock(), **options)
     app.router.use_cluster(bus)  # what startService does
     sent: list[dict[str, Any]] = []
-    bus._publish = lambda channel, payload, announce_key=None: sent.append(  # type: ignore[method-assign]
-        {"channel": channel, **json.loads(payload)}
-    )
+
+    def publish(channel: str, payload: bytes, announce_key: str | None = None) -> defer.Deferred[Any]:
+        sent.append({"channel": channel, **json.loads(payload)})
+        return defer.succeed(1)  # one node heard it
+
+    bus._publish = publish  # type: ignore[method-assign]
     return app, bus, sent
 
 
@@ -674,31 +677,104 @@ class ProceduresEntryTests(BusTestCase):
         self.patch(self.bus, "_command", command)
         return commands
 
-    def test_a_call_to_a_procedure_whose_entry_is_not_a_nodes_fails_at_once(self) -> None:
+    def procedures_changed(self, *fields: str, version: int = 1) -> None:
+        """Another node says these fields of the procedures hash changed."""
+        message = encode_node("procedures", "b", {"fields": list(fields), "version": version})
+        self.bus._received(self.bus.channels.peers, message)
+
+    def test_an_entry_that_is_not_a_nodes_is_counted_warned_and_serves_no_call(self) -> None:
+        self.patch(self.bus, "_commands_up", True)
+        self.patch(self.bus, "_subscribed", True)
         caller = TestClient(self.app).connect()
         entries = [
             "not json",
             123,
             "[1]",
-            '{"node": 5}',
-            '{"node": "a:b", "registration": 1}',
-            '{"node": "b"}',
+            '{"node": "b", "registration": 4}',  # an entry of an older version
+            '{"invoke": "single", "members": ["a:b:1"]}',
+            '{"invoke": "single", "members": []}',
         ]
         for count, entry in enumerate(entries, 1):
-            self.redis_answers({"hget": entry})
-            failure = self.failureResultOf(caller.call("com.y"), ApplicationError)
-            self.assertEqual(failure.value.error, "wamp.error.no_such_procedure")
+            self.redis_answers({"hmget": [entry], "get": count})
+            self.procedures_changed("com.y", version=count)
             self.assertEqual(self.bus.stats["bad_entries"], count)
             self.assertIn(
                 "the entry of com.y in sandstone:realm1:procedures is not a node's", self.warnings()[-1]
             )
+            failure = self.failureResultOf(caller.call("com.y"), ApplicationError)
+            self.assertEqual(failure.value.error, "wamp.error.no_such_procedure")
         self.assertEqual(self.sent, [])
         self.assertNoCritical()
-        self.redis_answers({"hget": encode_owner("b", 4)})
-        caller.call("com.y")
+        # a callee of node b: the call goes to b's channel, for that callee
+        self.redis_answers({"hmget": [encode_entry("single", [("b", 4)])]})
+        self.procedures_changed("com.y", version=len(entries) + 1)
+        caller.call("com.y", 1)
+        [sent] = self.sent
         self.assertEqual(
-            [(m["channel"], m["procedure"]) for m in self.sent], [("sandstone:realm1:node:b", "com.y")]
+            (sent["channel"], sent["procedure"], sent["registration"], sent["match"], sent["callee"]),
+            ("sandstone:realm1:node:b", "com.y", "com.y", "exact", 4),
         )
+
+    def test_a_call_the_view_misses_waits_for_the_view_to_catch_up(self) -> None:
+        self.patch(self.bus, "_commands_up", True)
+        self.patch(self.bus, "_subscribed", True)
+        caller = TestClient(self.app).connect()
+        # Redis is at version 3 while this node's view is at 0: it reloads the whole hash, then calls
+        entry = encode_entry("roundrobin", [("b", 4), ("c", 5)])
+        commands = self.redis_answers({"get": 3, "eval": [3, ["prefix com.far.", entry]]})
+        caller.call("com.far.away", 1)
+        self.assertEqual([name for name, _ in commands], ["get", "eval"])
+        self.assertEqual(
+            [(m["channel"], m["procedure"], m["registration"], m["match"]) for m in self.sent],
+            [("sandstone:realm1:node:b", "com.far.away", "com.far.", "prefix")],
+        )
+        # up to date now: a call nothing serves fails after one GET
+        commands = self.redis_answers({"get": 3})
+        failure = self.failureResultOf(caller.call("com.nowhere"), ApplicationError)
+        self.assertEqual(failure.value.error, "wamp.error.no_such_procedure")
+        self.assertEqual([name for name, _ in commands], ["get"])
+        # without Redis: cluster_unavailable
+        self.patch(self.bus, "_subscribed", False)
+        failure = self.failureResultOf(caller.call("com.nowhere"), ApplicationError)
+        self.assertEqual(failure.value.error, "sandstone.error.cluster_unavailable")
+
+    def test_a_lost_change_is_read_at_the_next_beat_but_one(self) -> None:
+        self.patch(self.bus, "_commands_up", True)
+        loads: list[str] = []
+        version = 2
+
+        def command(name: str, *args: Any) -> defer.Deferred[Any]:
+            script = args[0] if name == "eval" else None
+            if script is bus_module._BEAT:
+                return defer.succeed([1, version])
+            if script is bus_module._PURGE:
+                return defer.succeed([0, 0, version, []])
+            if script is bus_module._PURGE_STATE:
+                return defer.succeed([[], []])  # no dead node's presence state
+            if script is bus_module._LOAD:
+                loads.append("load")
+                return defer.succeed([version, ["com.y", encode_entry("single", [("b", 4)])]])
+            if name == "hmget":
+                return defer.succeed([encode_entry("single", [("b", 4)])])
+            raise AssertionError((name, args))
+
+        self.patch(self.bus, "_command", command)
+        self.bus._beat()  # Redis is at version 2, this node's view at 0: a message may be on its way
+        self.assertEqual(loads, [])
+        self.bus._beat()  # still behind a beat later: it was lost, read the whole hash
+        self.assertEqual(loads, ["load"])
+        self.assertIsNotNone(self.app.router.dealer.registration("com.y"))
+        self.bus._beat()
+        self.assertEqual(loads, ["load"])  # up to date
+        # changes learned out of order still bring the view up to date
+        version = 4
+        self.procedures_changed("com.y", version=4)
+        self.bus._beat()
+        self.procedures_changed("com.y", version=3)
+        self.bus._beat()
+        self.bus._beat()
+        self.assertEqual(loads, ["load"])
+        self.assertNoCritical()
 
     def test_heartbeat_failures_are_warned_once_per_streak(self) -> None:
         self.patch(self.bus, "_commands_up", True)
@@ -716,9 +792,18 @@ class ProceduresEntryTests(BusTestCase):
         self.patch(self.bus, "_commands_up", True)
         nobody_lost: list[Any] = [[], []]  # the presence purge: no dead node, no node's flags
         outcomes = iter(
-            [1, Exception("ERR script failed"), nobody_lost]
-            + [1, Exception("ERR script failed"), nobody_lost]
-            + [1, [0, 2], nobody_lost]
+            [
+                [1, 0],  # beat
+                Exception("ERR script failed"),  # purge
+                nobody_lost,
+                [1, 0],
+                Exception("ERR script failed"),
+                nobody_lost,
+                [1, 0],
+                [0, 2, 1, ["com.a", "com.b"]],  # the purge removed two bad entries: the view reads them
+                [None, None],
+                nobody_lost,
+            ]
         )
 
         def command(name: str, *args: Any) -> defer.Deferred[Any]:
@@ -735,6 +820,10 @@ class ProceduresEntryTests(BusTestCase):
             "removed 2 entries that name no node from sandstone:realm1:procedures", self.warnings()[-1]
         )
         self.assertEqual(self.bus.stats["bad_entries"], 2)
+        [changed] = self.sent  # the other nodes are told
+        self.assertEqual(
+            (changed["type"], changed["fields"], changed["version"]), ("procedures", ["com.a", "com.b"], 1)
+        )
         self.assertNoCritical()
 
 

@@ -10,11 +10,11 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.trial.unittest import SynchronousTestCase
 
 from sandstone import Publication, Sandstone, Topic, on_event
-from sandstone._call import Call, Caller
+from sandstone._call import Call, Callee
 from sandstone._cluster import Cause, Cluster, LocalCluster, publication_id_for
-from sandstone._dealer import Registration
 from sandstone._errors import NO_SUCH_PROCEDURE, PROCEDURE_ALREADY_EXISTS, WampError
 from sandstone._ids import MAX_ID
+from sandstone._registrations import Registration
 from sandstone._router import Router
 from sandstone.testing import TestClient
 
@@ -59,12 +59,11 @@ class LocalClusterTests(SynchronousTestCase):
         publication = Publication("t", [1], key="e1:app:t:1")
         self.assertTrue(cluster.first_delivery(publication))
         self.assertTrue(cluster.first_delivery(publication))  # nothing else can deliver it here
-        registration = Registration("com.x", None, lambda: None)
-        self.assertTrue(self.successResultOf(cluster.claim(registration)))
-        with self.assertRaises(WampError) as caught:
-            cluster.call(Call(_Caller(), 1, "com.nowhere"))
-        self.assertEqual(caught.exception.uri, NO_SUCH_PROCEDURE)
-        self.assertFalse(cluster.cancel(_Caller(), 1, None))
+        registration = Registration("com.x")
+        self.assertTrue(self.successResultOf(cluster.claim(registration, _Callee())))
+        cluster.released(registration, _Callee())
+        # no other node has registrations this one has not heard of
+        self.assertIsNone(self.successResultOf(cluster.settle(Call(_Caller(), 1, "com.nowhere"))))
 
     def test_a_node_on_its_own_keys_nothing(self) -> None:
         app = Sandstone(anonymous=True, open_uris=True)
@@ -104,6 +103,22 @@ class _Caller:
         self.answers.append(("error", request, error, args, kwargs))
 
 
+class _Callee:
+    """A callee elsewhere, recording what it is asked."""
+
+    id = 88
+    interruptible = True
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[Any, ...]] = []
+
+    def send_invocation(self, invocation: int, registration: Registration, call: Call) -> None:
+        self.asked.append(("invocation", invocation, registration.uri, call))
+
+    def send_interrupt(self, invocation: int, mode: str) -> None:
+        self.asked.append(("interrupt", invocation, mode))
+
+
 class RecordingCluster(LocalCluster):
     """A ``Cluster`` recording what the router asks of it (presence aside: a node on its own's answers);
     its answers are set by the test."""
@@ -114,7 +129,9 @@ class RecordingCluster(LocalCluster):
         self.asked: list[tuple[Any, ...]] = []
         self.first = True
         self.claimed = True
+        self.learned: list[tuple[str, str, str, list[Any]]] = []  # what the cluster tells while settling
         self.causes: dict[str, Cause | None] = {}
+        self.router: Any = None
 
     def forward(self, name: str, data: dict[str, Any], parent: Cause | None) -> Cause | None:
         self.asked.append(("forward", name, data, parent))
@@ -127,22 +144,18 @@ class RecordingCluster(LocalCluster):
     def announce(self, publication: Publication) -> None:
         self.asked.append(("announce", publication.topic, publication.args, publication.key))
 
-    def claim(self, registration: Registration) -> Deferred[bool]:
-        self.asked.append(("claim", registration.uri))
+    def claim(self, registration: Registration, callee: Callee) -> Deferred[bool]:
+        self.asked.append(("claim", registration.uri, registration.match, registration.invoke, callee))
         return succeed(self.claimed)
 
-    def released(self, registration: Registration) -> None:
-        self.asked.append(("released", registration.uri))
+    def released(self, registration: Registration, callee: Callee) -> None:
+        self.asked.append(("released", registration.uri, callee))
 
-    def call(self, call: Call) -> None:
-        self.asked.append(("call", call))
-
-    def cancel(self, caller: Caller, request: int, mode: str | None) -> bool:
-        self.asked.append(("cancel", caller, request, mode))
-        return True
-
-    def caller_left(self, caller: Caller) -> None:
-        self.asked.append(("caller_left", caller))
+    def settle(self, call: Call) -> Deferred[None]:
+        self.asked.append(("settle", call.procedure))
+        for uri, match, invoke, callees in self.learned:
+            self.router.arrange_registration(uri, match, invoke, callees)
+        return succeed(None)
 
     def kinds(self) -> list[str]:
         return [asked[0] for asked in self.asked]
@@ -158,6 +171,7 @@ class RouterSeamTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.app = Sandstone(anonymous=True, open_uris=True)
         self.cluster = RecordingCluster()
+        self.cluster.router = self.app.router
         self.app.router.use_cluster(_is_cluster(self.cluster))
         _is_cluster(LocalCluster())
         self.client = TestClient(self.app)
@@ -212,9 +226,18 @@ class RouterSeamTests(SynchronousTestCase):
     def test_registrations_are_claimed_and_released(self) -> None:
         callee = self.client.connect()
         registration = callee.register("com.x", lambda: 1)
-        self.assertEqual(self.cluster.asked, [("claim", "com.x")])
+        self.assertEqual(self.cluster.asked, [("claim", "com.x", "exact", "single", callee._session)])
         callee.send_raw([66, 9, registration])  # UNREGISTER
-        self.assertEqual(self.cluster.asked[-1], ("released", "com.x"))
+        self.assertEqual(self.cluster.asked[-1], ("released", "com.x", callee._session))
+
+    def test_pattern_and_shared_registrations_are_claimed_with_their_policies(self) -> None:
+        callee = self.client.connect()
+        callee.send_raw([64, 1, {"match": "prefix", "invoke": "roundrobin"}, "com.x."])
+        callee.send_raw([64, 2, {"match": "wildcard", "invoke": "last"}, "com..y"])
+        self.assertEqual(
+            [asked[:4] for asked in self.cluster.asked],
+            [("claim", "com.x.", "prefix", "roundrobin"), ("claim", "com..y", "wildcard", "last")],
+        )
 
     def test_a_registration_claimed_elsewhere_is_refused_and_withdrawn(self) -> None:
         self.cluster.claimed = False
@@ -226,23 +249,40 @@ class RouterSeamTests(SynchronousTestCase):
         callee.leave()
         self.assertNotIn("released", self.cluster.kinds())
 
-    def test_a_call_with_no_callee_here_goes_to_the_cluster_as_a_call(self) -> None:
+    def test_a_call_nothing_here_serves_asks_the_cluster_to_settle_first(self) -> None:
         caller = self.client.connect()
-        answer = caller._request(
-            48, {"disclose_me": True, "receive_progress": True}, "com.far", [1], {"k": 2}
+        failure = self.failureResultOf(caller.call("com.far"), ApplicationError)
+        self.assertEqual(failure.value.error, NO_SUCH_PROCEDURE)
+        self.assertEqual(self.cluster.asked, [("settle", "com.far")])
+
+    def test_a_call_finds_a_callee_the_cluster_learns_of_while_settling(self) -> None:
+        far = _Callee()
+        self.cluster.learned.append(("com.far.", "prefix", "single", [far]))
+        caller = self.client.connect()
+        caller.call("com.far.away", 1)
+        self.assertEqual(self.cluster.asked, [("settle", "com.far.away")])
+        [(kind, _, uri, call)] = far.asked
+        self.assertEqual(
+            (kind, uri, call.procedure, call.args), ("invocation", "com.far.", "com.far.away", [1])
         )
-        [(kind, call)] = self.cluster.asked
-        self.assertEqual(kind, "call")
+
+    def test_a_call_finds_a_callee_the_cluster_made_known(self) -> None:
+        far = _Callee()
+        self.app.router.arrange_registration("com.far", "exact", "single", [far])
+        caller = self.client.connect()
+        caller._request(48, {"disclose_me": True, "receive_progress": True}, "com.far", [1], {"k": 2})
+        [(kind, invocation, uri, call)] = far.asked
+        self.assertEqual((kind, uri), ("invocation", "com.far"))
         self.assertIs(call.caller, caller._session)
         self.assertEqual(
             (call.procedure, call.args, call.kwargs, call.receive_progress, call.disclose_me),
             ("com.far", [1], {"k": 2}, True, True),
         )
-        call.caller.send_result(call.request, [1], None, True)  # a progressive result
-        call.caller.send_result(call.request, [3])
+        self.app.router.yielded(far, invocation, [1], None, True)  # a progressive result
+        self.app.router.yielded(far, invocation, [3], None, False)
         results = [m for m in caller.messages if type(m).__name__ == "Result"]
         self.assertEqual([(r.request, r.args, r.progress) for r in results], [(1, [1], True), (1, [3], None)])
-        self.assertEqual(self.successResultOf(answer), 1)  # the test client settles on the first RESULT
+        self.assertEqual(self.cluster.asked, [])  # nothing to ask the cluster for a call it routes itself
 
     def test_a_call_served_here_stays_here(self) -> None:
         self.app.procedure("com.here")(lambda: "here")
@@ -250,15 +290,19 @@ class RouterSeamTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(caller.call("com.here")), "here")
         self.assertEqual(self.cluster.asked, [])
 
-    def test_cancel_and_leave_of_a_call_elsewhere(self) -> None:
+    def test_cancel_and_leave_of_a_call_elsewhere_interrupt_its_callee(self) -> None:
+        far = _Callee()
+        self.app.router.arrange_registration("com.far", "exact", "single", [far])
         caller = self.client.connect()
         pending = caller.call("com.far")
-        [(_, call)] = self.cluster.asked
-        session = caller._session
+        caller.call("com.far")
+        (_, first, _, _), (_, second, _, _) = far.asked
         caller.cancel(pending, "kill")
-        self.assertEqual(self.cluster.asked[-1], ("cancel", session, call.request, "kill"))
+        self.assertEqual(far.asked[-1], ("interrupt", first, "kill"))
         caller.leave()
-        self.assertEqual(self.cluster.asked[-1], ("caller_left", session))
+        self.assertEqual(
+            far.asked[-2:], [("interrupt", first, "killnowait"), ("interrupt", second, "killnowait")]
+        )
 
     def test_a_leaving_callee_releases_its_registrations(self) -> None:
         callee = self.client.connect()
@@ -266,21 +310,43 @@ class RouterSeamTests(SynchronousTestCase):
         callee.register("com.b", lambda: 2)
         callee.disconnect()
         self.assertEqual(
-            sorted(a for a in self.cluster.asked if a[0] == "released"),
+            sorted(a[:2] for a in self.cluster.asked if a[0] == "released"),
             [("released", "com.a"), ("released", "com.b")],
         )
-        self.assertEqual(self.cluster.asked[-1], ("caller_left", callee._session))
 
     def test_a_call_from_another_node_reaches_a_client_callee_here(self) -> None:
         callee = self.client.connect()
         callee.register("com.x", lambda a: a * 2)
         caller = _Caller()
-        self.app.router.call_from_cluster(Call(caller, 5, "com.x", [21], disclose_me=True))
+        call = Call(caller, 5, "com.x", [21], disclose_me=True)
+        self.app.router.call_from_cluster(call, "com.x", "exact", callee.id)
         self.assertEqual(caller.answers, [("result", 5, [42], None, False)])
         invocation = next(m for m in callee.messages if type(m).__name__ == "Invocation")
         self.assertEqual((invocation.caller, invocation.caller_authid), (77, "far"))
         # the app's own procedures are on every node: not served for another one
         self.app.procedure("com.app")(lambda: 1)
         with self.assertRaises(WampError) as caught:
-            self.app.router.call_from_cluster(Call(caller, 6, "com.app"))
+            self.app.router.call_from_cluster(Call(caller, 6, "com.app"), "com.app", "exact", None)
         self.assertEqual(caught.exception.uri, NO_SUCH_PROCEDURE)
+
+    def test_the_clusters_view_orders_the_callees_of_every_node(self) -> None:
+        here = self.client.connect()
+        here.send_raw([64, 1, {"invoke": "roundrobin"}, "com.rr"])
+        there = _Callee()
+        self.app.router.arrange_registration("com.rr", "exact", "roundrobin", [there, here.id])
+        registration = self.app.router.dealer.registration("com.rr")
+        assert registration is not None
+        self.assertEqual(registration.callees, [there, here._session])
+        # the other node's callee left the cluster: this node's stays
+        self.app.router.arrange_registration("com.rr", "exact", None, [])
+        self.assertEqual(registration.callees, [here._session])
+
+    def test_a_call_for_a_callee_that_left_goes_to_another_callee_here(self) -> None:
+        first, second = self.client.connect(), self.client.connect()
+        first.register("com.rr", lambda: "first", invoke="roundrobin")
+        second.register("com.rr", lambda: "second", invoke="roundrobin")
+        gone = first.id
+        first.disconnect()
+        caller = _Caller()
+        self.app.router.call_from_cluster(Call(caller, 5, "com.rr"), "com.rr", "exact", gone)
+        self.assertEqual(caller.answers, [("result", 5, ["second"], None, False)])

@@ -8,9 +8,13 @@ from autobahn.wamp import message
 from autobahn.wamp.exception import ApplicationError
 from autobahn.wamp.types import CallResult
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from sandstone import Sandstone
+from sandstone import Limits, Sandstone
+from sandstone._call import Call
+from sandstone._dealer import Dealer
+from sandstone._registrations import Registration
 from sandstone.testing import TestClient, TestSession
 
 CALL = message.Call.MESSAGE_TYPE
@@ -82,9 +86,20 @@ class RegisterTests(ClientCalleeTestCase):
             self.app.procedure("app.add")(lambda a, b: a + b)
         self.assertIn("app.add", str(caught.exception))
 
-    def test_pattern_registration_fails_with_invalid_argument(self) -> None:
-        error = self.register_raw(self.callee, "app.", {"match": "prefix"})
-        self.assertEqual(error.error, "wamp.error.invalid_argument")
+    def test_pattern_registrations_are_registered(self) -> None:
+        prefix = self.register_raw(self.callee, "app.", {"match": "prefix"})
+        wildcard = self.register_raw(self.callee, "app..add", {"match": "wildcard"})
+        self.assertIsInstance(prefix, message.Registered)
+        self.assertIsInstance(wildcard, message.Registered)
+        self.assertNotEqual(prefix.registration, wildcard.registration)
+
+    def test_unknown_match_or_invoke_policy_is_a_protocol_violation(self) -> None:
+        for options in ({"match": "regex"}, {"invoke": "all"}, {"invoke": 1}):
+            session = self.client.connect()
+            session.send_raw([REGISTER, 1, options, "app.x"])
+            assert session.closed is not None
+            self.assertEqual(session.closed.reason, "wamp.error.protocol_violation", options)
+        self.assertIsNone(self.app.router.dealer.registration("app.x"))
 
     def test_register_of_an_invalid_uri_fails_with_invalid_uri(self) -> None:
         with self.assertRaises(ApplicationError) as caught:
@@ -535,3 +550,310 @@ class CancelTests(ClientCalleeTestCase):
         self.assertEqual(call_error(self, d).error, "wamp.error.canceled")
         self.assertTrue(running.called)  # cancelled: the function's own result will be ignored
         self.assertEqual(self.app.router.dealer.calls_in_flight, 1)  # setUp's call to app.slow only
+
+
+class SharedRegistrationTests(ClientCalleeTestCase):
+    """Several callees share a procedure registered with the same invocation policy."""
+
+    def callees(self, invoke: str, count: int = 3, uri: str = "app.work") -> list[TestSession]:
+        """``count`` sessions registering ``uri`` with ``invoke``, each answering with its index."""
+        sessions = []
+        for index in range(count):
+            session = self.client.connect()
+            session.register(uri, lambda index=index: index, invoke=invoke)
+            sessions.append(session)
+        return sessions
+
+    def served(self, count: int, uri: str = "app.work") -> list[int]:
+        return [self.successResultOf(self.caller.call(uri)) for _ in range(count)]
+
+    def test_every_callee_gets_the_same_registration_id(self) -> None:
+        sessions = self.callees("roundrobin")
+        ids = {received(s, message.Registered)[0].registration for s in sessions}
+        self.assertEqual(len(ids), 1)
+        self.assertEqual(len(self.app.router.dealer), 1)
+
+    def test_roundrobin_in_registration_order(self) -> None:
+        self.callees("roundrobin")
+        self.assertEqual(self.served(7), [0, 1, 2, 0, 1, 2, 0])
+
+    def test_roundrobin_goes_on_when_a_callee_leaves_mid_rotation(self) -> None:
+        sessions = self.callees("roundrobin")
+        self.assertEqual(self.served(2), [0, 1])
+        sessions[1].disconnect()
+        self.assertEqual(self.served(4), [2, 0, 2, 0])
+
+    def test_first_and_last_are_hot_standby(self) -> None:
+        first = self.callees("first", uri="app.first")
+        last = self.callees("last", uri="app.last")
+        self.assertEqual(self.served(3, "app.first"), [0, 0, 0])
+        self.assertEqual(self.served(3, "app.last"), [2, 2, 2])
+        first[0].disconnect()
+        last[2].leave()
+        self.assertEqual(self.served(2, "app.first"), [1, 1])
+        self.assertEqual(self.served(2, "app.last"), [1, 1])
+
+    def test_random_spreads_the_calls(self) -> None:
+        self.callees("random")
+        counts = [self.served(300).count(index) for index in range(3)]
+        self.assertTrue(all(count > 40 for count in counts), counts)
+
+    def test_single_refuses_a_second_callee(self) -> None:
+        self.callees("single", count=1)
+        session = self.client.connect()
+        session.send_raw([REGISTER, 1, {"invoke": "single"}, "app.work"])
+        self.assertEqual(session.messages[-1].error, "wamp.error.procedure_already_exists")
+
+    def test_another_policy_is_refused(self) -> None:
+        self.callees("roundrobin", count=1)
+        for invoke in ("single", "random", "first", "last"):
+            session = self.client.connect()
+            options = {} if invoke == "single" else {"invoke": invoke}
+            session.send_raw([REGISTER, 1, options, "app.work"])
+            self.assertEqual(session.messages[-1].error, "wamp.error.procedure_already_exists", invoke)
+
+    def test_a_session_shares_a_registration_once(self) -> None:
+        [session] = self.callees("roundrobin", count=1)
+        session.send_raw([REGISTER, 2, {"invoke": "roundrobin"}, "app.work"])
+        self.assertEqual(session.messages[-1].error, "wamp.error.procedure_already_exists")
+
+    def test_the_policy_is_free_again_once_every_callee_left(self) -> None:
+        sessions = self.callees("roundrobin", count=2)
+        for session in sessions:
+            session.disconnect()
+        self.assertIsNone(self.app.router.dealer.registration("app.work"))
+        self.callees("last", count=2)
+        self.assertEqual(self.served(2), [1, 1])
+
+    def test_unregister_leaves_the_other_callees(self) -> None:
+        sessions = self.callees("roundrobin")
+        registration = received(sessions[0], message.Registered)[0].registration
+        sessions[0].send_raw([UNREGISTER, 9, registration])
+        self.assertIsInstance(sessions[0].messages[-1], message.Unregistered)
+        self.assertEqual(self.served(3), [1, 2, 1])
+
+
+class PatternRegistrationTests(ClientCalleeTestCase):
+    """Prefix and wildcard registrations, with the spec's precedence."""
+
+    def register_as(self, uri: str, match: str, answer: str) -> TestSession:
+        session = self.client.connect()
+        session.register(uri, lambda *args, **kwargs: answer, match=match)
+        return session
+
+    def test_exact_then_longest_prefix_then_wildcard(self) -> None:
+        self.register_as("a1.b2.c3.d4.e55", "exact", "1")
+        self.register_as("a1.b2.c3", "prefix", "2")
+        self.register_as("a1.b2.c3.d4", "prefix", "3")
+        self.register_as("a1.b2..d4.e5", "wildcard", "4")
+        self.register_as("a1.b2.c33..e5", "wildcard", "5")
+        self.register_as("a1.b2..d4.e5..g7", "wildcard", "6")
+        self.register_as("a1.b2..d4..f6.g7", "wildcard", "7")
+        for uri, expected in [
+            ("a1.b2.c3.d4.e55", "1"),
+            ("a1.b2.c3.d98.e74", "2"),
+            ("a1.b2.c3.d4.e325", "3"),
+            ("a1.b2.c55.d4.e5", "4"),
+            ("a1.b2.c33.d4.e5", "2"),  # the spec's example says 5, but its prefix rule says 2
+            ("a1.b2.c88.d4.e5.f6.g7", "6"),
+        ]:
+            self.assertEqual(self.successResultOf(self.caller.call(uri)), expected, uri)
+        error = call_error(self, self.caller.call("a2.b2.c2.d2.e2"))
+        self.assertEqual(error.error, "wamp.error.no_such_procedure")
+
+    def test_the_invocation_carries_the_uri_called_for_patterns_only(self) -> None:
+        prefix = self.register_as("app.items.", "prefix", "p")
+        exact = self.register_as("app.exact", "exact", "e")
+        self.caller.call("app.items.42.move", 1)
+        self.caller.call("app.exact")
+        [pattern_invocation] = received(prefix, message.Invocation)
+        [exact_invocation] = received(exact, message.Invocation)
+        self.assertEqual(pattern_invocation.procedure, "app.items.42.move")
+        self.assertIsNone(exact_invocation.procedure)
+
+    def test_app_procedures_come_before_client_patterns(self) -> None:
+        self.app.procedure("app.items.count")(lambda: "the app's")
+        self.register_as("app.items.", "prefix", "the client's")
+        self.assertEqual(self.successResultOf(self.caller.call("app.items.count")), "the app's")
+        self.assertEqual(self.successResultOf(self.caller.call("app.items.other")), "the client's")
+
+    def test_meta_procedures_come_before_client_patterns(self) -> None:
+        self.register_as("", "prefix", "everything")
+        self.assertEqual(self.successResultOf(self.caller.call("wamp.session.count")), 3)
+        self.assertEqual(self.successResultOf(self.caller.call("any.thing")), "everything")
+
+    def test_shared_pattern_registrations(self) -> None:
+        for index in range(2):
+            session = self.client.connect()
+            session.register("app..get", lambda index=index: index, match="wildcard", invoke="roundrobin")
+        calls = [self.successResultOf(self.caller.call(f"app.{n}.get")) for n in range(4)]
+        self.assertEqual(calls, [0, 1, 0, 1])
+
+    def test_a_pattern_uri_must_fit_its_policy(self) -> None:
+        for uri, match in (("app..x", "prefix"), ("app x", "wildcard"), ("app..", "exact")):
+            session = self.client.connect()
+            session.send_raw([REGISTER, 1, {"match": match}, uri])
+            refused = session.closed is not None or session.messages[-1].error == "wamp.error.invalid_uri"
+            self.assertTrue(refused, (uri, match))
+            self.assertIsNone(self.app.router.dealer.registration(uri, match))
+
+
+class WelcomeFeaturesTests(ClientCalleeTestCase):
+    def test_the_dealer_announces_what_it_implements(self) -> None:
+        [welcome] = received(self.caller, message.Welcome)
+        dealer = welcome.roles["dealer"]
+        for feature in (
+            "shared_registration",
+            "pattern_based_registration",
+            "call_timeout",
+            "call_canceling",
+            "progressive_call_results",
+            "caller_identification",
+        ):
+            self.assertTrue(getattr(dealer, feature), feature)
+        self.assertFalse(dealer.registration_meta_api)
+
+
+class _Caller:
+    """A caller recording its answers."""
+
+    id = 5
+    authid = "caller"
+    authrole = "user"
+
+    def __init__(self) -> None:
+        self.answers: list[tuple[Any, ...]] = []
+
+    def send_result(self, request: int, args: Any = None, kwargs: Any = None, progress: bool = False) -> None:
+        self.answers.append(("result", request, args))
+
+    def send_error(self, request: int, error: str, args: Any = None, kwargs: Any = None) -> None:
+        self.answers.append(("error", request, error))
+
+
+class _Callee:
+    """A callee recording its INVOCATIONs and INTERRUPTs."""
+
+    def __init__(self, interruptible: bool = True, id: int = 9) -> None:
+        self.interruptible = interruptible
+        self.id = id
+        self.invocations: list[tuple[int, Call]] = []
+        self.interrupts: list[tuple[int, str]] = []
+
+    def send_invocation(self, invocation: int, registration: Registration, call: Call) -> None:
+        self.invocations.append((invocation, call))
+
+    def send_interrupt(self, invocation: int, mode: str) -> None:
+        self.interrupts.append((invocation, mode))
+
+
+class CallTimeoutTests(SynchronousTestCase):
+    """``CALL.Options.timeout``: the dealer cancels a call when it runs out, as CANCEL killnowait would."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.dealer = Dealer(self.clock)
+        self.caller = _Caller()
+        self.callee = _Callee()
+        self.dealer.arrange("app.slow", "exact", "single", [self.callee])
+
+    def call(self, timeout: float, procedure: str = "app.slow") -> Call:
+        call = Call(self.caller, len(self.caller.answers) + 1, procedure, timeout=timeout)
+        self.assertTrue(self.dealer.call(call))
+        return call
+
+    def test_the_caller_gets_canceled_and_the_callee_an_interrupt(self) -> None:
+        self.call(1.5)
+        [(invocation, _)] = self.callee.invocations
+        self.clock.advance(1.4)
+        self.assertEqual(self.caller.answers, [])
+        self.clock.advance(0.2)
+        self.assertEqual(self.caller.answers, [("error", 1, "wamp.error.canceled")])
+        self.assertEqual(self.callee.interrupts, [(invocation, "killnowait")])
+        self.assertEqual(self.dealer.calls_in_flight, 0)
+        self.dealer.yielded(self.callee, invocation, ["late"], None, False)  # dropped
+        self.assertEqual(len(self.caller.answers), 1)
+
+    def test_a_callee_without_call_canceling_is_not_interrupted(self) -> None:
+        plain = _Callee(interruptible=False)
+        self.dealer.arrange("app.plain", "exact", "single", [plain])
+        self.call(1, "app.plain")
+        self.clock.advance(1)
+        self.assertEqual(self.caller.answers, [("error", 1, "wamp.error.canceled")])
+        self.assertEqual(plain.interrupts, [])
+
+    def test_an_answer_in_time_stops_the_timer(self) -> None:
+        self.call(1)
+        [(invocation, _)] = self.callee.invocations
+        self.dealer.yielded(self.callee, invocation, ["in time"], None, False)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(5)
+        self.assertEqual(self.caller.answers, [("result", 1, ["in time"])])
+        self.assertEqual(self.callee.interrupts, [])
+
+    def test_cancel_and_a_leaving_callee_stop_the_timer(self) -> None:
+        self.call(1)
+        self.dealer.cancel(self.caller, 1, "skip")
+        self.call(1)
+        self.dealer.callee_gone(self.callee, "gone")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_no_timer_without_a_timeout(self) -> None:
+        self.call(0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_progressive_results_do_not_stop_the_timer(self) -> None:
+        call = self.call(1)
+        call.receive_progress = True
+        [(invocation, _)] = self.callee.invocations
+        self.dealer.yielded(self.callee, invocation, [1], None, True)
+        self.clock.advance(1)
+        self.assertEqual(self.caller.answers, [("result", 1, [1]), ("error", 1, "wamp.error.canceled")])
+
+    def test_an_app_procedures_deferred_is_cancelled(self) -> None:
+        running: Deferred[int] = Deferred()
+        self.dealer.register_function("app.wait", lambda: running)
+        self.call(2, "app.wait")
+        self.clock.advance(2)
+        self.assertTrue(running.called)  # cancelled
+        self.assertEqual(self.caller.answers, [("error", 1, "wamp.error.canceled")])
+        self.assertEqual(self.dealer.calls_in_flight, 0)
+
+    def test_an_app_procedure_answering_at_once_needs_no_timer(self) -> None:
+        self.dealer.register_function("app.now", lambda: 1)
+        self.call(2, "app.now")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.caller.answers, [("result", 1, [1])])
+
+
+class CallTimeoutOptionTests(SynchronousTestCase):
+    """How CALL.Options.timeout reaches the dealer: milliseconds, capped by ``max_call_timeout``."""
+
+    def timeout_of(self, options: dict[str, Any], limits: Limits | None = None) -> float:
+        app = Sandstone(anonymous=True, limits=limits)
+        callee = _Callee()
+        app.router.arrange_registration("app.far", "exact", "single", [callee])
+        caller = TestClient(app).connect()
+        caller.send_raw([CALL, 1, options, "app.far"])
+        [(_, call)] = callee.invocations
+        return call.timeout
+
+    def test_milliseconds_to_seconds(self) -> None:
+        self.assertEqual(self.timeout_of({"timeout": 1500}), 1.5)
+        self.assertEqual(self.timeout_of({"timeout": 0}), 0)
+        self.assertEqual(self.timeout_of({}), 0)
+
+    def test_max_call_timeout_caps_a_longer_timeout_only(self) -> None:
+        limits = Limits(max_call_timeout=2)
+        self.assertEqual(self.timeout_of({"timeout": 60_000}, limits), 2)
+        self.assertEqual(self.timeout_of({"timeout": 500}, limits), 0.5)
+        self.assertEqual(self.timeout_of({}, limits), 0)  # a cap, not a default
+
+    def test_a_negative_or_non_integer_timeout_is_a_protocol_violation(self) -> None:
+        app = Sandstone(anonymous=True)
+        app.procedure("app.add")(lambda a, b: a + b)
+        for timeout in (-1, 1.5, "10"):
+            caller = TestClient(app).connect()
+            caller.send_raw([CALL, 1, {"timeout": timeout}, "app.add", [1, 2]])
+            assert caller.closed is not None
+            self.assertEqual(caller.closed.reason, "wamp.error.protocol_violation", timeout)

@@ -463,7 +463,10 @@ class RemoteCallTests(BlogClusterTestCase):
         with self.assertRaises(ApplicationError) as caught:
             await trying.register(lambda: "B again", "com.example.taken")
         self.assertEqual(caught.exception.error, "wamp.error.procedure_already_exists")
-        self.assertIsNone(b.app.router.dealer.registration("com.example.taken"))
+        # B knows the registration (its callee is A's), and serves none of it itself
+        registration = b.app.router.dealer.registration("com.example.taken")
+        assert registration is not None
+        self.assertEqual([getattr(c, "node", None) for c in registration.callees], [a.bus.node_id])
         self.assertEqual(len(b.app.router.dealer), len(a.app.router.dealer) - 1)  # the app's two procedures
         self.assertEqual(await trying.call("com.example.taken"), "A")
 
@@ -551,6 +554,8 @@ class RemoteCallTests(BlogClusterTestCase):
         self.assertEqual(a.bus.remote_calls_in_flight, 0)
         redis = self.redis_client()
         await wait_until(lambda: not redis.hexists(a.bus.channels.procedures, "com.example.dead"), timeout=5)
+        # the node that purged it told the others: they forget it too
+        await wait_until(lambda: a.app.router.dealer.registration("com.example.dead") is None)
         await self.assert_call_error(caller, "com.example.dead", error="wamp.error.no_such_procedure")
         # the URI is free for the living nodes
         await caller.register(lambda: "A took over", "com.example.dead")

@@ -4,7 +4,6 @@ deliver nothing twice."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from autobahn.wamp.exception import ApplicationError
@@ -13,6 +12,7 @@ from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
+from sandstone._envelope import decode_entry
 from tests.cluster_support import ClusterTestCase, Node, counts
 from tests.support import Client, wait_until
 from tests.test_e2e_cluster import make_blog
@@ -126,8 +126,8 @@ class RedisRestartTests(FaultTestCase):
 
         def owners() -> dict[str, str]:
             return {
-                uri: json.loads(owner)["node"]
-                for uri, owner in redis.hgetall(a.bus.channels.procedures).items()
+                uri: decode_entry(entry).members[0][0]
+                for uri, entry in redis.hgetall(a.bus.channels.procedures).items()
             }
 
         await wait_until(lambda: len(owners()) == 2)
@@ -149,6 +149,7 @@ class MissedHeartbeatTests(FaultTestCase):
         # B stops beating for longer than the TTL (a blocked reactor, a stopped VM) but stays connected
         b.bus._heartbeat.stop()
         await wait_until(lambda: not redis.hexists(a.bus.channels.procedures, "com.example.paused"))
+        await wait_until(lambda: a.app.router.dealer.registration("com.example.paused") is None)
         with self.assertRaises(ApplicationError) as caught:
             await caller.call("com.example.paused")
         self.assertEqual(caught.exception.error, "wamp.error.no_such_procedure")

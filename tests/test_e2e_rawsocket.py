@@ -271,15 +271,15 @@ class MaxLengthTests(RawSocketTestCase):
         await wait_until(lambda: raw.received["still.here"])
 
     async def test_a_message_over_the_clients_announced_maximum_is_not_sent(self) -> None:
-        small = await self.rawsocket("json", max_message_size=512).joined
+        small = await self.rawsocket("json", max_message_size=1024).joined  # a WELCOME takes over 512
         ws = await self.connect("json")
         await small.record("big.news")
-        await ws.publish("big.news", "x" * 1000, options=ACK)
+        await ws.publish("big.news", "x" * 2000, options=ACK)
         await ws.publish("big.news", "small", options=ACK)
         await wait_until(lambda: small.received["big.news"])
         await sleep(0.1)
         self.assertEqual([e.payload for e in small.received["big.news"]], ["small"])
-        self.assertIn("over the client's maximum message length 512", self.log_text())
+        self.assertIn("over the client's maximum message length 1024", self.log_text())
         self.assertEqual(self.app.router.stats["oversize_skipped"], 1)
 
 

@@ -22,15 +22,18 @@ from sandstone._envelope import (
     EventMessage,
     MessageRejected,
     NodeMessage,
+    ProcedureEntry,
     Signer,
     channel_names,
     decode,
-    decode_owner,
+    decode_entry,
     encode_delivery,
+    encode_entry,
     encode_event,
     encode_node,
-    encode_owner,
     event_data,
+    parse_procedure_field,
+    procedure_field,
 )
 from sandstone._publication import Publication
 
@@ -863,6 +866,29 @@ class ChannelRuleTests(SynchronousTestCase):
             decode(encode_delivery("p", Publication("wampum", None, id=1))), DeliveryMessage
         )
 
+    def test_proceduresChanged(self) -> None:
+        """Which entries of the procedures hash a node changed: on the peers channel only."""
+        raw = encode_node("procedures", "n", {"fields": ["com.x", "prefix com."], "version": 7})
+        message = decode(raw, rule=PEERS)
+        assert isinstance(message, NodeMessage)
+        self.assertEqual(
+            (message.type, message.body["fields"], message.body["version"]),
+            ("procedures", ["com.x", "prefix com."], 7),
+        )
+        reload_all = decode(encode_node("procedures", "n", {"fields": None, "version": 0}), rule=PEERS)
+        assert isinstance(reload_all, NodeMessage)
+        self.assertIsNone(reload_all.body["fields"])
+        for rule in (NODE, PUBLIC_EVENTS, PUBLIC_DELIVERIES):
+            self.assertRaises(MessageRejected, decode, raw, rule=rule)
+        for body, reason in [
+            ({"fields": "com.x", "version": 1}, "fields must be"),
+            ({"fields": [1], "version": 1}, "fields must be"),
+            ({"fields": [], "version": -1}, "version must be"),
+            ({"fields": []}, "version is missing"),
+        ]:
+            error = self.assertRaises(EnvelopeError, decode, encode_node("procedures", "n", body), rule=PEERS)
+            self.assertIn(reason, str(error))
+
     def test_unknownTypeIsMalformed(self) -> None:
         """An unknown type is malformed wherever it comes, not merely on the wrong channel."""
         error = self.assertRaises(EnvelopeError, decode, _raw(v=1, type="shout"), rule=NODE)
@@ -932,15 +958,28 @@ class SignerTests(SynchronousTestCase):
         self.assertNotIn("s3cret", repr(Signer("s3cret")))
 
 
-class OwnerEntryTests(SynchronousTestCase):
-    """Entries of the procedures hash name the node holding a registration."""
+class ProcedureEntryTests(SynchronousTestCase):
+    """Entries of the procedures hash: a registration's invocation policy and its callees on every node."""
 
     def test_roundTrip(self) -> None:
-        """L{decode_owner} returns the node id of what L{encode_owner} wrote (str or bytes)."""
-        entry = encode_owner("node-b", 12)
-        self.assertEqual(entry, '{"node":"node-b","registration":12}')
-        self.assertEqual(decode_owner(entry), "node-b")
-        self.assertEqual(decode_owner(entry.encode()), "node-b")
+        """L{decode_entry} reads what L{encode_entry} wrote (str or bytes)."""
+        entry = encode_entry("roundrobin", [("node-b", 12), ("node-a", 2**53)])
+        self.assertEqual(entry, '{"invoke":"roundrobin","members":["node-b:12","node-a:9007199254740992"]}')
+        expected = ProcedureEntry("roundrobin", (("node-b", 12), ("node-a", 2**53)))
+        self.assertEqual(decode_entry(entry), expected)
+        self.assertEqual(decode_entry(entry.encode()), expected)
+
+    def test_fields(self) -> None:
+        """Exact registrations are named by their URI, patterns by their match policy and URI."""
+        for uri, match, name in [
+            ("com.x", "exact", "com.x"),
+            ("com.x.", "prefix", "prefix com.x."),
+            ("com..x", "wildcard", "wildcard com..x"),
+        ]:
+            self.assertEqual(procedure_field(uri, match), name)
+            self.assertEqual(parse_procedure_field(name), (uri, match))
+        for name in ("exact com.x", "suffix com.x", "prefix a b"):
+            self.assertRaises(EnvelopeError, parse_procedure_field, name)
 
     def test_bad(self) -> None:
         """Anything else is an L{EnvelopeError} saying what is wrong."""
@@ -950,13 +989,16 @@ class OwnerEntryTests(SynchronousTestCase):
             (None, "must be a JSON object"),
             (b"\xff", "UTF-8"),
             ("[1]", "must be a JSON object, not an array"),
-            ('{"registration": 1}', "node is missing"),
-            ('{"node": 5, "registration": 1}', "node must be a node id"),
-            ('{"node": "a:b", "registration": 1}', "node must be a node id"),
-            ('{"node": "b"}', "registration is missing"),
-            ('{"node": "b", "registration": 0}', "registration must be an integer"),
-            ('{"node": "b", "registration": NaN}', "not JSON"),
-            ('{"node": "' + "x" * 2000 + '", "registration": 1}', "longer than 1024"),
+            ('{"node": "b", "registration": 1}', "invoke must be one of"),
+            ('{"invoke": "all", "members": ["b:1"]}', "invoke must be one of"),
+            ('{"invoke": "single"}', "members must be a non-empty array"),
+            ('{"invoke": "single", "members": []}', "members must be a non-empty array"),
+            ('{"invoke": "single", "members": ["b"]}', "member 'b' is not 'node:session'"),
+            ('{"invoke": "single", "members": ["b:0"]}', "is not 'node:session'"),
+            ('{"invoke": "single", "members": ["b:x"]}', "is not 'node:session'"),
+            ('{"invoke": "single", "members": [":1"]}', "is not 'node:session'"),
+            ('{"invoke": "single", "members": [7]}', "member 7 is not"),
+            ('{"invoke": "single", "members": ["b:1"], "x": NaN}', "not JSON"),
         ]:
-            error = self.assertRaises(EnvelopeError, decode_owner, entry)
+            error = self.assertRaises(EnvelopeError, decode_entry, entry)
             self.assertIn(reason, str(error), entry)

@@ -361,24 +361,24 @@ class FrameTests(RawSocketTestCase):
 
 class OutgoingTests(RawSocketTestCase):
     def test_an_event_over_the_clients_maximum_is_not_sent(self) -> None:
-        small = self.joined(length=0)  # receives at most 512 bytes
+        small = self.joined(length=1)  # receives at most 1024 bytes (a WELCOME takes more than 512)
         large = self.joined()
         for connection in (small, large):
             connection.send([32, 1, {}, "x.y"])
             connection.clear()
-        self.app.broadcast("x.y", "a" * 600)
-        self.app.broadcast("x.y", "b" * 400)
-        self.assertEqual([m[4] for m in small.messages()], [["b" * 400]])
-        self.assertEqual([m[4] for m in large.messages()], [["a" * 600], ["b" * 400]])
+        self.app.broadcast("x.y", "a" * 1100)
+        self.app.broadcast("x.y", "b" * 900)
+        self.assertEqual([m[4] for m in small.messages()], [["b" * 900]])
+        self.assertEqual([m[4] for m in large.messages()], [["a" * 1100], ["b" * 900]])
         self.assertEqual(self.wamp.stats["oversize_skipped"], 1)
-        self.assertIn("over the client's maximum message length 512", self.log_text())
+        self.assertIn("over the client's maximum message length 1024", self.log_text())
 
     def test_a_result_over_the_clients_maximum_becomes_an_error(self) -> None:
         @self.app.procedure("big")
         def big() -> str:
-            return "x" * 600
+            return "x" * 1100
 
-        connection = self.joined(length=0)
+        connection = self.joined(length=1)
         connection.send([48, 7, {}, "big"])
         error = connection.messages()[0]
         self.assertEqual(error[:5], [message.Error.MESSAGE_TYPE, 48, 7, {}, PAYLOAD_TOO_LARGE])
