@@ -209,19 +209,34 @@ class Sandstone(Klein):
         *,
         requirements: Mapping[str, str] | None = None,
         converters: Mapping[str, str | Converter] | None = None,
+        history: int = 0,
     ) -> Callable[[F], F]:
         """Declare a topic for a URI pattern like ``chat/{channel}`` or ``sensors.{room:int}.temperature``.
 
         Decorates a ``Topic`` subclass, or any factory ``f(uri, args) -> Topic``. Patterns are tried in
-        declaration order; the first that matches a URI serves it.
+        declaration order; the first that matches a URI serves it. ``history=N`` keeps the last ``N``
+        events of each concrete URI, for ``wamp.subscription.get_events`` (and recovery after a reconnect).
         """
         compiled = TopicPattern(pattern, requirements, converters)
+        if type(history) is not int or history < 0:
+            raise ValueError(f"history is a number of events (0: none), not {history!r}")
 
         def declare(factory: F) -> F:
-            self._core.topics.declare(compiled, factory)
+            self._core.topics.declare(compiled, factory, history)
             return factory
 
         return declare
+
+    def history(self, uri: str, *, match: str = "exact", limit: int = 100) -> None:
+        """Keep the last ``limit`` events of each topic a subscription to ``uri`` with ``match`` (exact,
+        prefix or wildcard) covers, for ``wamp.subscription.get_events``: for URIs no Topic serves (a
+        Topic declares its own with ``history=``). Raises ``ValueError`` for a bad rule."""
+        self._core.router.history_rules.add(uri, match, limit)
+
+    def retained(self, uri: str) -> Deferred[Any]:
+        """The payload (first argument) of ``uri``'s retained event, or ``None`` when it has none:
+        ``await app.retained(uri)``. Cluster-wide with a bus."""
+        return self._core.router.retained_payload(uri)
 
     def topic_instance(self, uri: str) -> Any:
         """The live Topic instance for a concrete URI, or ``None`` when nobody is subscribed."""
@@ -235,6 +250,7 @@ class Sandstone(Klein):
         *,
         exclude: Iterable[Session | int] = ...,
         eligible: Iterable[Session | int] | None = ...,
+        retain: bool = ...,
         on_behalf_of: None = ...,
     ) -> int: ...
 
@@ -246,6 +262,7 @@ class Sandstone(Klein):
         *,
         exclude: Iterable[Session | int] = ...,
         eligible: Iterable[Session | int] | None = ...,
+        retain: bool = ...,
         on_behalf_of: object,
     ) -> Deferred[int]: ...
 
@@ -256,6 +273,7 @@ class Sandstone(Klein):
         *,
         exclude: Iterable[Session | int] = (),
         eligible: Iterable[Session | int] | None = None,
+        retain: bool = False,
         on_behalf_of: object = None,
     ) -> int | Deferred[int]:
         """Publish ``payload`` (an EVENT's first argument) to the subscribers of ``uri``; returns its id.
@@ -266,6 +284,9 @@ class Sandstone(Klein):
         it fires with the id once the publication is sent, or fails with
         ``WampError(wamp.error.not_authorized)`` (``authorization_failed`` when a hook raised) and nothing
         is sent (``await`` it in an ``async def`` route).
+
+        ``retain=True`` keeps it as ``uri``'s retained event: a later subscriber asking for it
+        (``get_retained``) gets it at once, if ``exclude``/``eligible`` admit it.
 
         A payload that not every WAMP serializer can carry alike (a datetime, a set, a dict with integer
         keys, an integer beyond 64 bits, NaN...) raises ``TypeError`` saying where, and nothing is sent. A URI
@@ -279,6 +300,7 @@ class Sandstone(Klein):
             [payload],
             exclude=session_ids(exclude) or None,
             eligible=session_ids(eligible),
+            retain=retain,
             source="app",
         )
         router = self._core.router

@@ -154,7 +154,7 @@ class Authorization:
         self._authorizer: Authorizer | None = None
         self._decisions: dict[Any, dict[str, bool]] = {}
         self._queues: dict[Any, deque[_Queued]] = {}
-        self._warned_async = False
+        self._warned_async: set[str] = set()  # the actions whose asynchronous answers were logged
 
     @property
     def authorizer(self) -> Authorizer | None:
@@ -333,17 +333,36 @@ class Authorization:
         decisions[key] = allowed
         return allowed
 
-    def _allowed_now(self, session: Session, uri: str, match: str) -> bool:
-        checks, cleanup = self.checks(session, "subscribe", uri, match)
+    def allows_call(self, session: Any, uri: str, match: str = EXACT) -> bool:
+        """Whether the authorizer lets a session call the procedure ``uri`` (a pattern, with another
+        ``match`` policy): then the registration meta API may tell it of that registration. Must answer
+        synchronously (an asynchronous answer is a no); cached like ``allows_delivery``, for sessions
+        that joined only (an HTTP bridge request's principal lives for one request)."""
+        if self._authorizer is None:
+            return True
+        key = f"call {match} {uri}"  # a URI has no space; "call" is no match policy
+        joined = getattr(session, "id", None) and self._router.sessions.get(session.id) is session
+        decisions = self._decisions.setdefault(session, {}) if joined else {}
+        cached = decisions.get(key)
+        if cached is not None:
+            return cached
+        allowed = self._allowed_now(session, uri, match, "call")
+        if len(decisions) >= DELIVERY_CACHE_SIZE:
+            del decisions[next(iter(decisions))]
+        decisions[key] = allowed
+        return allowed
+
+    def _allowed_now(self, session: Session, uri: str, match: str, action: str = "subscribe") -> bool:
+        checks, cleanup = self.checks(session, action, uri, match)
         try:
             for check in checks:
                 try:
                     verdict = check.run()
                 except Exception:
-                    _failed(Failure(), check, "receive events of", uri)
+                    _failed(Failure(), check, _LEARNING[action], uri)
                     return False
                 if _as_deferred_or_close(verdict):
-                    self._warn_async(check, uri)
+                    self._warn_async(check, uri, action)
                     return False
                 if not verdict:
                     return False
@@ -351,10 +370,19 @@ class Authorization:
         finally:
             cleanup()
 
-    def _warn_async(self, check: Check, uri: str) -> None:
-        if self._warned_async:
+    def _warn_async(self, check: Check, uri: str, action: str) -> None:
+        if action in self._warned_async:
             return
-        self._warned_async = True
+        self._warned_async.add(action)
+        if action == "call":
+            log.warn(
+                "authorization hook {hook} answered asynchronously when checking whether a session may "
+                "learn of the registration of {uri} (registration meta API); such registrations are hidden "
+                "from it. Answer synchronously for (session, 'call', uri, match) (logged once)",
+                hook=check.name,
+                uri=uri,
+            )
+            return
         log.warn(
             "authorization hook {hook} answered asynchronously when checking the delivery of an event "
             "of {uri} to a pattern subscriber; such events are not delivered. Answer synchronously for "
@@ -363,6 +391,10 @@ class Authorization:
             hook=check.name,
             uri=uri,
         )
+
+
+# What a session would do with a delivery-time decision, for the log of a failing hook.
+_LEARNING = {"subscribe": "receive events of", "call": "learn of the registration of"}
 
 
 def _as_deferred_or_close(verdict: Any) -> bool:

@@ -53,6 +53,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from txredisapi import ConnectionError as RedisConnectionError
+from txredisapi import ResponseError
 
 from ._call import Call
 from ._cluster import Cause, LostSubscription, Member, SessionInfo, SubscriptionInfo
@@ -79,7 +80,7 @@ from ._envelope import (
     parse_procedure_field,
     procedure_field,
 )
-from ._errors import CANCELED, WampError
+from ._errors import CANCELED, CLUSTER_UNAVAILABLE, WampError
 from ._payload import payload_problem
 from ._publication import Publication
 from ._redis_connect import (
@@ -90,6 +91,7 @@ from ._redis_connect import (
     SubscriberProtocol,
     redis_endpoint,
 )
+from ._redis_store import RedisStore
 from ._redis_url import RedisAddress
 from ._subscriptions import EXACT, iso_8601
 
@@ -106,7 +108,6 @@ log = Logger()
 # How every message a node sends begins (its type and origin follow): see RedisBus._from_self.
 _MESSAGE_HEAD = '{"v":1,"type":"'
 
-CLUSTER_UNAVAILABLE = "sandstone.error.cluster_unavailable"
 #: Seconds after starting without a Redis connection (nor an attempt that failed yet) before saying so.
 SLOW_START_WARNING = 2.0
 #: The environment variable a node reads its cluster secret from when none is given in code.
@@ -703,6 +704,10 @@ class RedisBus(Service):
             self.channels.peers: PEERS,
             self.channels.node(self.node_id): NODE,
         }
+        #: Retained events and event history, in Redis (``_redis_store.py``).
+        self.store = RedisStore(
+            self._command, self.channels.base, self.node_id, self.router.history_rules.limit_for
+        )
 
     def startService(self) -> None:
         super().startService()
@@ -1134,7 +1139,10 @@ class RedisBus(Service):
             )
             if msg.origin == self.node_id:
                 return
-            self._HANDLERS[type(msg)](self, msg)
+            if type(msg) is DeliveryMessage:
+                self._on_delivery(msg, produced=channel == self.channels.deliveries)
+            else:
+                self._HANDLERS[type(msg)](self, msg)
         except MessageRejected as exc:
             self.stats["rejected"] += 1
             log.warn("cluster bus: refused a message on {channel}: {reason}", channel=channel, reason=exc)
@@ -1165,7 +1173,7 @@ class RedisBus(Service):
         self.stats["dispatched_remote"] += 1
         self._events.dispatch(msg.name, event, cause=Cause(msg.id))
 
-    def _on_delivery(self, msg: DeliveryMessage) -> None:
+    def _on_delivery(self, msg: DeliveryMessage, produced: bool = False) -> None:
         if msg.key is not None and not self._seen.first_time(msg.key):
             self.stats["duplicates"] += 1
             return
@@ -1181,7 +1189,7 @@ class RedisBus(Service):
             )
             return
         self.stats["delivered_remote"] += 1
-        self.router.deliver_remote(publication)
+        self.router.deliver_remote(publication, produced)
 
     def _on_node_message(self, msg: NodeMessage) -> None:
         handler = self._NODE_HANDLERS.get(msg.type)
@@ -1369,6 +1377,11 @@ class RedisBus(Service):
         ):
             # Redis went away: the reconnect reads the view again
             log.debug("cluster bus: could not read the procedures: {error}", error=failure.getErrorMessage())
+        elif failure.check(ResponseError):  # Redis refused it (a key of the wrong type...): say it, no trace
+            log.warn(
+                "cluster bus: could not read the procedures from Redis: {error}",
+                error=failure.getErrorMessage(),
+            )
         else:
             log.failure("cluster bus: could not update this node's view of the procedures", failure)
 

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from ._publication import Publication
     from ._registrations import Registration
     from ._session import Session
+    from ._store import EventStore
     from ._subscriptions import Subscription
 
 __all__ = [
@@ -182,6 +183,12 @@ class Cluster(Protocol):
 
     # presence: this node's sessions and subscriptions, the other nodes' ones
 
+    @property
+    def store(self) -> EventStore | None:
+        """Where retained events and event history are kept cluster-wide (``None``: in the router's
+        memory)."""
+        ...
+
     #: Whether another node has subscribers of meta topics (then meta events made here go to it).
     wants_meta: bool
 
@@ -257,6 +264,7 @@ class LocalCluster:
         return succeed(None)
 
     wants_meta = False
+    store: EventStore | None = None
 
     def meta_interest(self, listening: bool) -> None:
         pass

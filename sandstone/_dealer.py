@@ -203,6 +203,19 @@ class Dealer:
         """The registration of (``uri``, ``match``), if any."""
         return self._table.get(uri, match)
 
+    def registration_by_id(self, registration_id: int) -> Registration | None:
+        """The registration with this id (the app's procedures too), if any."""
+        return self._table.by_id(registration_id)
+
+    def best(self, uri: str) -> Registration | None:
+        """The registration a call to ``uri`` reaches (the app's procedures too; not the meta API)."""
+        return self._table.best(uri)
+
+    def client_view(self) -> list[Registration]:
+        """The registrations of client callees, this node's and the other nodes' (the app's procedures
+        left out): this node's view of the cluster's registrations."""
+        return [registration for registration in self._table if registration.function is None]
+
     def __len__(self) -> int:
         """Registrations served on this node: the app's procedures and those with a client callee here."""
         held = self._by_session

@@ -33,6 +33,7 @@ RATE_LIMITED = "sandstone.error.rate_limited"
 HELLO_TIMEOUT = "sandstone.error.hello_timeout"
 PAYLOAD_TOO_LARGE = "sandstone.error.payload_too_large"
 LIMIT_EXCEEDED = "sandstone.error.limit_exceeded"
+CLUSTER_UNAVAILABLE = "sandstone.error.cluster_unavailable"  # Redis cannot answer now
 LOGGED_OUT = "sandstone.close.logged_out"
 
 

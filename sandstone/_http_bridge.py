@@ -673,9 +673,14 @@ _NAME_RULES = ("exclude_authid", "exclude_authrole", "eligible_authid", "eligibl
 
 
 def _delivery_rules(options: dict[str, Any]) -> dict[str, Any]:
-    """The ``Publication`` fields of a publication's ``exclude``/``eligible`` options (the others Crossbar
-    passes on, ``exclude_me``, ``retain``, ``forward_for``, mean nothing here and are ignored)."""
-    rules = {}
+    """The ``Publication`` fields of a publication's ``exclude``/``eligible`` and ``retain`` options (the
+    others Crossbar passes on, ``exclude_me``, ``forward_for``, mean nothing here and are ignored)."""
+    rules: dict[str, Any] = {}
+    retain = options.get("retain")
+    if retain is not None:
+        if not isinstance(retain, bool):
+            raise _Refused(400, BAD_REQUEST, "option 'retain' must be true or false")
+        rules["retain"] = retain
     for name in _ID_RULES + _NAME_RULES:
         values = options.get(name)
         if values is None:

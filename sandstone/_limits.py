@@ -84,6 +84,13 @@ class Limits:
     max_call_timeout: float = 0.0
     """Seconds: the longest timeout a CALL may ask for (``CALL.Options.timeout``); a longer one is lowered to
     it. A cap, not a default: calls without a timeout are not limited. 0: no cap."""
+    max_retained_topics: int = 10_000
+    """Topics keeping a retained event (``retain``); beyond it the least recently retained to is forgotten."""
+    max_history_topics: int = 10_000
+    """Topics keeping an event history; beyond it the least recently written is forgotten."""
+    max_history_events: int = 1000
+    """Events one ``wamp.subscription.get_events`` answer holds at most (a bigger ``limit`` is lowered to
+    it; ``more`` says when there are more to page through)."""
     max_events_per_publication: int = 32
     """EVENTs one publication may produce for one session (one per matching subscription)."""
     message_time_slice: float = 0.002

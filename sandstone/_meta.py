@@ -10,6 +10,18 @@ is the same on every node (derived from its URI and match policy), so ids from a
 Subscriptions to meta topics themselves are left out of the subscription meta API, as in Crossbar, and so
 is every subscription the caller may not make itself (as the app's authorizer and the topics' hooks say): the
 meta API shows no more than authorization does.
+
+Registration meta API: ``wamp.registration.list``, ``.lookup``, ``.match``, ``.get``, ``.list_callees``,
+``.count_callees`` and the events ``wamp.registration.on_create``, ``.on_register``, ``.on_unregister``,
+``.on_delete``. Every node's dealer holds the cluster's registrations (the other nodes' callees as
+``RemoteCallee`` objects), so the answers come from this router's own table and cover every node; a
+registration's id is the same on every node. Each node derives the registration meta events from the changes
+of its own view and delivers them to its own meta subscribers only (none crosses the bus). A registration's
+``created`` is when this node made it or first learned of it (the cluster's view carries no time), so it may
+differ a little between nodes. The app's own procedures (``@app.procedure``) are served by the router of every
+node, by no callee session: they are not registrations here. A session learns of a registration only if the
+app's authorizer lets it call that procedure (pattern and match policy) itself; the others do not exist for
+it.
 """
 
 from __future__ import annotations
@@ -20,7 +32,16 @@ from typing import TYPE_CHECKING, Any
 from autobahn.wamp.types import CallResult
 
 from ._cluster import Member, SessionInfo, SubscriptionInfo
-from ._errors import INVALID_ARGUMENT, NO_SUCH_SESSION, NO_SUCH_SUBSCRIPTION, WampError
+from ._errors import (
+    CLUSTER_UNAVAILABLE,
+    INVALID_ARGUMENT,
+    NO_SUCH_REGISTRATION,
+    NO_SUCH_SESSION,
+    NO_SUCH_SUBSCRIPTION,
+    WampError,
+)
+from ._history import EventQuery, events_answer
+from ._registrations import Registration
 from ._subscriptions import (
     EXACT,
     MATCH_POLICIES,
@@ -40,6 +61,10 @@ SUBSCRIPTION_ON_CREATE = "wamp.subscription.on_create"
 SUBSCRIPTION_ON_SUBSCRIBE = "wamp.subscription.on_subscribe"
 SUBSCRIPTION_ON_UNSUBSCRIBE = "wamp.subscription.on_unsubscribe"
 SUBSCRIPTION_ON_DELETE = "wamp.subscription.on_delete"
+REGISTRATION_ON_CREATE = "wamp.registration.on_create"
+REGISTRATION_ON_REGISTER = "wamp.registration.on_register"
+REGISTRATION_ON_UNREGISTER = "wamp.registration.on_unregister"
+REGISTRATION_ON_DELETE = "wamp.registration.on_delete"
 
 #: The meta topics a client may subscribe to exactly (patterns in ``wamp.`` are accepted too).
 META_TOPICS = frozenset(
@@ -50,6 +75,10 @@ META_TOPICS = frozenset(
         SUBSCRIPTION_ON_SUBSCRIBE,
         SUBSCRIPTION_ON_UNSUBSCRIBE,
         SUBSCRIPTION_ON_DELETE,
+        REGISTRATION_ON_CREATE,
+        REGISTRATION_ON_REGISTER,
+        REGISTRATION_ON_UNREGISTER,
+        REGISTRATION_ON_DELETE,
     }
 )
 
@@ -64,6 +93,17 @@ def subscription_info(subscription: Subscription) -> SubscriptionInfo:
     return SubscriptionInfo(
         subscription.id, subscription.uri, subscription.match, iso_8601(subscription.created)
     )
+
+
+def registration_details(registration: Registration) -> dict[str, Any]:
+    """The spec's ``RegistrationDetails`` of a registration in this node's view."""
+    return {
+        "id": registration.id,
+        "created": iso_8601(registration.created),
+        "uri": registration.uri,
+        "match": registration.match,
+        "invoke": registration.invoke,
+    }
 
 
 def member(session: Session) -> Member:
@@ -163,6 +203,19 @@ def meta_procedures(router: Router) -> dict[str, Callable[..., Any]]:
         await _subscription(caller, subscription_id)
         return await router.subscriber_count(subscription_id)
 
+    async def get_events(caller: Any, subscription_id: int, **options: Any) -> CallResult:
+        query = EventQuery.parse(options, router.limits.max_history_events)  # bad input first
+        info = await _subscription(caller, subscription_id)
+        try:
+            events = await router.store.recorded(info.uri, info.match)
+        except WampError:
+            raise
+        except Exception as exc:
+            raise WampError(
+                CLUSTER_UNAVAILABLE, f"the event history of {info.uri!r} cannot be read now: {exc}"
+            ) from None
+        return events_answer(events, query, caller, info)
+
     async def _subscription(caller: Any, subscription_id: int) -> SubscriptionInfo:
         _require_id(subscription_id, "subscription")
         info = (await all_subscriptions(caller)).get(subscription_id)
@@ -171,6 +224,7 @@ def meta_procedures(router: Router) -> dict[str, Callable[..., Any]]:
         return info
 
     return {
+        **registration_procedures(router),
         "wamp.session.count": count,
         "wamp.session.list": session_list,
         "wamp.session.get": get,
@@ -180,6 +234,67 @@ def meta_procedures(router: Router) -> dict[str, Callable[..., Any]]:
         "wamp.subscription.get": subscription_get,
         "wamp.subscription.list_subscribers": list_subscribers,
         "wamp.subscription.count_subscribers": count_subscribers,
+        "wamp.subscription.get_events": get_events,
+    }
+
+
+def registration_procedures(router: Router) -> dict[str, Callable[..., Any]]:
+    """The registration meta procedures, answered from this router's view of the cluster's registrations
+    (see the module's docstring). Each takes the caller first, then the call's arguments."""
+    dealer = router.dealer
+    authorization = router.authorization
+
+    def visible(caller: Any, registration: Registration | None) -> Registration | None:
+        """``registration`` if ``caller`` may know of it: a client's (not the app's procedure) that it may
+        call itself; else ``None``."""
+        if registration is None or registration.function is not None:
+            return None
+        if not authorization.allows_call(caller, registration.uri, registration.match):
+            return None
+        return registration
+
+    def registration_list(caller: Any) -> dict[str, list[int]]:
+        lists: dict[str, list[int]] = {policy: [] for policy in MATCH_POLICIES}
+        for registration in dealer.client_view():
+            if visible(caller, registration) is not None:
+                lists[registration.match].append(registration.id)
+        return lists
+
+    def lookup(caller: Any, procedure: str, options: dict[str, Any] | None = None) -> int | CallResult:
+        _require_uri(procedure, "procedure")
+        match = _match_option(options)
+        registration = visible(caller, dealer.registration(procedure, match))
+        return _NULL if registration is None else registration.id
+
+    def best_match(caller: Any, procedure: str) -> int | CallResult:
+        _require_uri(procedure, "procedure")
+        # the one a call reaches, or null (never another one a call would not reach)
+        registration = visible(caller, dealer.best(procedure))
+        return _NULL if registration is None else registration.id
+
+    def get(caller: Any, registration_id: int) -> dict[str, Any]:
+        return registration_details(_registration(caller, registration_id))
+
+    def list_callees(caller: Any, registration_id: int) -> list[int]:
+        return [callee.id for callee in _registration(caller, registration_id).callees]
+
+    def count_callees(caller: Any, registration_id: int) -> int:
+        return len(_registration(caller, registration_id).callees)
+
+    def _registration(caller: Any, registration_id: int) -> Registration:
+        _require_id(registration_id, "registration")
+        registration = visible(caller, dealer.registration_by_id(registration_id))
+        if registration is None:
+            raise WampError(NO_SUCH_REGISTRATION, f"no registration {registration_id!r} on this router")
+        return registration
+
+    return {
+        "wamp.registration.list": registration_list,
+        "wamp.registration.lookup": lookup,
+        "wamp.registration.match": best_match,
+        "wamp.registration.get": get,
+        "wamp.registration.list_callees": list_callees,
+        "wamp.registration.count_callees": count_callees,
     }
 
 
@@ -192,9 +307,21 @@ def _require_id(value: Any, what: str) -> None:
         raise WampError(INVALID_ARGUMENT, f"a {what} id must be an integer, not {value!r}")
 
 
-def _require_uri(value: Any) -> None:
+def _require_uri(value: Any, what: str = "topic") -> None:
     if not isinstance(value, str):
-        raise WampError(INVALID_ARGUMENT, f"a topic must be a URI string, not {value!r}")
+        raise WampError(INVALID_ARGUMENT, f"a {what} must be a URI string, not {value!r}")
+
+
+def _match_option(options: Any) -> str:
+    """The match policy of a lookup's options (``exact`` unless they say otherwise)."""
+    if options is None:
+        return EXACT
+    if not isinstance(options, dict):
+        raise WampError(INVALID_ARGUMENT, "options must be a dictionary")
+    match = options.get("match", EXACT)
+    if match not in MATCH_POLICIES:
+        raise WampError(INVALID_ARGUMENT, f"unknown match policy {match!r}")
+    return str(match)
 
 
 def _strings(values: Any, what: str) -> frozenset[str]:

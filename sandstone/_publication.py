@@ -51,6 +51,8 @@ class Publication:
     """Only these authids may receive it."""
     eligible_authrole: frozenset[str] | None = None
     """Only these authroles may receive it."""
+    retain: bool = False
+    """Keep it as its topic's retained event (``PUBLISH`` option ``retain``)."""
     key: str | None = None  # cluster-wide identity of a broadcast made while handling a forwarded event
     source: str = "client"  # who broadcasts: "client", "topic" or "app" (part of the cluster-wide key)
 

@@ -5,16 +5,23 @@ A registration is one (URI, match policy) pair, whichever callees share it: ever
 registration id (as subscriptions do in the broker). A called URI finds at most one registration, by the
 spec's precedence: the exact one, else the longest matching prefix, else the wildcard pattern with the
 longest run of literal parts before each wildcard (``_wildcard_rank``).
+
+A registration's id is derived from its (URI, match policy), as a subscription's is (in another hash
+domain), so that every node of a cluster gives the same registration the same id: the registration meta
+API (``wamp.registration.get``, ``list_callees``...) then names one registration cluster-wide.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from autobahn.util import rid
 
+from ._ids import MAX_ID
 from ._subscriptions import EXACT, PREFIX, WILDCARD, prefixed, wildcard_fits
 
 if TYPE_CHECKING:
@@ -30,6 +37,7 @@ __all__ = [
     "SINGLE",
     "Registration",
     "RegistrationTable",
+    "registration_id_for",
 ]
 
 SINGLE = "single"
@@ -39,6 +47,13 @@ FIRST = "first"
 LAST = "last"
 INVOKE_POLICIES = frozenset({SINGLE, ROUNDROBIN, RANDOM, FIRST, LAST})
 MATCH_POLICIES = frozenset({EXACT, PREFIX, WILDCARD})
+
+
+def registration_id_for(uri: str, match: str) -> int:
+    """The id every node gives the registration of ``uri`` with the ``match`` policy (never a
+    subscription's id for the same pair: the hash input differs)."""
+    digest = hashlib.sha256(f"registration\0{match}\0{uri}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % MAX_ID + 1
 
 
 class Registration:
@@ -52,6 +67,7 @@ class Registration:
         "invoke",
         "function",
         "callees",
+        "created",
         "_next",
         "_turning",
         "_parts",
@@ -65,12 +81,14 @@ class Registration:
         invoke: str = SINGLE,
         function: Callable[..., Any] | None = None,
     ) -> None:
-        self.id: int = rid()
+        self.id: int = registration_id_for(uri, match)
         self.uri = uri
         self.match = match
         self.invoke = invoke
         self.function = function
         self.callees: list[Callee] = []
+        # when this node made it, or first learned of it from the cluster (seconds since the epoch)
+        self.created = time.time()
         self._next = 0  # roundrobin: the index of the next callee
         self._turning = False  # roundrobin: a call was made (until then the first callee is next)
         self._parts: tuple[str, ...] = tuple(uri.split(".")) if match == WILDCARD else ()
@@ -183,7 +201,7 @@ class RegistrationTable:
 
     def add(self, registration: Registration) -> None:
         """Add a registration (its (URI, match policy) has none yet); its id is made unique here."""
-        while registration.id in self._by_id:  # vanishingly rare, but ids must be unique
+        while registration.id in self._by_id:  # a hash collision (1 in 2**53): unique here still
             registration.id = rid()
         self._table(registration.uri, registration.match, create=True)[registration.uri] = registration
         self._by_id[registration.id] = registration

@@ -36,10 +36,15 @@ from ._errors import (
     PROCEDURE_ALREADY_EXISTS,
     WampError,
 )
+from ._history import HistoryRules, recordable
 from ._limits import Limits
 from ._login import MemorySessionStore
 from ._meta import (
     META_TOPICS,
+    REGISTRATION_ON_CREATE,
+    REGISTRATION_ON_DELETE,
+    REGISTRATION_ON_REGISTER,
+    REGISTRATION_ON_UNREGISTER,
     SESSION_ON_JOIN,
     SESSION_ON_LEAVE,
     SUBSCRIPTION_ON_CREATE,
@@ -48,6 +53,7 @@ from ._meta import (
     SUBSCRIPTION_ON_UNSUBSCRIBE,
     member,
     meta_procedures,
+    registration_details,
     session_info,
     subscription_info,
 )
@@ -55,6 +61,7 @@ from ._publication import Publication
 from ._ratelimit import SessionRates
 from ._registrations import SINGLE
 from ._session import Session, Transport
+from ._store import EventStore, MemoryStore, StoredEvent
 from ._subscriptions import EXACT, Subscription, subscription_id_for
 
 if TYPE_CHECKING:
@@ -96,8 +103,11 @@ class Router:
         self._cluster: Cluster = cluster if cluster is not None else LocalCluster()
         self.limits = Limits()  # the app's limits (rates here; sizes and buffers on the transport)
         self.clock = time.monotonic  # seconds, for the rate limits (tests inject a fake clock)
+        self.wall_clock = time.time  # when a retained event or a history entry was taken in
         self.authorization = Authorization(self, topics)
         self.dealer.meta.update(meta_procedures(self))
+        self.history_rules = HistoryRules(topics)  # which topics keep their last events
+        self._memory_store = MemoryStore()  # retained events and history while no cluster keeps them
         self._meta_listening = False  # whether this node has subscribers of meta topics (told to the cluster)
         # Called once a publication was delivered to the local subscribers (and handed to the bus): see
         # on_delivered.
@@ -117,6 +127,12 @@ class Router:
         """Reach the other nodes through ``cluster`` from now on (``None``: this node is on its own). A bus
         does it while it runs (``RedisBus.startService`` / ``stopService``)."""
         self._cluster = cluster if cluster is not None else LocalCluster()
+
+    @property
+    def store(self) -> EventStore:
+        """Where retained events and event history are kept: the cluster's store (Redis), else this
+        process's memory."""
+        return self._cluster.store or self._memory_store
 
     def on_delivered(self, hook: Callable[[], None]) -> None:
         """Call ``hook`` once each publication was delivered to the local subscribers (and handed to the bus):
@@ -166,6 +182,8 @@ class Router:
         cluster = self._cluster
         for registration in self.dealer.session_lost(session):
             cluster.released(registration, session)
+            if self._meta_listening:
+                self._callees_left(registration, [session])
         if joined:
             cluster.left(session)
             # after the on_unsubscribe events, which may wait for the cluster's answer
@@ -219,6 +237,8 @@ class Router:
                 self.broker.unsubscribe(session, subscription.id)
                 raise
         session.send_message(message.Subscribed(msg.request, subscription.id))
+        if msg.get_retained:
+            self._send_retained(session, subscription)
         if topics is not None:
             topics.subscribed(session, msg.topic)
         if added:
@@ -424,17 +444,83 @@ class Router:
         activity.publications += 1
         activity.events += delivered
         cluster.announce(publication)
+        if publication.retain or self.history_rules.active:
+            self._keep(publication, publication.key is not None)
         self.delivered()
         return delivered
 
-    def deliver_remote(self, publication: Publication) -> int:
-        """A publication another node delivered and announced: to the local subscribers only."""
+    def deliver_remote(self, publication: Publication, produced: bool = False) -> int:
+        """A publication another node delivered and announced: to the local subscribers only.
+        ``produced``: an outside producer sent it to every node (then this node keeps it too, where a
+        retained event or a history is due: the store keeps one copy)."""
         delivered = self.broker.deliver(publication, self.limits.max_events_per_publication)
         activity = self.activity
         activity.remote_publications += 1
         activity.events += delivered
+        if produced and (publication.retain or self.history_rules.active):
+            self._keep(publication, True)
         self.delivered()
         return delivered
+
+    # retained events and history
+
+    def _keep(self, publication: Publication, shared: bool) -> None:
+        """Store a publication as its topic's retained event and/or in its history, as due."""
+        now = self.wall_clock()
+        store = self.store
+        limits = self.limits
+        if publication.retain:
+            store.retain(publication, now, limits.max_retained_topics)
+        limit = self.history_rules.limit_for(publication.topic) if self.history_rules.active else 0
+        if limit and recordable(publication):
+            store.record(publication, limit, now, shared, limits.max_history_topics)
+
+    def retained_payload(self, uri: str) -> Deferred[Any]:
+        """The first argument of ``uri``'s retained event (``None`` when it has none)."""
+        found = self.store.retained(uri, EXACT)
+        return found.addCallback(lambda events: events[0].publication.payload if events else None)
+
+    def _send_retained(self, session: Session, subscription: Subscription) -> None:
+        """After SUBSCRIBED with ``get_retained``: the retained events the subscription covers, each as an
+        EVENT with ``retained`` set, where the event's delivery rules admit the session."""
+        found = self.store.retained(subscription.uri, subscription.match)
+        found.addCallback(self._deliver_retained, session, subscription)
+        found.addErrback(
+            lambda failure: log.warn(
+                "the retained events of {uri} could not be read for session {session_id}: {error}",
+                uri=subscription.uri,
+                session_id=session.id,
+                error=failure.getErrorMessage(),
+            )
+        )
+
+    def _deliver_retained(
+        self, events: list[StoredEvent], session: Session, subscription: Subscription
+    ) -> None:
+        if session not in subscription.sessions:  # gone, or unsubscribed, while the store answered
+            return
+        exact = subscription.match == EXACT
+        gate = None if exact else self.broker.gate
+        for event in events:
+            publication = event.publication
+            if not publication.admits(session):
+                continue
+            if gate is not None and not gate(session, publication.topic):
+                continue
+            disclose = publication.disclose_me and publication.publisher is not None
+            session.send_message(
+                message.Event(
+                    subscription.id,
+                    publication.id,
+                    args=list(publication.args) if publication.args is not None else None,
+                    kwargs=publication.kwargs,
+                    topic=None if exact else publication.topic,
+                    publisher=publication.publisher if disclose else None,
+                    publisher_authid=publication.publisher_authid if disclose else None,
+                    publisher_authrole=publication.publisher_authrole if disclose else None,
+                    retained=True,
+                )
+            )
 
     def register(self, session: Session, msg: message.Register) -> Deferred[None] | None:
         """Register a client callee (if authorized) with the message's match and invocation policies,
@@ -480,10 +566,15 @@ class Router:
         """End one of a session's registrations (``no_such_registration`` if it holds none such)."""
         registration = self.dealer.unregister(session, registration_id)
         self._cluster.released(registration, session)
+        if self._meta_listening:
+            self._callees_left(registration, [session])
 
     def _register(self, session: Session, msg: message.Register) -> None:
         self._check_registration_room(session)  # again, after an asynchronous authorization
-        registration = self.dealer.register(session, msg.procedure, msg.match or EXACT, msg.invoke or SINGLE)
+        uri, match = msg.procedure, msg.match or EXACT
+        created = self._meta_listening and self.dealer.registration(uri, match) is None
+        registration = self.dealer.register(session, uri, match, msg.invoke or SINGLE)
+        told = False  # whether the meta events of this callee were published
 
         def claimed(ok: bool) -> None:
             if ok:
@@ -491,6 +582,8 @@ class Router:
                 return
             if not self.dealer.withdraw(registration, session):
                 return  # the session left meanwhile, and its leaving removed the registration already
+            if told and self._meta_listening:
+                self._callees_left(registration, [session])
             session.send_message(
                 message.Error(
                     message.Register.MESSAGE_TYPE,
@@ -501,6 +594,10 @@ class Router:
             )
 
         self._cluster.claim(registration, session).addCallback(claimed)
+        # after REGISTERED when the claim was answered at once; else now (calls made here reach it now)
+        if self._meta_listening and session in registration.callees:
+            told = True
+            self._callees_joined(registration, [session], created)
 
     # what the cluster tells about registrations and calls on other nodes
 
@@ -512,8 +609,63 @@ class Router:
     def arrange_registration(
         self, uri: str, match: str, invoke: str | None, order: list[Callee | int]
     ) -> None:
-        """The cluster's view of the registration (``uri``, ``match``): see ``Dealer.arrange``."""
-        self.dealer.arrange(uri, match, invoke, order)
+        """The cluster's view of the registration (``uri``, ``match``): see ``Dealer.arrange``. The changes
+        of this node's view make the registration meta events of the other nodes' callees here."""
+        dealer = self.dealer
+        if not self._meta_listening:
+            dealer.arrange(uri, match, invoke, order)
+            return
+        before = dealer.registration(uri, match)
+        was = _client_callees(before)
+        dealer.arrange(uri, match, invoke, order)
+        after = dealer.registration(uri, match)
+        now = _client_callees(after)
+        if before is not None:
+            kept = set(now)
+            gone = [callee for callee in was if callee not in kept]
+            if gone:
+                self._callees_left(before, gone)
+        if after is not None:
+            known = set(was)
+            came = [callee for callee in now if callee not in known]
+            if came:
+                self._callees_joined(after, came, created=not was)
+
+    # the registration meta events: each node's own, from the changes of its view of the cluster's
+
+    def _callees_joined(self, registration: Registration, callees: list[Callee], created: bool) -> None:
+        """Callees were added to a registration of this node's view (``created``: it was not in it)."""
+        about = (registration.uri, registration.match)
+        if created:
+            details = registration_details(registration)
+            self._registration_event(REGISTRATION_ON_CREATE, [callees[0].id, details], about)
+        for callee in callees:
+            self._registration_event(REGISTRATION_ON_REGISTER, [callee.id, registration.id], about)
+
+    def _callees_left(self, registration: Registration, callees: list[Callee]) -> None:
+        """Callees were removed from a registration of this node's view (gone from it when it has no
+        callee left)."""
+        about = (registration.uri, registration.match)
+        for callee in callees:
+            self._registration_event(REGISTRATION_ON_UNREGISTER, [callee.id, registration.id], about)
+        if not registration.callees:
+            self._registration_event(REGISTRATION_ON_DELETE, [callees[-1].id, registration.id], about)
+
+    def _registration_event(self, topic: str, args: list[Any], about: tuple[str, str]) -> None:
+        """Deliver a registration meta event to this node's meta subscribers that may call the procedure
+        (``about``: its URI and match policy) themselves; never to the other nodes, which make their own."""
+        may_see = None
+        authorization = self.authorization
+        if authorization.authorizer is not None:
+            uri, match = about
+            allows = authorization.allows_call
+
+            def may_see(session: Session) -> bool:
+                return allows(session, uri, match)
+
+        delivered = self.broker.deliver_meta(Publication(topic, args, source="router"), may_see)
+        self.activity.events += delivered
+        self.delivered()
 
     def call_from_cluster(self, call: Call, uri: str, match: str, callee: int | None) -> None:
         """A call another node routed to this node's client callee ``callee`` (a session id) of the
@@ -564,6 +716,14 @@ class Router:
 
 def _nothing() -> None:
     pass
+
+
+def _client_callees(registration: Registration | None) -> list[Callee]:
+    """A registration's callees as the registration meta API tells of them (the app's procedures have
+    none)."""
+    if registration is None or registration.function is not None:
+        return []
+    return list(registration.callees)
 
 
 def _log_failure(failure: Any, what: str) -> None:

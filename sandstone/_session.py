@@ -57,6 +57,8 @@ ROUTER_ROLES = {
         publisher_exclusion=True,
         session_meta_api=True,
         subscription_meta_api=True,
+        event_retention=True,
+        event_history=True,
     ),
     "dealer": role.RoleDealerFeatures(
         caller_identification=True,
@@ -66,6 +68,7 @@ ROUTER_ROLES = {
         pattern_based_registration=True,
         shared_registration=True,
         session_meta_api=True,
+        registration_meta_api=True,
     ),
 }
 
@@ -481,6 +484,7 @@ class Session:
             eligible=optional_set(msg.eligible),
             eligible_authid=optional_set(msg.eligible_authid),
             eligible_authrole=optional_set(msg.eligible_authrole),
+            retain=msg.retain is True,
         )
 
     def _on_register(self, msg: message.Register) -> None:

@@ -23,6 +23,7 @@ from twisted.python import usage
 from twisted.python.components import Componentized
 
 from sandstone._app import Sandstone
+from sandstone._history import parse_history_option
 from sandstone._limits import Limits
 from sandstone._logging import daemon_notice, level_filter, twistd_log_observer, use_log_observer
 
@@ -187,6 +188,21 @@ _LIMIT_OPTIONS: dict[str, tuple[str, type, str]] = {
         "Registrations of a session; beyond it REGISTER gets sandstone.error.limit_exceeded.",
     ),
     "max-call-timeout": ("max_call_timeout", float, "Seconds: the longest CALL timeout (0: no cap)."),
+    "max-retained-topics": (
+        "max_retained_topics",
+        int,
+        "Topics keeping a retained event; beyond it the least recently retained to is forgotten.",
+    ),
+    "max-history-topics": (
+        "max_history_topics",
+        int,
+        "Topics keeping an event history; beyond it the least recently written is forgotten.",
+    ),
+    "max-history-events": (
+        "max_history_events",
+        int,
+        "Events one wamp.subscription.get_events answer holds at most.",
+    ),
     "subscribe-rate": (
         "subscribe_rate",
         float,
@@ -221,6 +237,12 @@ def _configured_app(spec: str | None, options: Any) -> Sandstone:
     if options.get("cryptosign-principals") is not None:
         _use_cryptosign_principals(app, options["cryptosign-principals"], open_router=spec is None)
     _use_http_bridge(app, options)
+    for rule in options.get("history") or ():
+        try:
+            uri, match, limit = parse_history_option(rule)
+        except ValueError as err:
+            raise usage.UsageError(str(err)) from None
+        app.history(uri, match=match, limit=limit)
     return app
 
 
@@ -697,6 +719,16 @@ class Options(usage.Options):
                 f"--listen {self['listen']!r} is not a valid server endpoint: "
                 f"{type(err).__name__}: {_one_line(str(err))}"
             ) from None
+
+    def opt_history(self, rule: str) -> None:
+        """Keep the last N events of each topic URI=N names, for wamp.subscription.get_events
+        (prefix:URI=N or wildcard:URI=N for the topics a pattern covers); repeat for several.
+        Default: none (an app's Topics declare their own)."""
+        try:
+            parse_history_option(rule)
+        except ValueError as err:
+            raise usage.UsageError(str(err)) from None
+        self.setdefault("history", []).append(rule)
 
     def opt_rawsocket(self, endpoint: str) -> None:
         """Also serve WAMP over RawSocket (JSON, MessagePack, CBOR) on this Twisted server endpoint, e.g.

@@ -122,11 +122,15 @@ class Topic:
         *,
         exclude: Iterable[Session | int] = (),
         eligible: Iterable[Session | int] | None = None,
+        retain: bool = False,
     ) -> int:
         """Send ``payload`` as the first argument of an EVENT to every subscriber of this URI
         (pattern subscriptions included), except ``exclude`` and, when given, only ``eligible``.
         Returns the publication id. A payload not every WAMP serializer can carry alike (a datetime, a
         set, a dict with integer keys...) raises ``TypeError`` saying where, and nothing is sent.
+
+        ``retain=True`` keeps it as this URI's retained event: a later subscriber asking for it
+        (``get_retained``) gets it at once, if ``exclude``/``eligible`` admit it.
         """
         require_carried(payload, "broadcast on", self.uri)
         publication = Publication(
@@ -134,6 +138,7 @@ class Topic:
             args=[payload],
             exclude=session_ids(exclude) or None,
             eligible=session_ids(eligible),
+            retain=retain,
             source="topic",
         )
         self._require_router().publish(publication)
@@ -144,6 +149,11 @@ class Topic:
         every WAMP serializer can carry raises ``TypeError``, as in ``broadcast``."""
         require_carried(payload, "send on", self.uri)
         return self._require_router().send(session, self.uri, [payload], None)
+
+    def retained(self) -> Deferred[Any]:
+        """The payload of this URI's retained event (``None`` when it has none):
+        ``await self.retained()``."""
+        return self._require_router().retained_payload(self.uri)
 
     def presence(self) -> Deferred[list[Member]]:
         """Every exact subscriber of this URI in the cluster (this node's first, in the order they
@@ -197,10 +207,18 @@ class TopicHost:
         self._busy: dict[str, int] = {}
         self.router: Router | None = None
         self.guarded = False  # some declared topic may refuse subscribers (``may_subscribe``)
+        self._history: dict[str, int] = {}  # pattern text -> events each concrete topic keeps
 
-    def declare(self, pattern: TopicPattern, factory: TopicFactory) -> None:
-        """Declare a topic pattern served by ``factory(uri, args)``."""
+    def declare(self, pattern: TopicPattern, factory: TopicFactory, history: int = 0) -> None:
+        """Declare a topic pattern served by ``factory(uri, args)``; each concrete topic keeps its last
+        ``history`` events (0: none)."""
+        if type(history) is not int or history < 0:
+            raise ValueError(f"history is a number of events (0: none), not {history!r}")
         self.routes.add(pattern, factory)
+        if history:
+            self._history[pattern.pattern] = history
+            if self.router is not None:
+                self.router.history_rules.changed()
         if _may_define(factory, "may_subscribe") and not self.guarded:
             self.guarded = True
             if self.router is not None:
@@ -230,6 +248,18 @@ class TopicHost:
     def has_route(self, uri: str) -> bool:
         """Whether a declared pattern matches ``uri``."""
         return self.routes.resolve(uri) is not None
+
+    @property
+    def keeps_history(self) -> bool:
+        """Whether some declared topic keeps a history."""
+        return bool(self._history)
+
+    def history_for(self, uri: str) -> int:
+        """How many events the topic declared for ``uri`` keeps (0: none, or no topic is declared)."""
+        if not self._history:
+            return 0
+        resolved = self.routes.resolve(uri)
+        return 0 if resolved is None else self._history.get(resolved[0].pattern, 0)
 
     def get(self, uri: str) -> Topic | None:
         """The live instance for ``uri``, if any."""

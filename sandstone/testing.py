@@ -93,6 +93,8 @@ class Event:
     """The concrete topic URI (``details.topic``), for prefix and wildcard subscriptions; else ``None``."""
     publisher: int | None
     """The publisher's session id when it was disclosed (``disclose_me``), else ``None``."""
+    retained: bool = False
+    """Whether it is the topic's retained event, sent on subscribing with ``get_retained``."""
 
     @property
     def payload(self) -> Any:
@@ -236,9 +238,12 @@ class TestSession:
 
     # pub/sub
 
-    def subscribe(self, topic: str, *, match: str = "exact") -> TestSubscription:
-        """Subscribe; returns the subscription, whose ``events`` fill up as events arrive."""
-        options = {} if match == "exact" else {"match": match}
+    def subscribe(self, topic: str, *, match: str = "exact", get_retained: bool = False) -> TestSubscription:
+        """Subscribe; returns the subscription, whose ``events`` fill up as events arrive. With
+        ``get_retained`` the topic's retained event comes first (``Event.retained``)."""
+        options: dict[str, Any] = {} if match == "exact" else {"match": match}
+        if get_retained:
+            options["get_retained"] = True
         request = next(self._requests)
         self._subscribing[request] = (topic, match)
         subscription: TestSubscription = self._result(
@@ -260,14 +265,17 @@ class TestSession:
         exclude: Iterable[int] | None = None,
         eligible: Iterable[int] | None = None,
         disclose_me: bool | None = None,
+        retain: bool | None = None,
         **kwargs: Any,
     ) -> int | None:
-        """Publish; with ``acknowledge`` returns the publication id or raises ``ApplicationError``."""
+        """Publish; with ``acknowledge`` returns the publication id or raises ``ApplicationError``.
+        ``retain`` keeps it as the topic's retained event."""
         options: dict[str, Any] = {}
         for name, value in (
             ("acknowledge", acknowledge or None),
             ("exclude_me", exclude_me),
             ("disclose_me", disclose_me),
+            ("retain", retain),
         ):
             if value is not None:
                 options[name] = value
@@ -414,7 +422,14 @@ class TestSession:
         subscription = self._subscriptions.get(msg.subscription)
         if subscription is not None:
             subscription.events.append(
-                Event(list(msg.args or []), dict(msg.kwargs or {}), msg.publication, msg.topic, msg.publisher)
+                Event(
+                    list(msg.args or []),
+                    dict(msg.kwargs or {}),
+                    msg.publication,
+                    msg.topic,
+                    msg.publisher,
+                    msg.retained is True,
+                )
             )
 
     def _on_invocation(self, msg: message.Invocation) -> None:

@@ -473,7 +473,7 @@ class ReservedTests(SynchronousTestCase):
         alice = self.alice
         for attempt in (
             lambda: alice.subscribe("wamp.session.on_kill"),  # not a meta topic
-            lambda: alice.subscribe("wamp.registration.on_create"),  # not (yet) one
+            lambda: alice.subscribe("wamp.registration.on_kill"),  # nor this
             lambda: alice.publish("wamp.session.on_join", acknowledge=True),
             lambda: alice.register("wamp.session.kill", lambda: None),
         ):

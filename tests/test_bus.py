@@ -316,7 +316,7 @@ class ReceivedTests(SynchronousTestCase):
         self.assertEqual(self.reader.payloads, [])
 
     def test_a_message_that_breaks_its_handler_is_counted_and_logged_as_an_error(self) -> None:
-        def broken(event: Any) -> None:
+        def broken(event: Any, produced: bool = False) -> None:
             raise KeyError("a bug")
 
         self.patch(self.bus.router, "deliver_remote", broken)

@@ -709,9 +709,9 @@ class WelcomeFeaturesTests(ClientCalleeTestCase):
             "call_canceling",
             "progressive_call_results",
             "caller_identification",
+            "registration_meta_api",
         ):
             self.assertTrue(getattr(dealer, feature), feature)
-        self.assertFalse(dealer.registration_meta_api)
 
 
 class _Caller:

@@ -120,7 +120,7 @@ class RefusalTests(AuthorizationTestCase):
         self.assertIn("reserved", error.args[0])
         await alice.subscribe(lambda *a: None, "wamp.session.on_join")  # a meta topic
         await self.refused(alice.register(lambda: None, "wamp.session.kill"), "wamp.error.invalid_uri")
-        await self.refused(alice.call("wamp.registration.list"), "wamp.error.invalid_uri")
+        await self.refused(alice.call("wamp.registration.kill"), "wamp.error.invalid_uri")
         self.assertEqual(await alice.call("wamp.session.count"), 2)
         self.assertEqual(
             sorted(await alice.call("wamp.session.list")), sorted([alice._session_id, bob._session_id])

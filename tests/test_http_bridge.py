@@ -187,10 +187,18 @@ class PublisherTests(BridgeTestCase):
         self.assertEqual([e.payload for e in self.events], [2, 3, 4])
 
     def test_crossbar_options_without_meaning_are_ignored(self) -> None:
-        options = {"exclude_me": False, "retain": True, "forward_for": [{"session": 1}], "acknowledge": True}
+        options = {"exclude_me": False, "forward_for": [{"session": 1}], "acknowledge": True}
         response = self.post("/publish", {"topic": "com.example.a", "args": [1], "options": options})
         self.assertEqual(response.code, 200)
         self.assertEqual(len(self.events), 1)
+
+    def test_retain(self) -> None:
+        response = self.post("/publish", {"topic": "com.example.a", "args": [1], "options": {"retain": True}})
+        self.assertEqual(response.code, 200)
+        self.assertEqual(self.successResultOf(self.app.retained("com.example.a")), 1)
+        document = {"topic": "com.example.a", "args": [2], "options": {"retain": "yes"}}
+        response = self.post("/publish", document)
+        self.assert_error(response, 400, "sandstone.error.bad_request", "'retain' must be true or false")
 
     def test_reserved_uri_refused(self) -> None:
         response = self.post("/publish", {"topic": "wamp.session.on_join", "args": [1]})
@@ -652,7 +660,7 @@ class CallerTests(BridgeTestCase):
         self.assert_error(response, 400, "wamp.error.invalid_argument", "com.example.add2")
 
     def test_reserved_procedure(self) -> None:
-        response = self.post("/call", {"procedure": "wamp.registration.list"})
+        response = self.post("/call", {"procedure": "wamp.registration.kill"})
         self.assert_error(response, 400, "wamp.error.invalid_uri", "reserved")
 
     def test_callee_leaving_is_502(self) -> None:

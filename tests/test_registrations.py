@@ -7,6 +7,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from sandstone import _registrations
 from sandstone._registrations import (
     FIRST,
     LAST,
@@ -15,7 +16,9 @@ from sandstone._registrations import (
     SINGLE,
     Registration,
     RegistrationTable,
+    registration_id_for,
 )
+from sandstone._subscriptions import EXACT, PREFIX, subscription_id_for
 
 
 class _Callee:
@@ -167,3 +170,28 @@ class PolicyTests(SynchronousTestCase):
         counts = Counter(picks(registration, 600))
         self.assertEqual(set(counts), {"a", "b", "c"})
         self.assertTrue(all(count > 100 for count in counts.values()), counts)
+
+
+class IdTests(SynchronousTestCase):
+    """A registration's id derives from its (URI, match policy): every node names it alike."""
+
+    def test_ids_derive_from_uri_and_match_policy(self) -> None:
+        first, again = Registration("a.b"), Registration("a.b", invoke=ROUNDROBIN)  # another node's
+        prefix = Registration("a.b", PREFIX)
+        self.assertEqual(first.id, again.id)
+        self.assertEqual(first.id, registration_id_for("a.b", EXACT))
+        self.assertNotEqual(first.id, prefix.id)
+        self.assertNotEqual(first.id, subscription_id_for("a.b", EXACT))  # another hash domain
+        self.assertTrue(1 <= first.id <= 2**53)
+
+    def test_colliding_id_is_drawn_again(self) -> None:
+        drawn = iter([8])
+        self.patch(_registrations, "registration_id_for", lambda uri, match: 7)
+        self.patch(_registrations, "rid", lambda: next(drawn))
+        table = RegistrationTable()
+        first, second = Registration("a"), Registration("b")
+        table.add(first)
+        table.add(second)
+        self.assertEqual((first.id, second.id), (7, 8))
+        self.assertIs(table.by_id(7), first)
+        self.assertIs(table.by_id(8), second)
