@@ -618,6 +618,7 @@ class RedisBus(Service):
         if cluster_secret is None:
             cluster_secret = os.environ.get(CLUSTER_SECRET_ENV)
         self._signer = Signer(cluster_secret) if cluster_secret else None
+        self._reactor = reactor
         self._set_channels()
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_ttl = heartbeat_ttl
@@ -706,8 +707,19 @@ class RedisBus(Service):
         }
         #: Retained events and event history, in Redis (``_redis_store.py``).
         self.store = RedisStore(
-            self._command, self.channels.base, self.node_id, self.router.history_rules.limit_for
+            self._command,
+            self.channels.base,
+            self.node_id,
+            self.router.history_rules.limit_for,
+            self._reactor,
+            self._announced_as,
         )
+        self._last_announced: tuple[Publication | None, bytes] = (None, b"")
+
+    def _announced_as(self, publication: Publication) -> bytes | None:
+        """The delivery message ``announce`` just made of ``publication`` (the store keeps the same)."""
+        last, payload = self._last_announced
+        return payload if last is publication else None
 
     def startService(self) -> None:
         super().startService()
@@ -816,6 +828,7 @@ class RedisBus(Service):
         disconnect."""
         super().stopService()
         self._flush_state()  # the last changes of this node's sessions, before it leaves
+        self.store.flush()  # and the last history entries
         self._cancel_slow_start()
         if self._heartbeat.running:
             self._heartbeat.stop()
@@ -1107,6 +1120,7 @@ class RedisBus(Service):
                 reason=exc,
             )
             return
+        self._last_announced = (publication, payload)
         self._publish_internal(self.channels.peers, payload, publication.key)
 
     # events

@@ -428,10 +428,13 @@ def encode_event(origin: str, event_id: str, name: str, data: Any) -> bytes:
     return _dumps(message, f"data of event {name!r}")
 
 
-def encode_delivery(origin: str, publication: Publication, key: str | None = None) -> bytes:
+def encode_delivery(
+    origin: str, publication: Publication, key: str | None = None, *, checked: bool = True
+) -> bytes:
     """A delivery message: ``publication`` broadcast on every node. Options at their defaults are left out.
 
-    ``key`` (a dedupe key) defaults to the publication's own ``key`` attribute when it has one.
+    ``key`` (a dedupe key) defaults to the publication's own ``key`` attribute when it has one. ``checked``:
+    check each field (a caller whose publication passed ``payload_problem`` already may skip it).
     """
     p = publication
     message: dict[str, Any] = {
@@ -460,8 +463,9 @@ def encode_delivery(origin: str, publication: Publication, key: str | None = Non
         message["exclude_me"] = False
     if p.disclose_me:
         message["disclose_me"] = True
-    for name, check in _DELIVERY_FIELDS.items():
-        _encoding_check(check, message, name)
+    if checked:
+        for name, check in _DELIVERY_FIELDS.items():
+            _encoding_check(check, message, name)
     return _dumps(message, f"publication to {p.topic!r}")
 
 

@@ -5,14 +5,16 @@ Keys (``B`` is the bus's channel base, e.g. ``sandstone:realm1``):
 - ``B:retained`` — hash, topic → ``<ms> <publication>``: each topic's retained event, with when it was
   retained (milliseconds since the epoch) and the publication as a bus delivery message (its arguments and
   delivery rules); ``B:retained:topics`` — sorted set of those topics by that time, which bounds them.
-- ``B:history:<topic>`` — a Redis Stream per topic, ``XADD ... MAXLEN ~ N``: fields ``p`` (publication id)
+- ``B:history:t:<topic>`` — a Redis Stream per topic, ``XADD ... MAXLEN ~ N``: fields ``p`` (publication id)
   and ``d`` (the publication as a delivery message); the entry id gives the time and the one order every
   node reads. ``B:history:topics`` — sorted set of the topics with a stream, by last write, which bounds them.
 - ``B:history:seen:<topic>:<publication>`` — a short-lived marker so that a publication every node records
   (a keyed broadcast, an outside producer's delivery) is stored once.
 
-Each write is one script on the bus's command connection; each read one script (two for pattern
-subscriptions: the topics first). The bounds are applied by the scripts, so Redis holds at most the
+Retaining is one script on the bus's command connection; the history entries of one reactor turn go in one
+script (at most ``RECORD_BATCH``), which keeps a busy topic's cost per publication low; a read of the history
+sends them first, so a reader sees every publication made before it asked. Each read is one script (two for
+pattern subscriptions: the topics first). The bounds are applied by the scripts, so Redis holds at most the
 configured number of topics and about ``N`` events per stream.
 """
 
@@ -22,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from ._envelope import DeliveryMessage, EnvelopeError, decode, encode_delivery
@@ -35,6 +38,8 @@ log = Logger()
 
 #: How long a "seen" marker of a shared publication lives (ms): longer than any node takes to record it.
 SEEN_MS = 120_000
+#: History entries sent to Redis in one script at most.
+RECORD_BATCH = 500
 
 _RETAIN = """
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ' ' .. ARGV[3])
@@ -47,18 +52,29 @@ end
 return 1
 """
 
+# ARGV: the streams' key prefix, the seen markers' life (ms), the bound on topics (0: none), then five values
+# per entry: topic, publication id, delivery message, events kept, shared ("1": store once, whoever sends it).
 _RECORD = """
-if ARGV[6] == '1' and not redis.call('SET', KEYS[3], '1', 'NX', 'PX', ARGV[8]) then
-  return 0
+local prefix, seen_ms, max_topics = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local stored = 0
+for i = 4, #ARGV, 5 do
+  local topic, id = ARGV[i], ARGV[i + 1]
+  local seen = prefix .. 'seen:' .. topic .. ':' .. id
+  if ARGV[i + 4] == '0' or redis.call('SET', seen, '1', 'NX', 'PX', seen_ms) then
+    local stream = prefix .. 't:' .. topic
+    local entry = redis.call('XADD', stream, 'MAXLEN', '~', ARGV[i + 3], '*', 'p', id, 'd', ARGV[i + 2])
+    redis.call('ZADD', KEYS[1], tonumber(string.match(entry, '^(%d+)')), topic)
+    stored = stored + 1
+  end
 end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 'p', ARGV[2], 'd', ARGV[3])
-redis.call('ZADD', KEYS[2], tonumber(string.match(id, '^(%d+)')), ARGV[1])
-local over = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[5])
-if tonumber(ARGV[5]) > 0 and over > 0 then
-  local old = redis.call('ZPOPMIN', KEYS[2], over)
-  for i = 1, #old, 2 do redis.call('DEL', ARGV[7] .. old[i]) end
+if max_topics > 0 then
+  local over = redis.call('ZCARD', KEYS[1]) - max_topics
+  if over > 0 then
+    local old = redis.call('ZPOPMIN', KEYS[1], over)
+    for j = 1, #old, 2 do redis.call('DEL', prefix .. 't:' .. old[j]) end
+  end
 end
-return 1
+return stored
 """
 
 # The last ARGV[i] entries of each stream KEYS[i], newest first.
@@ -82,10 +98,17 @@ class RedisStore:
         base: str,
         origin: str,
         limit_for: Callable[[str], int],
+        clock: IReactorTime,
+        announced: Callable[[Publication], bytes | None] = lambda publication: None,
     ) -> None:
         self._command = command
         self._origin = origin
         self._limit_for = limit_for
+        self._clock = clock
+        self._announced = announced
+        self._pending: list[str] = []  # history entries not sent yet, five values each
+        self._pending_bound = "0"
+        self._flush_call: IDelayedCall | None = None
         self.retained_key = f"{base}:retained"
         self.retained_topics_key = f"{base}:retained:topics"
         self.history_prefix = f"{base}:history:"
@@ -94,11 +117,16 @@ class RedisStore:
 
     def history_key(self, topic: str) -> str:
         """The stream of ``topic``'s history."""
-        return self.history_prefix + topic
+        return f"{self.history_prefix}t:{topic}"
 
     def _encoded(self, publication: Publication) -> str | None:
+        """The publication as a delivery message: the one the bus just announced, else encoded here (its
+        payload was checked when it came in)."""
+        announced = self._announced(publication)
+        if announced is not None:
+            return announced.decode("utf-8")
         try:
-            return encode_delivery(self._origin, publication).decode("utf-8")
+            return encode_delivery(self._origin, publication, checked=False).decode("utf-8")
         except (TypeError, ValueError) as exc:  # arguments JSON cannot carry (binary)
             if not self._unstorable_logged:
                 self._unstorable_logged = True
@@ -124,20 +152,30 @@ class RedisStore:
         encoded = self._encoded(publication)
         if encoded is None:
             return
-        topic = publication.topic
-        seen = f"{self.history_prefix}seen:{topic}:{publication.id}"
-        keys = [self.history_key(topic), self.history_topics_key, seen]
-        arguments = [
-            topic,
+        self._pending += [
+            publication.topic,
             str(publication.id),
             encoded,
             str(limit),
-            str(max(max_topics, 0)),
             "1" if shared else "0",
-            self.history_prefix,
-            str(SEEN_MS),
         ]
-        self._write("eval", _RECORD, keys, arguments, what=f"the history of {topic!r}")
+        self._pending_bound = str(max(max_topics, 0))
+        if len(self._pending) >= 5 * RECORD_BATCH:
+            self.flush()
+        elif self._flush_call is None:
+            self._flush_call = self._clock.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        """Send the history entries waiting for the end of the reactor turn."""
+        if self._flush_call is not None:
+            if self._flush_call.active():
+                self._flush_call.cancel()
+            self._flush_call = None
+        pending, self._pending = self._pending, []
+        if pending:
+            arguments = [self.history_prefix, str(SEEN_MS), self._pending_bound, *pending]
+            what = f"{len(pending) // 5} history entries"
+            self._write("eval", _RECORD, [self.history_topics_key], arguments, what=what)
 
     def _write(self, *command: Any, what: str) -> None:
         d = self._command(*command)
@@ -164,6 +202,7 @@ class RedisStore:
         return d.addCallback(read)
 
     def recorded(self, uri: str, match: str) -> Deferred[list[StoredEvent]]:
+        self.flush()  # the reader sees every publication made before it asked
         if match == EXACT:
             return self._read([uri])
         d = self._command("zrange", self.history_topics_key, 0, -1)

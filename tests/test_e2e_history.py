@@ -523,7 +523,7 @@ class HistoryOptionTests(ServerTestCase):
 class ClusterHistoryTests(ClusterTestCase):
     def stream_length(self, node: Node, topic: str) -> int:
         """XLEN of the topic's history stream in the test's Redis."""
-        return self.redis_client().xlen(f"{node.bus.channels.base}:history:{topic}")
+        return self.redis_client().xlen(f"{node.bus.channels.base}:history:t:{topic}")
 
     async def written(self, *nodes: Node) -> None:
         """Wait until the Redis commands each node sent so far are done (one connection answers in order): a
@@ -627,7 +627,7 @@ class ClusterHistoryTests(ClusterTestCase):
             await publish_all(publisher, topic, [topic])
             await self.written(a, b)
             await sleep(0.01)  # the topics are ordered by their last write's millisecond
-        self.assertEqual(redis.exists(f"{base}:history:chat/one"), 0)
+        self.assertEqual(redis.exists(f"{base}:history:t:chat/one"), 0)
         self.assertEqual(sorted(redis.zrange(f"{base}:history:topics", 0, -1)), ["chat/three", "chat/two"])
         reader = await self.connect_to(b)
         chat = (await reader.record("chat/", match="prefix")).id
