@@ -122,9 +122,10 @@ class Articles(Topic):
         )
 
 
-@app.topic("chat/{channel}")
+@app.topic("chat/{channel}", history=200)
 class Chat(Topic):
-    """A chat room per channel: a welcome for newcomers, messages relayed to the others."""
+    """A chat room per channel: a welcome for newcomers, messages relayed to the others; each channel keeps
+    its last 200 messages, for the pages that come back after losing their connection."""
 
     def on_subscribe(self, session: Session) -> None:
         self.send(session, f"Welcome on {self.args['channel']}")

@@ -197,5 +197,34 @@ class Server:
         self._log.close()
 
 
+class WebSocketCutter:
+    """Routes the WebSockets a browser context opens from then on through Playwright, so that a test can cut
+    them as a network drop would (no WAMP goodbye: the page retries) and refuse new ones until ``restore``.
+    Install it before the page opens its WebSocket (or reload the page)."""
+
+    def __init__(self, context: BrowserContext) -> None:
+        self.down = False
+        self._sockets: list[Any] = []
+        context.route_web_socket(lambda url: True, self._opened)
+
+    def _opened(self, socket: Any) -> None:
+        if self.down:
+            socket.close(code=4000, reason="the network is down (test)")
+            return
+        socket.connect_to_server()
+        self._sockets.append(socket)
+
+    def cut(self) -> None:
+        """Close every WebSocket (both ends) and refuse the next ones."""
+        self.down = True
+        sockets, self._sockets = self._sockets, []
+        for socket in sockets:
+            socket.close(code=4000, reason="the network is down (test)")
+
+    def restore(self) -> None:
+        """Let the page's next attempt connect."""
+        self.down = False
+
+
 if __name__ == "__main__":
     autobahn_js()

@@ -24,6 +24,7 @@ from tests.browser import (
     PAGES,
     AutobahnScript,
     Server,
+    WebSocketCutter,
     autobahn_js,
     launch,
     new_context,
@@ -220,6 +221,40 @@ class BlogPageTests(BrowserTestCase):
             )
             # the chat channel was joined again too
             self.expect(self.chat(page).filter(has_text="Welcome on general")).to_have_count(1)
+
+    def test_chat_catches_up_after_its_connection_was_down(self) -> None:
+        server = self.serve()
+        reader, writer = self.open_page(server), self.open_page(server)
+        cutter = WebSocketCutter(reader.context)
+        reader.reload()  # its WebSocket goes through the cutter from now on
+        self.expect(reader.locator("#connection")).to_have_text("Connected", timeout=TIMEOUT)
+        self.expect(self.chat(writer).filter(has_text="Welcome on general")).to_have_count(1, timeout=TIMEOUT)
+        self.expect(self.chat(reader).filter(has_text="Welcome on general")).to_have_count(1, timeout=TIMEOUT)
+
+        def send(text: str) -> None:
+            writer.get_by_label("Message").fill(text)
+            writer.get_by_role("button", name="Send").click()
+            self.expect(self.chat(writer).filter(has_text=text)).to_have_count(1, timeout=TIMEOUT)
+
+        send("before the drop")
+        self.expect(self.chat(reader).filter(has_text="before the drop")).to_have_count(1, timeout=TIMEOUT)
+        cutter.cut()
+        self.expect(reader.locator("#connection")).to_have_attribute("data-state", "closed", timeout=TIMEOUT)
+        send("while you were away")
+        send("and this too")
+        cutter.restore()
+        self.expect(reader.locator("#connection")).to_have_text("Connected", timeout=TIMEOUT)
+        send("after the drop")
+        self.expect(self.chat(reader).locator(".text")).to_have_text(
+            [
+                "Welcome on general",
+                "before the drop",
+                "while you were away",
+                "and this too",
+                "after the drop",
+            ],
+            timeout=TIMEOUT,
+        )
 
 
 class SensorsPageTests(BrowserTestCase):

@@ -1,5 +1,6 @@
 // The blog page: the articles over REST, the live notifications and the chat over WAMP (autobahn-js, through
-// live.connect from /common/live.js).
+// live.connect from /common/live.js). After a reconnection the chat asks the channel's history
+// (wamp.subscription.get_events) for the messages sent while the page was away.
 // Whatever people typed (titles, messages, channel names) goes into the page as text (textContent),
 // never as HTML.
 "use strict";
@@ -16,6 +17,11 @@
   let channel = "general"; // the chat channel joined, or to join once connected
   let chatSubscription = null;
   let joins = 0; // each join supersedes the ones before it
+  let shownChannel = null; // the channel whose messages the chat log shows
+  let chatLast = null; // the last message seen on it (a publication id): a catch-up starts after it
+  let chatQueue = null; // chat events arriving while the page catches up, or null
+  const chatSeen = new Set(); // publication ids shown: the live stream and the history overlap for a moment
+  const notices = new Set(); // the topic's own words shown (after a reconnection it says them again)
   let articles = new Map(); // id -> {id, title}
   let announced = null; // articles announced while the list loads, or null
 
@@ -28,8 +34,9 @@
     return node;
   }
 
-  function now() {
-    return element("time", null, new Date().toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" }));
+  function now(at) {
+    const time = (at || new Date()).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+    return element("time", null, time);
   }
 
   function show(id, text) {
@@ -136,9 +143,9 @@
 
   // --- chat (topics "chat/{channel}") --------------------------------------------------------------------
 
-  function chatLine(kind, name, text) {
+  function chatLine(kind, name, text, at) {
     const item = element("li", kind);
-    item.append(now());
+    item.append(now(at));
     if (name) item.append(element("span", "name", name));
     item.append(element("span", "text", text));
     const log = $("chat-log");
@@ -147,14 +154,57 @@
     log.scrollTop = log.scrollHeight;
   }
 
-  function onChat(args) {
+  function onChat(args, kwargs, details) {
+    if (chatQueue) chatQueue.push([args, details.publication]);
+    else showChat(args, details.publication);
+  }
+
+  function firstTime(publication) {
+    if (chatSeen.has(publication)) return false;
+    chatSeen.add(publication);
+    if (chatSeen.size > 10 * MAX_ITEMS) chatSeen.delete(chatSeen.values().next().value);
+    return true;
+  }
+
+  // One chat event, live (at: undefined) or from the channel's history (at: when it was published).
+  function showChat(args, publication, at) {
+    if (!firstTime(publication)) return;
     const payload = args && args.length ? args[0] : null;
     if (typeof payload === "string") {
-      chatLine("notice", null, payload); // the topic's own words, e.g. "Welcome on general"
-    } else if (payload && typeof payload.text === "string") {
-      chatLine("other", typeof payload.name === "string" ? payload.name : "someone", payload.text);
+      // the topic's own words, e.g. "Welcome on general": sent to this page only, kept in no history
+      if (!notices.has(payload)) chatLine("notice", null, payload, at);
+      notices.add(payload);
+      return;
+    }
+    chatLast = publication;
+    if (payload && typeof payload.text === "string") {
+      chatLine("other", typeof payload.name === "string" ? payload.name : "someone", payload.text, at);
     } else {
-      chatLine("other", "someone", JSON.stringify(args));
+      chatLine("other", "someone", JSON.stringify(args), at);
+    }
+  }
+
+  // After a reconnection: the messages published on the channel since the last one the page saw.
+  async function catchUp(current, subscription, mine) {
+    let after = chatLast;
+    for (let pages = 0; after !== null && pages < 10; pages++) {
+      let result;
+      try {
+        result = await current.call("wamp.subscription.get_events", [subscription.id], {
+          after_publication: after,
+          limit: 100,
+        });
+      } catch (error) {
+        if (mine === joins) show("chat-error", "Could not fetch the messages sent meanwhile: " + wampError(error));
+        return;
+      }
+      if (mine !== joins) return;
+      // with keyword results autobahn-js gives {args, kwargs}; a lone event would come as itself
+      const events = result && Array.isArray(result.args) ? result.args : result == null ? [] : [result];
+      const flags = (result && result.kwargs) || {};
+      if (flags.gap) chatLine("notice", null, "Messages sent while you were away may be missing.");
+      for (const event of events) showChat(event.args, event.publication, new Date(event.timestamp));
+      after = flags.more && events.length ? events[events.length - 1].publication : null;
     }
   }
 
@@ -165,7 +215,13 @@
     chatSubscription = null;
     channel = wanted;
     $("current-channel").textContent = wanted;
-    $("chat-log").replaceChildren();
+    if (wanted !== shownChannel) {
+      shownChannel = wanted;
+      $("chat-log").replaceChildren();
+      chatLast = null;
+      chatSeen.clear();
+      notices.clear();
+    }
     if (!current) return; // joined when the connection opens
     if (previous) {
       try {
@@ -174,6 +230,7 @@
         // the session may be closing; its subscriptions go with it
       }
     }
+    chatQueue = [];
     try {
       const subscription = await current.subscribe("chat/" + wanted, onChat);
       if (mine !== joins || current !== session) {
@@ -181,8 +238,15 @@
         return;
       }
       chatSubscription = subscription;
+      await catchUp(current, subscription, mine);
     } catch (error) {
       if (mine === joins) show("chat-error", "Could not join " + wanted + ": " + wampError(error));
+    } finally {
+      if (mine === joins) {
+        const waiting = chatQueue || [];
+        chatQueue = null;
+        for (const [args, publication] of waiting) showChat(args, publication);
+      }
     }
   }
 
@@ -211,8 +275,11 @@
     input.value = "";
     try {
       // The topic relays a message to everyone else on the channel, not back to its sender: show our copy.
-      await session.publish("chat/" + to, [{ name: nickname, text: text }], {}, { acknowledge: true });
-      if (to === channel) chatLine("mine", nickname + " (you)", text);
+      const sent = await session.publish("chat/" + to, [{ name: nickname, text: text }], {}, { acknowledge: true });
+      if (to === channel && firstTime(sent.id)) {
+        chatLast = sent.id;
+        chatLine("mine", nickname + " (you)", text);
+      }
     } catch (error) {
       if (!input.value) input.value = text;
       show("chat-error", "Not sent: " + wampError(error));

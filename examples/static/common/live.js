@@ -1,10 +1,11 @@
 // What the example pages share: their WAMP connection (autobahn-js) to this server, which comes back by
 // itself, and its state in the page's #connection element. A page loads this script before its own:
 //
-//   live.connect({ onopen(session) {...}, onclose() {...} })
+//   live.connect({ onopen(session) {...}, onclose() {...} }, options)
 //
 // opens the connection; onopen runs with the new session each time the connection opens (again after a
-// reconnection), onclose each time it is lost. Without autobahn-js (it did not load), the state says so and
+// reconnection), onclose each time it is lost. options (optional) adds autobahn.Connection options, such as
+// authmethods, authid and onchallenge. Without autobahn-js (it did not load), the state says so and
 // connect returns null.
 "use strict";
 
@@ -18,7 +19,7 @@ const live = (function () {
     node.textContent = text;
   }
 
-  function connect(handlers) {
+  function connect(handlers, options) {
     if (typeof autobahn === "undefined") {
       showConnection("unavailable", "Live updates unavailable: autobahn-js did not load");
       return null;
@@ -31,6 +32,7 @@ const live = (function () {
       initial_retry_delay: 1,
       max_retry_delay: 5,
       retry_delay_growth: 1.5,
+      ...options,
     });
 
     connection.onopen = (session) => {
