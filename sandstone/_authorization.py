@@ -317,11 +317,14 @@ class Authorization:
         with another ``match`` policy, whether the session may subscribe to that pattern (a subscription
         meta event about it is then its business).
 
-        Decisions are cached per session (at most ``DELIVERY_CACHE_SIZE`` URIs, oldest dropped first).
+        Decisions are cached per session (at most ``DELIVERY_CACHE_SIZE`` URIs, oldest dropped first), for
+        sessions that joined only (an HTTP bridge request's principal lives for one request).
         """
         key = uri if match == EXACT else f"{match} {uri}"  # a URI has no space
         decisions = self._decisions.get(session)
         if decisions is None:
+            if self._router.sessions.get(getattr(session, "id", None)) is not session:  # type: ignore[arg-type]
+                return self._allowed_now(session, uri, match)
             decisions = self._decisions[session] = {}
         else:
             cached = decisions.get(key)

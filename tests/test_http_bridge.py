@@ -632,6 +632,22 @@ class CallerTests(BridgeTestCase):
         response = self.post("/call", {"procedure": "wamp.session.count"})
         self.assertEqual(response.json(), {"args": [2]})
 
+    def test_meta_answers_keep_no_authorization_cache_for_requests(self) -> None:
+        # each request is a principal of its own: its authorization decisions must not pile up
+        @self.app.authorizer
+        def authorize(session: Any, action: str, uri: str, match: str) -> bool:
+            return not uri.startswith("com.example.secret")
+
+        subscriber = self.client.connect()
+        subscriber.subscribe("com.example.news")
+        subscriber.subscribe("com.example.", match="prefix")
+        authorization = self.app.router.authorization
+        held = len(authorization._decisions)
+        answers = [self.post("/call", {"procedure": "wamp.subscription.list"}).json() for _ in range(5)]
+        self.assertEqual(len(answers[0]["args"][0]["exact"]), 1)  # com.example.news
+        self.assertTrue(all(answer == answers[0] for answer in answers))
+        self.assertEqual(len(authorization._decisions), held)
+
     def test_no_callee_is_404(self) -> None:
         response = self.post("/call", {"procedure": "com.example.nobody"})
         self.assert_error(response, 404, "wamp.error.no_such_procedure", "com.example.nobody")
