@@ -396,12 +396,15 @@ end
 
 # KEYS[1] state; ARGV: this node, base, "1" if it has subscribers of meta topics. Start afresh: the node
 # writes its sessions and subscriptions again next.
+# KEYS[1] state; ARGV: this node, base, its meta flag. Answers 1 when the node was in the state hash (0: it
+# never was, or the other nodes purged it, taking it for dead, and told its members' leaving).
 _RESET_NODE = (
     _DROP_NODE
     + """
+local existed = redis.call('HEXISTS', KEYS[1], ARGV[1])
 drop_node(ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-return 1
+return existed
 """
 )
 
@@ -640,6 +643,7 @@ class RedisBus(Service):
                 "announced_elsewhere",
                 "reconnects",
                 "nodes_purged",
+                "rejoined",
             ),
             0,
         )
@@ -678,6 +682,7 @@ class RedisBus(Service):
         self._heartbeat = LoopingCall(self._beat)
         self._heartbeat.clock = reactor
         self._pending_ops: list[Any] = []  # changes of the presence state not sent yet (see _queue_state)
+        self._state_written = False  # whether this node wrote its state to Redis before (see _restore_state)
         self._pending_answers: list[Deferred[bool] | None] = []
         self._state_flush: IDelayedCall | None = None
         self._meta_nodes: set[str] = set()  # the other nodes with subscribers of meta topics
@@ -1649,19 +1654,48 @@ class RedisBus(Service):
 
     def _restore_state(self) -> None:
         """Write this node's sessions and subscriptions afresh (after a reconnect, or when the other nodes
-        took it for dead): what was written while Redis was out of reach is lost."""
+        took it for dead): what was written while Redis was out of reach is lost.
+
+        When the other nodes had purged this node's state (it was cut off, or paused, longer than the
+        heartbeat TTL), they told its members' leaving: then they join again (``Router.rejoined``: meta
+        events, ``on_join``), once the state is back."""
         router = self.router
         flag = "1" if router.meta_listening else "0"
-        self._state_command("eval", _RESET_NODE, [self.channels.state], [self.node_id, self._base, flag])
+        written_before, self._state_written = self._state_written, True
+        reset_done = self._state_command(
+            "eval", _RESET_NODE, [self.channels.state], [self.node_id, self._base, flag]
+        )
         if router.meta_listening:  # the others learn it at their next beat anyway; now is sooner
             self._send_peer("interest", {"meta": True})
         for session in list(router.sessions.values()):
             self.joined(session)
+        rejoining: list[tuple[Subscription, Session, Deferred[bool]]] = []
         for subscription in router.client_subscriptions():
             details = _subscription_entry(subscription)
             for index, session in enumerate(list(subscription.sessions)):
                 op = ["S", subscription.id, details, session.id, _member_entry(session), _flag(index == 0)]
-                self._queue_state(op, None)
+                created: Deferred[bool] | None = Deferred() if written_before else None
+                self._queue_state(op, created)
+                if created is not None:
+                    rejoining.append((subscription, session, created))
+        if not written_before:
+            return
+
+        def reset(existed: Any) -> None:
+            if existed == 0:
+                self.stats["rejoined"] += 1
+                log.info(
+                    "cluster bus node {node}: the other nodes had taken this node for dead; its {sessions} "
+                    "sessions join the cluster again",
+                    node=self.node_id,
+                    sessions=len(router.sessions),
+                )
+                router.rejoined(rejoining)
+            else:
+                for _, _, created in rejoining:
+                    created.addErrback(lambda _: None)
+
+        reset_done.addCallback(reset)
 
     def _state_command(self, name: str, *args: Any) -> Deferred[Any]:
         """A command writing this node's state; when Redis cannot take it, the next reconnect rewrites all."""

@@ -396,6 +396,24 @@ class Router:
         for session in sessions:
             self._meta_event(SESSION_ON_LEAVE, [session.session, session.authid, session.authrole])
 
+    def rejoined(self, subscribed: list[tuple[Subscription, Session, Deferred[bool]]]) -> None:
+        """The other nodes had taken this node for dead and told its members' leaving; its state is back in
+        the cluster: its sessions and subscribers join again, once in the cluster (``wamp.session.on_join``,
+        ``on_subscribe`` meta events, the topics' ``on_join``). ``subscribed`` gives each subscriber with
+        whether its subscription was made anew in the cluster by it (fires when the cluster answered)."""
+        if self._meta_wanted():
+            for session in list(self.sessions.values()):
+                self._meta_event(SESSION_ON_JOIN, [session_info(session).details()])
+        topics = self._topics
+        for subscription, session, created in subscribed:
+            if session not in subscription.sessions:  # gone meanwhile: its leaving was told already
+                created.addErrback(lambda _: None)
+                continue
+            if subscription.match == EXACT and topics is not None:
+                topics.joined_again(session, subscription.uri)
+            created.addCallback(self._announce_subscribed, session.id, subscription)
+            created.addErrback(_log_failure, "wamp.subscription.on_subscribe")
+
     def _accepts(self, uri: str) -> bool:
         return self.open_uris or self._declared(uri)
 

@@ -272,6 +272,12 @@ class TopicHost:
         self._run_hook(topic, "on_subscribe", session)
         self._run_hook(topic, "on_join", member(session))
 
+    def joined_again(self, session: Session, uri: str) -> None:
+        """A subscriber the other nodes had taken for gone (its node was cut off) is back: ``on_join``."""
+        topic = self.instances.get(uri)
+        if topic is not None and session in topic._subscribers:
+            self._run_hook(topic, "on_join", member(session))
+
     def unsubscribed(self, session: Session, uri: str) -> None:
         """An exact subscription ended: run ``on_unsubscribe``, release the instance if it is unused."""
         topic = self.instances.get(uri)

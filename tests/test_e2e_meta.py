@@ -41,6 +41,17 @@ def args(client: Client, topic: str) -> list[list[Any]]:
     return [event.args for event in client.received.get(topic, [])]
 
 
+def _details(client: Client) -> dict[str, Any]:
+    """A client's session details, as wamp.session.on_join gives them."""
+    return {
+        "session": client._session_id,
+        "authid": client._authid,
+        "authrole": "anonymous",
+        "authmethod": "anonymous",
+        "authprovider": "static",
+    }
+
+
 async def call_error(call: defer.Deferred[Any]) -> str:
     try:
         await call
@@ -337,6 +348,50 @@ class ClusterMetaTests(ClusterTestCase):
             ],
         )
         self.assertEqual(a.bus.stats["nodes_purged"], 1)
+
+    async def test_a_paused_node_taken_for_dead_joins_again_once_when_it_is_back(self) -> None:
+        a, b = await self.two_nodes()
+        watcher = await self.connect_to(a)
+        await watcher.record("rooms.kitchen")
+        for topic in (ON_JOIN, ON_LEAVE, ON_SUBSCRIBE, ON_UNSUBSCRIBE, ON_CREATE, ON_DELETE):
+            await watcher.record(topic)
+        await self.listening(b)
+        bob = await self.connect_to(b)
+        kitchen = await bob.subscribe(lambda *a: None, "rooms.kitchen")
+        attic = await bob.subscribe(lambda *a: None, "rooms.attic")
+        joined = {"joined": bob._session_id, "node": "B"}
+        await wait_until(lambda: counts(watcher, "rooms.kitchen")[-1:] == [joined])
+
+        # B stops beating (a long GC pause, a suspended VM) longer than the TTL: A takes it for dead
+        b.bus._heartbeat.stop()
+        left = {"left": bob._session_id, "node": "A"}
+        await wait_until(lambda: counts(watcher, "rooms.kitchen")[-1:] == [left], timeout=5)
+        self.assertEqual(await watcher.call("wamp.session.count"), 1)
+        before = {topic: len(args(watcher, topic)) for topic in (ON_JOIN, ON_SUBSCRIBE, ON_CREATE)}
+
+        # B is back: it finds its heartbeat gone, writes its state again and its members join again, once
+        b.bus._heartbeat.start(b.bus.heartbeat_interval)
+        back = {"joined": bob._session_id, "node": "B"}
+        await wait_until(lambda: counts(watcher, "rooms.kitchen")[-1:] == [back], timeout=5)
+        await wait_until(lambda: len(args(watcher, ON_SUBSCRIBE)) == before[ON_SUBSCRIBE] + 2)
+        await sleep(0.6)  # more beats: nothing fires twice
+        self.assertEqual(counts(watcher, "rooms.kitchen")[-2:], [left, back])
+        self.assertEqual(counts(watcher, "rooms.kitchen").count(back), 2)  # the first join, and this one
+        self.assertEqual(args(watcher, ON_JOIN)[before[ON_JOIN] :], [[_details(bob)]])
+        self.assertEqual(
+            sorted(args(watcher, ON_SUBSCRIBE)[before[ON_SUBSCRIBE] :]),
+            sorted([[bob._session_id, kitchen.id], [bob._session_id, attic.id]]),
+        )
+        # the attic had been deleted with B's state (nobody else held it): it is created again
+        self.assertEqual(args(watcher, ON_CREATE)[before[ON_CREATE] :][0][1]["id"], attic.id)
+        self.assertEqual(len(args(watcher, ON_CREATE)[before[ON_CREATE] :]), 1)
+        self.assertEqual(await watcher.call("wamp.session.count"), 2)
+        room = a.app.topic_instance("rooms.kitchen")
+        assert room is not None
+        self.assertEqual(
+            sorted(m.session for m in await room.presence()), sorted([watcher._session_id, bob._session_id])
+        )
+        self.assertEqual(b.bus.stats["rejoined"], 1)
 
     async def test_a_node_stopped_gracefully_leaves_its_members_to_the_others_and_the_last_drops_all(
         self,
