@@ -221,20 +221,7 @@ class EventQuery:
                 return False
             if name == "until_time" and not stamp <= bound:
                 return False
-        return admits_identity(event.publication, reader)
-
-
-def admits_identity(publication: Publication, reader: Session) -> bool:
-    """Whether the publication's authid/authrole rules admit ``reader`` (its session-id rules are for
-    the sessions of the moment it was published; such publications are not kept at all)."""
-    authid, authrole = reader.authid, reader.authrole
-    if publication.exclude_authid is not None and authid in publication.exclude_authid:
-        return False
-    if publication.exclude_authrole is not None and authrole in publication.exclude_authrole:
-        return False
-    if publication.eligible_authid is not None and authid not in publication.eligible_authid:
-        return False
-    return publication.eligible_authrole is None or authrole in publication.eligible_authrole
+        return event.publication.admits_identity(reader)
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

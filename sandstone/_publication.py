@@ -74,7 +74,7 @@ class Publication:
             return False
         if self.eligible is not None and sid not in self.eligible:
             return False
-        return self._admits_identity(session) if self._has_identity_rules else True
+        return self.admits_identity(session) if self._has_identity_rules else True
 
     @property
     def only_excludes_publisher(self) -> bool:
@@ -91,7 +91,9 @@ class Publication:
             and self.eligible_authrole is None
         )
 
-    def _admits_identity(self, session: Session) -> bool:
+    def admits_identity(self, session: Session) -> bool:
+        """Whether the authid/authrole rules alone admit ``session`` (what a later reader of a stored
+        publication is judged by: the session-id rules were for the sessions of the moment)."""
         authid, authrole = session.authid, session.authrole
         if self.exclude_authid is not None and authid in self.exclude_authid:
             return False
