@@ -1682,11 +1682,11 @@ class RedisBus(Service):
             return
 
         def reset(existed: Any) -> None:
-            if existed == 0:
+            if existed == 0 and router.sessions:
                 self.stats["rejoined"] += 1
                 log.info(
-                    "cluster bus node {node}: the other nodes had taken this node for dead; its {sessions} "
-                    "sessions join the cluster again",
+                    "cluster bus node {node}: this node's state was gone from Redis (the other nodes took it "
+                    "for dead, or Redis lost its data); its {sessions} sessions join the cluster again",
                     node=self.node_id,
                     sessions=len(router.sessions),
                 )
