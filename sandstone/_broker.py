@@ -195,6 +195,23 @@ class Broker:
         session.send_message(_event(subscription, publication))
         return publication.id
 
+    def send_retained(self, session: Session, subscription: Subscription, retained: list[Publication]) -> int:
+        """The retained events of the topics ``subscription`` covers, to one new subscriber, each as an EVENT
+        marked ``retained``, where its delivery rules (and, for a pattern, the gate) admit the session;
+        returns how many were sent."""
+        gate = None if subscription.match == EXACT else self.gate
+        sent = 0
+        for publication in retained:
+            if not publication.admits(session):
+                continue
+            if gate is not None and not gate(session, publication.topic):
+                continue
+            event = _event(subscription, publication)
+            event.retained = True
+            session.send_message(event)
+            sent += 1
+        return sent
+
 
 def _event(subscription: Subscription, publication: Publication) -> message.Event:
     disclose = publication.disclose_me and publication.publisher is not None

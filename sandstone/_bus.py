@@ -683,6 +683,7 @@ class RedisBus(Service):
         self._heartbeat.clock = reactor
         self._pending_ops: list[Any] = []  # changes of the presence state not sent yet (see _queue_state)
         self._state_written = False  # whether this node wrote its state to Redis before (see _restore_state)
+        self._last_announced: tuple[Publication | None, bytes] = (None, b"")  # what the store may reuse
         self._pending_answers: list[Deferred[bool] | None] = []
         self._state_flush: IDelayedCall | None = None
         self._meta_nodes: set[str] = set()  # the other nodes with subscribers of meta topics
@@ -719,7 +720,6 @@ class RedisBus(Service):
             self._reactor,
             self._announced_as,
         )
-        self._last_announced: tuple[Publication | None, bytes] = (None, b"")
 
     def _announced_as(self, publication: Publication) -> bytes | None:
         """The delivery message ``announce`` just made of ``publication`` (the store keeps the same)."""

@@ -515,30 +515,8 @@ class Router:
     def _deliver_retained(
         self, events: list[StoredEvent], session: Session, subscription: Subscription
     ) -> None:
-        if session not in subscription.sessions:  # gone, or unsubscribed, while the store answered
-            return
-        exact = subscription.match == EXACT
-        gate = None if exact else self.broker.gate
-        for event in events:
-            publication = event.publication
-            if not publication.admits(session):
-                continue
-            if gate is not None and not gate(session, publication.topic):
-                continue
-            disclose = publication.disclose_me and publication.publisher is not None
-            session.send_message(
-                message.Event(
-                    subscription.id,
-                    publication.id,
-                    args=list(publication.args) if publication.args is not None else None,
-                    kwargs=publication.kwargs,
-                    topic=None if exact else publication.topic,
-                    publisher=publication.publisher if disclose else None,
-                    publisher_authid=publication.publisher_authid if disclose else None,
-                    publisher_authrole=publication.publisher_authrole if disclose else None,
-                    retained=True,
-                )
-            )
+        if session in subscription.sessions:  # not gone, nor unsubscribed, while the store answered
+            self.broker.send_retained(session, subscription, [event.publication for event in events])
 
     def register(self, session: Session, msg: message.Register) -> Deferred[None] | None:
         """Register a client callee (if authorized) with the message's match and invocation policies,
